@@ -1,0 +1,41 @@
+//! The agent's command line (each flag also read from a `NEREID_AGENT_*`
+//! environment variable).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nereid-agent", version, about = "Nereid agent: makes a compute node match what the headnode wants")]
+pub struct Flags {
+    /// The headnode's gRPC address, e.g. http://10.0.0.1:8441
+    #[arg(long, env = "NEREID_AGENT_HEADNODE")]
+    pub headnode: String,
+    /// A join token from `nereid server join-token create` (first start only).
+    #[arg(long, env = "NEREID_AGENT_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// A file holding the join token (first start only).
+    #[arg(long, env = "NEREID_AGENT_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Where the agent keeps its identity and setup.
+    #[arg(long, env = "NEREID_AGENT_STATE_DIR", default_value = "/var/lib/nereid/agent")]
+    pub state_dir: PathBuf,
+    /// Where the agent's gRPC service listens (port 0 picks a free port).
+    #[arg(long, env = "NEREID_AGENT_LISTEN", default_value = "0.0.0.0:8442")]
+    pub listen: SocketAddr,
+    /// The address the headnode uses to reach this agent; defaults to the
+    /// listen address (required when listening on 0.0.0.0).
+    #[arg(long, env = "NEREID_AGENT_ADVERTISE")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Report this machine id instead of /etc/machine-id (for several test
+    /// nodes on one machine).
+    #[arg(long, env = "NEREID_AGENT_MACHINE_ID")]
+    pub machine_id: Option<String>,
+    /// Report this hostname instead of the host's.
+    #[arg(long, env = "NEREID_AGENT_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "NEREID_AGENT_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}

@@ -1,0 +1,3 @@
+//! Storage drivers. One module per host tool.
+
+pub mod zpool;

@@ -1,0 +1,115 @@
+//! Capability probes: each one tries the real thing (runs the tool, creates a
+//! link in a throwaway network namespace, boots a guest under KVM) rather
+//! than trusting that a binary or a device file exists.
+//!
+//! Probes run in namespaces that die with the probe process, so they can
+//! leave nothing behind on the host.
+
+use std::time::Duration;
+
+use nereid_proto::v1::{Capabilities, Capability};
+
+use crate::cmd;
+
+fn yes(detail: impl Into<String>) -> Option<Capability> {
+    Some(Capability { available: true, detail: detail.into() })
+}
+
+fn no(detail: impl Into<String>) -> Option<Capability> {
+    Some(Capability { available: false, detail: detail.into() })
+}
+
+const T: Duration = Duration::from_secs(15);
+
+pub async fn capabilities() -> Capabilities {
+    let (zfs, runc, qemu, kvm, vxlan, vlan, nftables) =
+        tokio::join!(zfs(), version("runc", &["--version"]), version("qemu-system-x86_64", &["--version"]), kvm(), vxlan(), vlan(), nftables());
+    Capabilities { zfs, runc, qemu, kvm, vxlan, vlan, nftables }
+}
+
+async fn version(program: &str, args: &[&str]) -> Option<Capability> {
+    match cmd::run(program, args, T).await {
+        Ok(out) => yes(out.lines().next().unwrap_or("").trim()),
+        Err(e) if e.is_not_found() => no(format!("{program} is not installed")),
+        Err(e) => no(e.to_string()),
+    }
+}
+
+async fn zfs() -> Option<Capability> {
+    match cmd::run("zpool", &["list", "-H", "-o", "name"], T).await {
+        Ok(_) => yes(if std::path::Path::new("/var/run/zfs/zfs_socket").exists() { "zfs-fuse" } else { "zfs" }),
+        Err(e) if e.is_not_found() => no("zpool is not installed"),
+        Err(e) => no(e.to_string()),
+    }
+}
+
+/// Runs a shell snippet in a new, throwaway network namespace.
+async fn in_throwaway_netns(script: &str) -> Result<String, cmd::CmdError> {
+    cmd::run("unshare", &["--net", "sh", "-c", script], T).await
+}
+
+async fn vxlan() -> Option<Capability> {
+    match in_throwaway_netns("ip link add nrdprobe type vxlan id 42 dstport 4789 && ip link set nrdprobe up").await {
+        Ok(_) => yes("vxlan links can be created"),
+        Err(e) => no(e.to_string()),
+    }
+}
+
+async fn vlan() -> Option<Capability> {
+    match in_throwaway_netns("ip link add a type veth peer name b && ip link add link a name a.5 type vlan id 5").await {
+        Ok(_) => yes("802.1Q links can be created"),
+        Err(e) => no(e.to_string()),
+    }
+}
+
+async fn nftables() -> Option<Capability> {
+    match in_throwaway_netns("nft add table inet nrdprobe && nft list tables").await {
+        Ok(_) => yes("nft tables can be created"),
+        Err(e) if e.is_not_found() => no("unshare is not installed"),
+        Err(e) => no(e.to_string()),
+    }
+}
+
+/// A 512-byte boot sector that writes 0x4b to QEMU's isa-debug-exit port, so
+/// QEMU exits with status (0x4b << 1) | 1 = 151 once a guest really ran.
+fn boot_sector() -> Vec<u8> {
+    let mut s = vec![0xB0, 0x4B, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD];
+    s.resize(510, 0);
+    s.extend_from_slice(&[0x55, 0xAA]);
+    s
+}
+
+/// KVM works when a guest actually runs under `-accel kvm` (a device file
+/// alone is not enough: nested hosts can expose /dev/kvm that cannot run guests).
+async fn kvm() -> Option<Capability> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return no("/dev/kvm does not exist");
+    }
+    let dir = std::env::temp_dir().join(format!("nereid-kvm-probe-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(dir.join("boot.img"), boot_sector())) {
+        return no(format!("cannot write the probe image: {e}"));
+    }
+    let drive = format!("file={},format=raw,if=ide", dir.join("boot.img").display());
+    let args = [
+        "-accel", "kvm", "-machine", "pc", "-m", "16", "-nodefaults", "-display", "none", "-no-reboot",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-drive", drive.as_str(),
+    ];
+    let result = cmd::run("qemu-system-x86_64", &args, Duration::from_secs(20)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Err(cmd::CmdError::Failed { status, .. }) if status.contains("151") => yes("a test guest ran under -accel kvm"),
+        Err(e) if e.is_not_found() => no("/dev/kvm exists but qemu-system-x86_64 is not installed to try it"),
+        Err(e) => no(format!("a test guest did not run under -accel kvm: {e}")),
+        Ok(_) => no("the test guest under -accel kvm exited without reaching its exit port"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kvm_probe_boot_sector_is_a_valid_mbr() {
+        let s = super::boot_sector();
+        assert_eq!(s.len(), 512);
+        assert_eq!(&s[510..], &[0x55, 0xAA]);
+    }
+}

@@ -1,0 +1,17 @@
+//! nereid-api: the REST resource types shared by the headnode, the CLI and the
+//! tests: typed IDs, request and response bodies, the error body.
+//!
+//! This crate holds data shapes only. It must never talk to a database, a
+//! socket or the host.
+
+pub mod accounts;
+pub mod error;
+pub mod ids;
+pub mod page;
+pub mod servers;
+
+pub use accounts::*;
+pub use error::*;
+pub use ids::*;
+pub use page::*;
+pub use servers::*;

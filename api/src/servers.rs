@@ -1,0 +1,149 @@
+//! Compute nodes: their state, what they reported about themselves, their setup,
+//! and the join tokens that let a node register.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{JoinTokenId, ServerId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerStatus {
+    /// Registered, waiting for an operator's setup.
+    Unsetup,
+    /// Setup is being applied.
+    SettingUp,
+    /// Set up and heartbeating: schedulable unless reserved.
+    Running,
+    /// Heartbeats stopped (3 intervals missed). Nothing is destroyed.
+    Unknown,
+}
+
+impl ServerStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ServerStatus::Unsetup => "unsetup",
+            ServerStatus::SettingUp => "setting_up",
+            ServerStatus::Running => "running",
+            ServerStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ServerStatus> {
+        match s {
+            "unsetup" => Some(ServerStatus::Unsetup),
+            "setting_up" => Some(ServerStatus::SettingUp),
+            "running" => Some(ServerStatus::Running),
+            "unknown" => Some(ServerStatus::Unknown),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Server {
+    pub id: ServerId,
+    pub hostname: String,
+    pub status: ServerStatus,
+    /// A reserved server takes no new instances.
+    pub reserved: bool,
+    pub machine_id: String,
+    pub sysinfo: Sysinfo,
+    pub setup: Option<ServerSetup>,
+    pub usage: Option<Usage>,
+    /// Where the headnode reaches the agent.
+    pub agent_address: String,
+    pub agent_version: String,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What an operator decides at setup.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSetup {
+    /// The zpool instances live on.
+    pub zpool: String,
+    /// nic tag -> interface name on the node.
+    #[serde(default)]
+    pub nic_tags: BTreeMap<String, String>,
+    /// Free-form traits matched by packages and images.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub traits: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Sysinfo {
+    pub hostname: String,
+    pub machine_id: String,
+    pub cpu_model: String,
+    pub cpu_count: u32,
+    pub memory_bytes: u64,
+    pub kernel: String,
+    pub os: String,
+    pub disks: Vec<Disk>,
+    pub zpools: Vec<Zpool>,
+    pub nics: Vec<Nic>,
+    pub capabilities: BTreeMap<String, Capability>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Disk {
+    pub name: String,
+    pub size_bytes: u64,
+    pub model: String,
+    pub rotational: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Zpool {
+    pub name: String,
+    pub size_bytes: u64,
+    pub allocated_bytes: u64,
+    pub free_bytes: u64,
+    pub health: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Nic {
+    pub name: String,
+    pub mac: String,
+    pub addresses: Vec<String>,
+    pub mtu: u32,
+    pub up: bool,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Capability {
+    pub available: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub load1: f64,
+    pub uptime_seconds: u64,
+    pub zpools: Vec<Zpool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenCreate {
+    /// Lifetime in seconds (60..=604800, default 3600).
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenCreated {
+    pub id: JoinTokenId,
+    /// Give this to `nereid-agent --join-token`; it is shown once.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}

@@ -1,0 +1,132 @@
+//! The REST client: where the headnode is and which token to send (flags,
+//! `NEREID_URL`/`NEREID_TOKEN`, or a profile file), and requests that turn
+//! the API's error body into one clear line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use nereid_api::{ErrorBody, Page};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub url: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+pub fn default_profile_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/nereid/profile.toml"))
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// An error the API answered with.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message} (request {request_id})")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
+impl Client {
+    pub fn new(url: Option<String>, token: Option<String>, profile_path: Option<PathBuf>) -> anyhow::Result<Client> {
+        let profile = match profile_path.or_else(default_profile_path) {
+            Some(p) if p.exists() => {
+                let text = std::fs::read_to_string(&p).with_context(|| format!("reading profile {}", p.display()))?;
+                toml::from_str::<Profile>(&text).with_context(|| format!("invalid profile {}", p.display()))?
+            }
+            _ => Profile::default(),
+        };
+        let base = url
+            .or(profile.url)
+            .context("no headnode URL: set NEREID_URL, pass --url, or write url = \"...\" in ~/.config/nereid/profile.toml")?;
+        let token = match token.or(profile.token) {
+            Some(t) => t,
+            None => match profile.token_file {
+                Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading the token file {}", f.display()))?,
+                None => bail!("no token: set NEREID_TOKEN, pass --token, or set token_file in ~/.config/nereid/profile.toml"),
+            },
+        };
+        Ok(Client {
+            http: reqwest::Client::builder().build()?,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.trim().to_string(),
+        })
+    }
+
+    pub async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&B>) -> anyhow::Result<T> {
+        let resp = self.send(method, path, query, body).await?;
+        let text = resp.text().await.context("reading the answer")?;
+        let text = if text.is_empty() { "null".to_string() } else { text };
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from the headnode: {}", truncate(&text)))
+    }
+
+    async fn send<B: Serialize>(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&B>) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token).query(query);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the headnode at {}", self.base))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => Err(ApiError {
+                status,
+                code: b.error.code.to_string(),
+                message: b.error.message,
+                request_id: b.error.request_id,
+            }
+            .into()),
+            Err(_) => bail!("the headnode answered {status}: {}", truncate(&text)),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+        self.call::<(), T>(Method::GET, path, query, None).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.call(Method::POST, path, &[], Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send::<()>(Method::DELETE, path, &[], None).await?;
+        Ok(())
+    }
+
+    /// Every item of a collection, following page tokens.
+    pub async fn list_all<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = query.to_vec();
+            if let Some(t) = &token {
+                q.push(("page_token", t.clone()));
+            }
+            let page: Page<T> = self.get(path, &q).await?;
+            items.extend(page.items);
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() > 200 { format!("{}...", &s[..s.floor_char_boundary(200)]) } else { s.to_string() }
+}

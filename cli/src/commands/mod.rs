@@ -1,0 +1,41 @@
+//! The nouns and verbs of the CLI, one module per noun.
+
+mod account;
+mod server;
+mod token;
+
+use crate::client::Client;
+use crate::output::Format;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Compute nodes: list, inspect, set up, reserve, delete, join tokens.
+    #[command(subcommand)]
+    Server(server::ServerCmd),
+    /// Accounts (operators and tenants).
+    #[command(subcommand)]
+    Account(account::AccountCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+}
+
+pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Server(s) => server::run(c, fmt, s).await,
+        Command::Account(a) => account::run(c, fmt, a).await,
+        Command::Token(t) => token::run(c, fmt, t).await,
+    }
+}
+
+/// Parses `KEY=VALUE`.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+pub fn time(t: &Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,184 @@
+//! The headnode's configuration: a TOML file, overridden by `NEREID_*`
+//! environment variables, overridden by command-line flags.
+//!
+//! Owns parsing and defaults only; it must never open sockets or files other
+//! than the config file itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Parser, Default)]
+#[command(name = "nereid-headnode", version, about = "Nereid headnode: REST API, datastore and agent registry")]
+pub struct Flags {
+    /// A TOML config file; flags and environment variables override its values.
+    #[arg(long, env = "NEREID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL, e.g. postgres://nereid@127.0.0.1:5432/nereid
+    #[arg(long, env = "NEREID_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Address of the REST API (port 0 picks a free port).
+    #[arg(long, env = "NEREID_REST_LISTEN")]
+    pub rest_listen: Option<SocketAddr>,
+    /// Address of the agents' gRPC API (port 0 picks a free port).
+    #[arg(long, env = "NEREID_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Where the headnode keeps its files (the first operator token, the run file).
+    #[arg(long, env = "NEREID_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How often agents send heartbeats, in milliseconds.
+    #[arg(long, env = "NEREID_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "NEREID_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The file form; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    rest_listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
+    state_dir: Option<PathBuf>,
+    heartbeat_interval_ms: Option<u64>,
+    missed_heartbeats: Option<u32>,
+    max_body_bytes: Option<usize>,
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub rest_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    /// This many missed intervals turn a server `unknown`.
+    pub missed_heartbeats: u32,
+    /// The largest JSON body a route accepts.
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let database_url = flags
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .ok_or_else(|| ConfigError::Invalid("database_url is required (--database-url, NEREID_DATABASE_URL or the config file)".into()))?;
+        let heartbeat_ms = flags.heartbeat_interval_ms.or(file.heartbeat_interval_ms).unwrap_or(5000);
+        if !(100..=600_000).contains(&heartbeat_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat_interval_ms must be within 100..=600000, got {heartbeat_ms}"
+            )));
+        }
+        let log_format = match flags.log_format.clone().or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(ConfigError::Invalid(format!("log_format must be text or json, got {other:?}"))),
+        };
+        Ok(Config {
+            database_url,
+            rest_listen: flags.rest_listen.or(file.rest_listen).unwrap_or_else(|| "127.0.0.1:8440".parse().unwrap()),
+            grpc_listen: flags.grpc_listen.or(file.grpc_listen).unwrap_or_else(|| "0.0.0.0:8441".parse().unwrap()),
+            state_dir: flags
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/nereid/headnode")),
+            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            missed_heartbeats: file.missed_heartbeats.unwrap_or(3).max(1),
+            max_body_bytes: file.max_body_bytes.unwrap_or(1024 * 1024),
+            log_format,
+        })
+    }
+
+    /// How old the last heartbeat may be before the server is `unknown`.
+    pub fn heartbeat_deadline(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile_dir();
+        let path = dir.join("headnode.toml");
+        std::fs::write(&path, "database_url = \"postgres://file\"\nrest_listen = \"127.0.0.1:9000\"\nheartbeat_interval_ms = 2000\n").unwrap();
+        let flags = Flags {
+            config: Some(path),
+            rest_listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(&flags).unwrap();
+        assert_eq!(c.database_url, "postgres://file");
+        assert_eq!(c.rest_listen.port(), 9001);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.heartbeat_deadline(), Duration::from_secs(6));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile_dir();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "database_url = \"x\"\nrest_listn = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(&Flags { config: Some(path), ..Default::default() }).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_database_url_is_a_clear_error() {
+        let err = Config::load(&Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("database_url is required"));
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nereid-config-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

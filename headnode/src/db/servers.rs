@@ -1,0 +1,207 @@
+//! Servers (compute nodes). A server's status is derived when it is read, from
+//! its setup state and the age of its last heartbeat, so every headnode
+//! sharing the database agrees on it without a background writer.
+
+use chrono::{DateTime, Utc};
+use nereid_api::{Page, Server, ServerId, ServerSetup, ServerStatus, Sysinfo, Usage};
+use sqlx::types::Json;
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use super::Datastore;
+use crate::error::{Error, Result};
+
+/// What a registration records.
+pub struct NewServer {
+    pub id: ServerId,
+    pub sysinfo: Sysinfo,
+    pub agent_address: String,
+    pub agent_version: String,
+    pub credential_hash: Vec<u8>,
+    pub control_key: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ServerFilter {
+    pub status: Option<ServerStatus>,
+    pub reserved: Option<bool>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ServerRow {
+    id: Uuid,
+    hostname: String,
+    machine_id: String,
+    status: String,
+    reserved: bool,
+    sysinfo: Json<Sysinfo>,
+    setup: Option<Json<ServerSetup>>,
+    usage: Option<Json<Usage>>,
+    agent_address: String,
+    agent_version: String,
+    last_heartbeat: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl ServerRow {
+    fn into_api(self) -> Result<Server> {
+        let status = ServerStatus::parse(&self.status)
+            .ok_or_else(|| Error::Internal(format!("server {} has status {:?}", self.id, self.status)))?;
+        Ok(Server {
+            id: self.id.into(),
+            hostname: self.hostname,
+            status,
+            reserved: self.reserved,
+            machine_id: self.machine_id,
+            sysinfo: self.sysinfo.0,
+            setup: self.setup.map(|s| s.0),
+            usage: self.usage.map(|u| u.0),
+            agent_address: self.agent_address,
+            agent_version: self.agent_version,
+            last_heartbeat: self.last_heartbeat,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// The servers with their derived status; `$1` is the heartbeat deadline in seconds.
+const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sysinfo, setup, usage, agent_address,
+        agent_version, last_heartbeat, created_at,
+        CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1) THEN 'unknown'
+             WHEN setup_state = 'setup' THEN 'running'
+             ELSE setup_state END AS status
+    FROM servers) s";
+
+/// What starting a setup found.
+pub enum SetupBegin {
+    /// The server is now `setting_up`; call the agent.
+    Started { agent_address: String, control_key: String },
+    /// The server already has exactly this setup.
+    AlreadyDone,
+}
+
+impl Datastore {
+    fn deadline_secs(&self) -> f64 {
+        self.heartbeat_deadline.as_secs_f64()
+    }
+
+    pub async fn server_get(&self, id: ServerId) -> Result<Server> {
+        sqlx::query_as::<_, ServerRow>(AssertSqlSafe(format!("SELECT * FROM {SERVERS} WHERE id = $2")))
+            .bind(self.deadline_secs())
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::not_found("server", id))?
+            .into_api()
+    }
+
+    pub async fn server_list(&self, filter: &ServerFilter, after: Option<Uuid>, limit: i64) -> Result<Page<Server>> {
+        let rows = sqlx::query_as::<_, ServerRow>(AssertSqlSafe(format!(
+            "SELECT * FROM {SERVERS}
+             WHERE ($2::text IS NULL OR status = $2) AND ($3::bool IS NULL OR reserved = $3)
+               AND ($4::uuid IS NULL OR id > $4)
+             ORDER BY id LIMIT $5"
+        )))
+        .bind(self.deadline_secs())
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.reserved)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let servers = rows.into_iter().map(ServerRow::into_api).collect::<Result<Vec<_>>>()?;
+        Ok(super::into_page(servers, limit, |s| s.id.as_uuid()))
+    }
+
+    /// Counts servers by derived status (for metrics).
+    pub async fn server_count_by_status(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!("SELECT status, count(*) FROM {SERVERS} GROUP BY status ORDER BY status")))
+            .bind(self.deadline_secs())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Records a heartbeat. Returns false if no server has this id and credential.
+    pub async fn server_heartbeat(
+        &self,
+        id: ServerId,
+        credential_hash: &[u8],
+        usage: &Usage,
+        agent_address: &str,
+        agent_version: &str,
+        sysinfo: Option<&Sysinfo>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
+                    sysinfo = COALESCE($6, sysinfo), hostname = COALESCE($6->>'hostname', hostname)
+             WHERE id = $1 AND credential_hash = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(credential_hash)
+        .bind(Json(usage))
+        .bind(agent_address)
+        .bind(agent_version)
+        .bind(sysinfo.map(Json))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Moves an unset server to `setting_up`, or tells that this setup is done.
+    pub async fn server_setup_begin(&self, id: ServerId, setup: &ServerSetup) -> Result<SetupBegin> {
+        let started: Option<(String, String)> = sqlx::query_as(
+            "UPDATE servers SET setup_state = 'setting_up'
+             WHERE id = $1 AND setup_state IN ('unsetup', 'setting_up') RETURNING agent_address, control_key",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((agent_address, control_key)) = started {
+            return Ok(SetupBegin::Started { agent_address, control_key });
+        }
+        let current = self.server_get(id).await?;
+        match current.setup {
+            Some(existing) if serde_json::to_value(&existing).ok() == serde_json::to_value(setup).ok() => Ok(SetupBegin::AlreadyDone),
+            _ => Err(Error::Conflict(format!(
+                "server {id} is already set up with another configuration; delete it and re-join the node to change it"
+            ))),
+        }
+    }
+
+    pub async fn server_setup_finish(&self, id: ServerId, setup: &ServerSetup) -> Result<()> {
+        sqlx::query("UPDATE servers SET setup_state = 'setup', setup = $2 WHERE id = $1 AND setup_state = 'setting_up'")
+            .bind(id.as_uuid())
+            .bind(Json(setup))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn server_setup_abort(&self, id: ServerId) -> Result<()> {
+        sqlx::query("UPDATE servers SET setup_state = 'unsetup' WHERE id = $1 AND setup_state = 'setting_up'")
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn server_set_reserved(&self, id: ServerId, reserved: bool) -> Result<Server> {
+        let done = sqlx::query("UPDATE servers SET reserved = $2 WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(reserved)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("server", id));
+        }
+        self.server_get(id).await
+    }
+
+    pub async fn server_delete(&self, id: ServerId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM servers WHERE id = $1").bind(id.as_uuid()).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("server", id));
+        }
+        Ok(())
+    }
+}

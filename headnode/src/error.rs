@@ -1,0 +1,116 @@
+//! The headnode's one error enum, used by the datastore, the app logic and the
+//! handlers, and the single place where it becomes an HTTP response.
+//!
+//! It must never put a secret in a message; internal details (SQL errors) go
+//! to the log with the request id, the client gets a generic message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use nereid_api::{ErrorBody, ErrorCode, ErrorDetail};
+
+tokio::task_local! {
+    /// The id of the request being served; set by the request middleware.
+    pub static REQUEST_ID: String;
+}
+
+/// The current request's id, or "-" outside a request.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(|id| id.clone()).unwrap_or_else(|_| "-".to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    RouteNotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    AgentUnavailable(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn not_found(kind: &'static str, id: impl ToString) -> Error {
+        Error::NotFound { kind, id: id.to_string() }
+    }
+
+    pub fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
+        Error::InvalidArgument(format!("{field}: {why}"))
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        match self {
+            Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            Error::NotFound { .. } | Error::RouteNotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
+            Error::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
+            Error::AgentUnavailable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::AgentUnavailable),
+            Error::Database(e) if is_unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            Error::Database(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+}
+
+/// The error chain as one line, for logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            Error::Database(e) => {
+                tracing::error!(error = %chain(&self), "database error: {e}");
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "the database is unavailable; try again".to_string()
+                } else {
+                    "internal error; the headnode's log has the details under this request id".to_string()
+                }
+            }
+            Error::Internal(m) => {
+                tracing::error!("internal error: {m}");
+                "internal error; the headnode's log has the details under this request id".to_string()
+            }
+            other => other.to_string(),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail { code, message, request_id: current_request_id() },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,86 @@
+//! The REST API: the router, the request middleware (request id, logging,
+//! metrics), bearer authentication and the extractors that turn every bad
+//! input into a JSON error body.
+//!
+//! Handlers here are thin: authenticate, validate, call the datastore or the
+//! app layer, return a view. No SQL and no agent calls in this module tree.
+
+pub(crate) mod accounts;
+mod extract;
+pub(crate) mod servers;
+mod system;
+pub(crate) mod tokens;
+
+pub use extract::{ApiJson, ApiPath, ApiQuery, Principal};
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::error::{Error, REQUEST_ID};
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .route("/v1/accounts", get(accounts::account_list).post(accounts::account_create))
+        .route("/v1/accounts/{id}", get(accounts::account_get))
+        .route("/v1/tokens", get(tokens::token_list).post(tokens::token_create))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::token_delete))
+        .route("/v1/servers", get(servers::server_list))
+        .route("/v1/servers/join-tokens", post(servers::join_token_create))
+        .route("/v1/servers/{id}", get(servers::server_get).delete(servers::server_delete))
+        .route("/v1/servers/{id}/setup", post(servers::server_setup))
+        .route("/v1/servers/{id}/reserve", post(servers::server_reserve))
+        .route("/v1/servers/{id}/unreserve", post(servers::server_unreserve))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Error {
+    Error::RouteNotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Error {
+    Error::MethodNotAllowed(format!("{} does not accept {method}", uri.path()))
+}
+
+/// A client-chosen request id is kept if it is short and plain; otherwise a new one is made.
+fn request_id_from(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Gives every request an id (in the task-local the error bodies read, in the
+/// log span, in the `x-request-id` response header), logs it once, counts it.
+async fn request_context(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let id = request_id_from(&req);
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let started = Instant::now();
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req).instrument(span.clone())).await;
+    let status = resp.status();
+    span.in_scope(|| {
+        tracing::info!(status = status.as_u16(), latency_ms = started.elapsed().as_millis() as u64, "request done")
+    });
+    state.metrics.http_request(status.as_u16());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}

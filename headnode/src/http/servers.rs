@@ -1,0 +1,111 @@
+//! /v1/servers: compute nodes and the join tokens that onboard them.
+//! Operators only: tenants never see the fleet.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use nereid_api::{ErrorBody, JoinTokenCreate, JoinTokenCreated, Page, Server, ServerId, ServerSetup, ServerStatus};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use crate::AppState;
+use crate::db::{ServerFilter, page_limit, parse_page_token};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ServerListParams {
+    pub status: Option<ServerStatus>,
+    pub reserved: Option<bool>,
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/servers", tag = "servers", params(ServerListParams),
+    responses((status = 200, body = Page<Server>), (status = 403, body = ErrorBody)))]
+pub async fn server_list(State(s): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<ServerListParams>) -> Result<Json<Page<Server>>> {
+    p.require_operator()?;
+    let limit = page_limit(q.limit)?;
+    let after = parse_page_token(q.page_token.as_deref())?;
+    let filter = ServerFilter { status: q.status, reserved: q.reserved };
+    Ok(Json(s.db.server_list(&filter, after, limit).await?))
+}
+
+#[utoipa::path(get, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
+pub async fn server_get(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<Json<Server>> {
+    p.require_operator()?;
+    Ok(Json(s.db.server_get(id).await?))
+}
+
+/// Sets a server up: the agent checks that the zpool and the interfaces exist;
+/// if they do, the server becomes `running`, otherwise it stays `unsetup` and
+/// the error lists what is missing.
+#[utoipa::path(post, path = "/v1/servers/{id}/setup", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    request_body = ServerSetup,
+    responses((status = 200, body = Server), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn server_setup(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<ServerId>,
+    ApiJson(body): ApiJson<ServerSetup>,
+) -> Result<Json<Server>> {
+    p.require_operator()?;
+    crate::validate::name("zpool", &body.zpool)?;
+    for (tag, iface) in &body.nic_tags {
+        crate::validate::name("nic_tags", tag)?;
+        crate::validate::interface(&format!("nic_tags.{tag}"), iface)?;
+    }
+    for key in body.traits.keys() {
+        crate::validate::name("traits", key)?;
+    }
+    Ok(Json(crate::setup::setup_server(&s, id, &body).await?))
+}
+
+#[utoipa::path(post, path = "/v1/servers/{id}/reserve", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
+pub async fn server_reserve(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<Json<Server>> {
+    p.require_operator()?;
+    Ok(Json(s.db.server_set_reserved(id, true).await?))
+}
+
+#[utoipa::path(post, path = "/v1/servers/{id}/unreserve", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
+pub async fn server_unreserve(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<Json<Server>> {
+    p.require_operator()?;
+    Ok(Json(s.db.server_set_reserved(id, false).await?))
+}
+
+/// Forgets a server. Its agent's credential stops working; to bring the node
+/// back, give it a new join token.
+#[utoipa::path(delete, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn server_delete(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<StatusCode> {
+    p.require_operator()?;
+    s.db.server_delete(id).await?;
+    s.agents.forget(id);
+    tracing::info!(server = %id, "server deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes a single-use, expiring token that lets one node join.
+#[utoipa::path(post, path = "/v1/servers/join-tokens", tag = "servers", request_body = JoinTokenCreate,
+    responses((status = 201, body = JoinTokenCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn join_token_create(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiJson(body): ApiJson<JoinTokenCreate>,
+) -> Result<(StatusCode, Json<JoinTokenCreated>)> {
+    p.require_operator()?;
+    let ttl = body.ttl_seconds.unwrap_or(3600);
+    if !(60..=604_800).contains(&ttl) {
+        return Err(Error::invalid("ttl_seconds", "must be within 60..=604800 (one minute to one week)"));
+    }
+    let token = crate::secrets::generate(crate::secrets::Kind::JoinToken);
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(ttl as i64);
+    let id = s.db.join_token_create(p.account_id, &crate::secrets::hash(&token), expires_at).await?;
+    tracing::info!(join_token = %id, %expires_at, "join token created");
+    Ok((StatusCode::CREATED, Json(JoinTokenCreated { id, token, expires_at })))
+}

@@ -1,0 +1,141 @@
+//! nereid-headnode: the control plane. Keeps the desired state of the
+//! datacenter in PostgreSQL, serves the REST API to people and tools and the
+//! gRPC registry to agents, and calls agents to act on nodes.
+
+pub mod agents;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod secrets;
+pub mod setup;
+pub mod validate;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::Config;
+
+/// What every handler and service shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: db::Datastore,
+    pub config: Arc<Config>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub agents: agents::AgentPool,
+}
+
+/// The file in the state dir holding the first operator's token (mode 0600).
+pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
+/// The file in the state dir where a running headnode writes its addresses.
+pub const RUN_FILE: &str = "headnode.json";
+
+/// Runs the headnode until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state dir {}", config.state_dir.display()))?;
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting the mode of {}", config.state_dir.display()))?;
+
+    let db = db::Datastore::connect(&config.database_url, config.heartbeat_deadline(), Duration::from_secs(30)).await?;
+    let token_path = config.state_dir.join(OPERATOR_TOKEN_FILE);
+    if db.bootstrap_first_operator(|secret| write_secret_file(&token_path, secret)).await? {
+        tracing::info!(path = %token_path.display(), "created the first operator account 'admin'; its token is in this file (root only)");
+    }
+
+    let state = AppState {
+        db,
+        config: Arc::new(config.clone()),
+        metrics: Arc::new(metrics::Metrics::default()),
+        agents: agents::AgentPool::default(),
+    };
+
+    let rest = tokio::net::TcpListener::bind(config.rest_listen)
+        .await
+        .with_context(|| format!("binding the REST API to {}", config.rest_listen))?;
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("binding the gRPC API to {}", config.grpc_listen))?;
+    let rest_addr = rest.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    write_run_file(&config.state_dir.join(RUN_FILE), rest_addr, grpc_addr)?;
+    tracing::info!(%rest_addr, %grpc_addr, "headnode listening");
+
+    let shutdown = shutdown_signal();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let rest_task = {
+        let mut rx = stop_rx.clone();
+        let app = http::router(state.clone());
+        tokio::spawn(async move {
+            axum::serve(rest, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        })
+    };
+    let grpc_task = {
+        let mut rx = stop_rx.clone();
+        let svc = nereid_proto::v1::registry_server::RegistryServer::new(grpc::RegistryService::new(state.clone()));
+        let incoming = tokio_stream_listener(grpc);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        })
+    };
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = rest_task.await;
+        let _ = grpc_task.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(config.state_dir.join(RUN_FILE));
+    Ok(())
+}
+
+fn tokio_stream_listener(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Writes a secret to a file only root can read, atomically (temp + rename).
+fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write_run_file(path: &Path, rest: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "rest": rest.to_string(), "grpc": grpc.to_string(), "pid": std::process::id() });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! The OpenAPI document, generated from the handlers' annotations. It is also
+//! committed at api/openapi.json; a test fails when the two drift apart
+//! (regenerate with `NEREID_UPDATE_OPENAPI=1 cargo test -p nereid-headnode openapi`).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::http;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Nereid", description = "The Nereid datacenter orchestrator's REST API."),
+    paths(
+        http::accounts::account_list, http::accounts::account_create, http::accounts::account_get,
+        http::tokens::token_list, http::tokens::token_create, http::tokens::token_delete,
+        http::servers::server_list, http::servers::server_get, http::servers::server_setup,
+        http::servers::server_reserve, http::servers::server_unreserve, http::servers::server_delete,
+        http::servers::join_token_create,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+pub fn spec() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_json_committed_in_api_matches_the_code() {
+        let generated = serde_json::to_string_pretty(&super::spec()).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/openapi.json");
+        if std::env::var_os("NEREID_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "api/openapi.json is out of date; run `NEREID_UPDATE_OPENAPI=1 cargo test -p nereid-headnode openapi` and commit it"
+        );
+    }
+}
