@@ -17,7 +17,11 @@ pub enum CmdError {
     #[error("`{cmd}` timed out after {timeout:?}")]
     Timeout { cmd: String, timeout: Duration },
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Failed { cmd: String, status: String, stderr: String },
+    Failed {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 impl CmdError {
@@ -29,7 +33,10 @@ impl CmdError {
 
 /// Runs `program args...`, returns stdout; non-zero exit is an error.
 pub async fn run(program: &str, args: &[&str], timeout: Duration) -> Result<String, CmdError> {
-    let cmd = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    let cmd = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
     let child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -37,9 +44,15 @@ pub async fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Stri
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| CmdError::Spawn { cmd: cmd.clone(), source })?;
+        .map_err(|source| CmdError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(r) => r.map_err(|source| CmdError::Spawn { cmd: cmd.clone(), source })?,
+        Ok(r) => r.map_err(|source| CmdError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?,
         Err(_) => return Err(CmdError::Timeout { cmd, timeout }),
     };
     if !out.status.success() {

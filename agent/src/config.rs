@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "nereid-agent", version, about = "Nereid agent: makes a compute node match what the headnode wants")]
+#[command(
+    name = "nereid-agent",
+    version,
+    about = "Nereid agent: makes a compute node match what the headnode wants"
+)]
 pub struct Flags {
     /// The headnode's gRPC address, e.g. http://10.0.0.1:8441
     #[arg(long, env = "NEREID_AGENT_HEADNODE")]
@@ -19,7 +23,11 @@ pub struct Flags {
     #[arg(long, env = "NEREID_AGENT_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
     /// Where the agent keeps its identity and setup.
-    #[arg(long, env = "NEREID_AGENT_STATE_DIR", default_value = "/var/lib/nereid/agent")]
+    #[arg(
+        long,
+        env = "NEREID_AGENT_STATE_DIR",
+        default_value = "/var/lib/nereid/agent"
+    )]
     pub state_dir: PathBuf,
     /// Where the agent's gRPC service listens (port 0 picks a free port).
     #[arg(long, env = "NEREID_AGENT_LISTEN", default_value = "0.0.0.0:8442")]

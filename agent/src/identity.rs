@@ -57,21 +57,38 @@ pub fn hash_hex(secret: &str) -> String {
 /// Reads a JSON state file; Ok(None) when it does not exist.
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StateError::Corrupt { path: path.into(), source }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt {
+                    path: path.into(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Read { path: path.into(), source }),
+        Err(source) => Err(StateError::Read {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
 /// Writes a JSON state file atomically, readable by root only.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    let err = |source| StateError::Write { path: path.into(), source };
+    let err = |source| StateError::Write {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
-    f.write_all(&serde_json::to_vec_pretty(value).expect("state serializes")).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(&serde_json::to_vec_pretty(value).expect("state serializes"))
+        .map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
@@ -96,9 +113,15 @@ mod tests {
         let back: Identity = load(&path).unwrap().unwrap();
         assert_eq!(back.control_key_sha256, id.control_key_sha256);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         std::fs::write(&path, b"{not json").unwrap();
-        assert!(matches!(load::<Identity>(&path), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            load::<Identity>(&path),
+            Err(StateError::Corrupt { .. })
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -23,9 +23,13 @@ pub const IDENTITY_FILE: &str = "identity.json";
 pub const SETUP_FILE: &str = "setup.json";
 
 pub async fn run(flags: Flags) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&flags.state_dir).with_context(|| format!("creating {}", flags.state_dir.display()))?;
+    std::fs::create_dir_all(&flags.state_dir)
+        .with_context(|| format!("creating {}", flags.state_dir.display()))?;
     std::fs::set_permissions(&flags.state_dir, std::fs::Permissions::from_mode(0o700))?;
-    let overrides = sysinfo::Overrides { machine_id: flags.machine_id.clone(), hostname: flags.hostname.clone() };
+    let overrides = sysinfo::Overrides {
+        machine_id: flags.machine_id.clone(),
+        hostname: flags.hostname.clone(),
+    };
 
     let listener = tokio::net::TcpListener::bind(flags.listen)
         .await
@@ -47,29 +51,41 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         None => {
             let token = match (&flags.join_token, &flags.join_token_file) {
                 (Some(t), _) => t.clone(),
-                (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading the join token from {}", f.display()))?,
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the join token from {}", f.display()))?,
                 (None, None) => bail!(
                     "this node has not joined yet ({} does not exist): start it with --join-token from `nereid server join-token create`",
                     identity_path.display()
                 ),
             };
             let info = sysinfo::collect(&overrides).await;
-            let (id, interval) = registration::join(&flags.headnode, &token, info, address.clone()).await?;
+            let (id, interval) =
+                registration::join(&flags.headnode, &token, info, address.clone()).await?;
             identity::save(&identity_path, &id)?;
             tracing::info!(server = %id.server_id, "joined the headnode; identity saved in {}", identity_path.display());
             (id, interval)
         }
     };
 
-    let svc = service::AgentService { state_dir: flags.state_dir.clone(), overrides: overrides.clone() };
+    let svc = service::AgentService {
+        state_dir: flags.state_dir.clone(),
+        overrides: overrides.clone(),
+    };
     let server = nereid_proto::v1::agent_server::AgentServer::with_interceptor(
         svc,
         service::auth_interceptor(Arc::new(identity.control_key_sha256.clone())),
     );
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tracing::info!(%address, "agent listening");
-    let heartbeats = tokio::spawn(registration::heartbeat_loop(identity, address, overrides, interval_ms));
-    let serve = tonic::transport::Server::builder().add_service(server).serve_with_incoming_shutdown(incoming, shutdown());
+    let heartbeats = tokio::spawn(registration::heartbeat_loop(
+        identity,
+        address,
+        overrides,
+        interval_ms,
+    ));
+    let serve = tonic::transport::Server::builder()
+        .add_service(server)
+        .serve_with_incoming_shutdown(incoming, shutdown());
     serve.await.context("the agent's gRPC service failed")?;
     heartbeats.abort();
     tracing::info!("agent stopped");

@@ -29,7 +29,12 @@ pub fn channel(headnode: &str) -> Result<Channel, JoinError> {
 }
 
 /// Registers this node with a join token; retries while the headnode is unreachable.
-pub async fn join(headnode: &str, token: &str, sysinfo: pb::Sysinfo, address: String) -> Result<(Identity, u32), JoinError> {
+pub async fn join(
+    headnode: &str,
+    token: &str,
+    sysinfo: pb::Sysinfo,
+    address: String,
+) -> Result<(Identity, u32), JoinError> {
     let mut client = RegistryClient::new(channel(headnode)?);
     let req = pb::RegisterRequest {
         join_token: token.trim().to_string(),
@@ -47,7 +52,10 @@ pub async fn join(headnode: &str, token: &str, sysinfo: pb::Sysinfo, address: St
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(st) if st.code() == tonic::Code::Unavailable => {
-                return Err(JoinError::Unreachable { address: headnode.into(), message: st.message().into() });
+                return Err(JoinError::Unreachable {
+                    address: headnode.into(),
+                    message: st.message().into(),
+                });
             }
             Err(st) => return Err(JoinError::Refused(st.message().to_string())),
         }
@@ -62,7 +70,12 @@ pub async fn join(headnode: &str, token: &str, sysinfo: pb::Sysinfo, address: St
 }
 
 /// Sends heartbeats forever. The first one after start carries a fresh sysinfo.
-pub async fn heartbeat_loop(id: Identity, address: String, overrides: sysinfo::Overrides, mut interval_ms: u32) {
+pub async fn heartbeat_loop(
+    id: Identity,
+    address: String,
+    overrides: sysinfo::Overrides,
+    mut interval_ms: u32,
+) {
     let mut client = match channel(&id.headnode) {
         Ok(ch) => RegistryClient::new(ch),
         Err(e) => {
@@ -78,7 +91,11 @@ pub async fn heartbeat_loop(id: Identity, address: String, overrides: sysinfo::O
             usage: Some(sysinfo::usage().await),
             agent_address: address.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            sysinfo: if send_sysinfo { Some(sysinfo::collect(&overrides).await) } else { None },
+            sysinfo: if send_sysinfo {
+                Some(sysinfo::collect(&overrides).await)
+            } else {
+                None
+            },
         });
         if let Ok(v) = format!("Bearer {}", id.node_credential).parse() {
             req.metadata_mut().insert(nereid_proto::AUTHORIZATION, v);
@@ -98,7 +115,10 @@ pub async fn heartbeat_loop(id: Identity, address: String, overrides: sysinfo::O
             Err(st) => {
                 failures += 1;
                 if st.code() == tonic::Code::Unauthenticated {
-                    tracing::error!("the headnode refused this node's heartbeat: {}", st.message());
+                    tracing::error!(
+                        "the headnode refused this node's heartbeat: {}",
+                        st.message()
+                    );
                 } else {
                     tracing::warn!("heartbeat failed: {} ({:?})", st.message(), st.code());
                 }

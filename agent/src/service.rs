@@ -17,7 +17,9 @@ pub struct AgentService {
 }
 
 /// Checks the control key of each call against the hash in the identity.
-pub fn auth_interceptor(control_key_sha256: Arc<String>) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+pub fn auth_interceptor(
+    control_key_sha256: Arc<String>,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |req: Request<()>| {
         let presented = req
             .metadata()
@@ -34,7 +36,10 @@ pub fn auth_interceptor(control_key_sha256: Arc<String>) -> impl Fn(Request<()>)
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn setup(&self, req: Request<pb::SetupRequest>) -> Result<Response<pb::SetupResponse>, Status> {
+    async fn setup(
+        &self,
+        req: Request<pb::SetupRequest>,
+    ) -> Result<Response<pb::SetupResponse>, Status> {
         let req = req.into_inner();
         let mut missing = Vec::new();
         match crate::storage::zpool::list().await {
@@ -42,7 +47,15 @@ impl Agent for AgentService {
             Ok(pools) => missing.push(format!(
                 "zpool {:?} does not exist (this node has: {})",
                 req.zpool,
-                if pools.is_empty() { "none".to_string() } else { pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ") }
+                if pools.is_empty() {
+                    "none".to_string()
+                } else {
+                    pools
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             )),
             Err(e) => missing.push(format!("zpool {:?} cannot be checked: {e}", req.zpool)),
         }
@@ -50,12 +63,18 @@ impl Agent for AgentService {
         tags.sort();
         for (tag, iface) in tags {
             if !sysinfo::interface_exists(iface) {
-                missing.push(format!("interface {iface:?} (for nic tag {tag:?}) does not exist"));
+                missing.push(format!(
+                    "interface {iface:?} (for nic tag {tag:?}) does not exist"
+                ));
             }
         }
         if missing.is_empty() {
-            let setup = Setup { zpool: req.zpool, nic_tags: req.nic_tags.into_iter().collect() };
-            identity::save(&self.state_dir.join(crate::SETUP_FILE), &setup).map_err(|e| Status::internal(e.to_string()))?;
+            let setup = Setup {
+                zpool: req.zpool,
+                nic_tags: req.nic_tags.into_iter().collect(),
+            };
+            identity::save(&self.state_dir.join(crate::SETUP_FILE), &setup)
+                .map_err(|e| Status::internal(e.to_string()))?;
             tracing::info!(zpool = %setup.zpool, "setup recorded");
         } else {
             tracing::warn!("setup refused: {}", missing.join("; "));
@@ -63,7 +82,10 @@ impl Agent for AgentService {
         Ok(Response::new(pb::SetupResponse { missing }))
     }
 
-    async fn get_sysinfo(&self, _req: Request<pb::GetSysinfoRequest>) -> Result<Response<pb::Sysinfo>, Status> {
+    async fn get_sysinfo(
+        &self,
+        _req: Request<pb::GetSysinfoRequest>,
+    ) -> Result<Response<pb::Sysinfo>, Status> {
         Ok(Response::new(sysinfo::collect(&self.overrides).await))
     }
 }

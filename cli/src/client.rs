@@ -39,11 +39,17 @@ pub struct ApiError {
 }
 
 impl Client {
-    pub fn new(url: Option<String>, token: Option<String>, profile_path: Option<PathBuf>) -> anyhow::Result<Client> {
+    pub fn new(
+        url: Option<String>,
+        token: Option<String>,
+        profile_path: Option<PathBuf>,
+    ) -> anyhow::Result<Client> {
         let profile = match profile_path.or_else(default_profile_path) {
             Some(p) if p.exists() => {
-                let text = std::fs::read_to_string(&p).with_context(|| format!("reading profile {}", p.display()))?;
-                toml::from_str::<Profile>(&text).with_context(|| format!("invalid profile {}", p.display()))?
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading profile {}", p.display()))?;
+                toml::from_str::<Profile>(&text)
+                    .with_context(|| format!("invalid profile {}", p.display()))?
             }
             _ => Profile::default(),
         };
@@ -53,8 +59,11 @@ impl Client {
         let token = match token.or(profile.token) {
             Some(t) => t,
             None => match profile.token_file {
-                Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading the token file {}", f.display()))?,
-                None => bail!("no token: set NEREID_TOKEN, pass --token, or set token_file in ~/.config/nereid/profile.toml"),
+                Some(f) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading the token file {}", f.display()))?,
+                None => bail!(
+                    "no token: set NEREID_TOKEN, pass --token, or set token_file in ~/.config/nereid/profile.toml"
+                ),
             },
         };
         Ok(Client {
@@ -64,20 +73,44 @@ impl Client {
         })
     }
 
-    pub async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&B>) -> anyhow::Result<T> {
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
         let resp = self.send(method, path, query, body).await?;
         let text = resp.text().await.context("reading the answer")?;
-        let text = if text.is_empty() { "null".to_string() } else { text };
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer from the headnode: {}", truncate(&text)))
+        let text = if text.is_empty() {
+            "null".to_string()
+        } else {
+            text
+        };
+        serde_json::from_str(&text)
+            .with_context(|| format!("unexpected answer from the headnode: {}", truncate(&text)))
     }
 
-    async fn send<B: Serialize>(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&B>) -> anyhow::Result<reqwest::Response> {
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token).query(query);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .query(query);
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach the headnode at {}", self.base))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the headnode at {}", self.base))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -95,11 +128,19 @@ impl Client {
         }
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
         self.call::<(), T>(Method::GET, path, query, None).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         self.call(Method::POST, path, &[], Some(body)).await
     }
 
@@ -109,7 +150,11 @@ impl Client {
     }
 
     /// Every item of a collection, following page tokens.
-    pub async fn list_all<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<T>> {
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Vec<T>> {
         let mut items = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -128,5 +173,9 @@ impl Client {
 }
 
 fn truncate(s: &str) -> String {
-    if s.len() > 200 { format!("{}...", &s[..s.floor_char_boundary(200)]) } else { s.to_string() }
+    if s.len() > 200 {
+        format!("{}...", &s[..s.floor_char_boundary(200)])
+    } else {
+        s.to_string()
+    }
 }

@@ -32,7 +32,8 @@ pub struct Cli {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
-    let result = match client::Client::new(cli.url.clone(), cli.token.clone(), cli.profile.clone()) {
+    let result = match client::Client::new(cli.url.clone(), cli.token.clone(), cli.profile.clone())
+    {
         Ok(c) => commands::run(&c, cli.output, cli.command).await,
         Err(e) => Err(e),
     };

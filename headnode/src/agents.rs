@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nereid_api::{ServerId, ServerSetup};
-use nereid_proto::v1::agent_client::AgentClient;
 use nereid_proto::v1::SetupRequest;
+use nereid_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
@@ -30,7 +30,11 @@ impl AgentPool {
             return Ok(ch.clone());
         }
         let ch = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::Internal(format!("server {id} has an invalid agent address {address:?}: {e}")))?
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "server {id} has an invalid agent address {address:?}: {e}"
+                ))
+            })?
             .connect_timeout(Duration::from_secs(5))
             .timeout(CALL_TIMEOUT)
             .connect_lazy();
@@ -54,7 +58,13 @@ impl AgentPool {
     }
 
     /// Asks the agent to check and record a setup; returns what is missing.
-    pub async fn setup(&self, id: ServerId, address: &str, control_key: &str, setup: &ServerSetup) -> Result<Vec<String>> {
+    pub async fn setup(
+        &self,
+        id: ServerId,
+        address: &str,
+        control_key: &str,
+        setup: &ServerSetup,
+    ) -> Result<Vec<String>> {
         let mut client = AgentClient::new(self.channel(id, address)?);
         let msg = SetupRequest {
             zpool: setup.zpool.clone(),

@@ -12,7 +12,11 @@ use clap::Parser;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Parser, Default)]
-#[command(name = "nereid-headnode", version, about = "Nereid headnode: REST API, datastore and agent registry")]
+#[command(
+    name = "nereid-headnode",
+    version,
+    about = "Nereid headnode: REST API, datastore and agent registry"
+)]
 pub struct Flags {
     /// A TOML config file; flags and environment variables override its values.
     #[arg(long, env = "NEREID_CONFIG")]
@@ -100,7 +104,10 @@ impl Config {
             .clone()
             .or(file.database_url)
             .ok_or_else(|| ConfigError::Invalid("database_url is required (--database-url, NEREID_DATABASE_URL or the config file)".into()))?;
-        let heartbeat_ms = flags.heartbeat_interval_ms.or(file.heartbeat_interval_ms).unwrap_or(5000);
+        let heartbeat_ms = flags
+            .heartbeat_interval_ms
+            .or(file.heartbeat_interval_ms)
+            .unwrap_or(5000);
         if !(100..=600_000).contains(&heartbeat_ms) {
             return Err(ConfigError::Invalid(format!(
                 "heartbeat_interval_ms must be within 100..=600000, got {heartbeat_ms}"
@@ -109,12 +116,22 @@ impl Config {
         let log_format = match flags.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(ConfigError::Invalid(format!("log_format must be text or json, got {other:?}"))),
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "log_format must be text or json, got {other:?}"
+                )));
+            }
         };
         Ok(Config {
             database_url,
-            rest_listen: flags.rest_listen.or(file.rest_listen).unwrap_or_else(|| "127.0.0.1:8440".parse().unwrap()),
-            grpc_listen: flags.grpc_listen.or(file.grpc_listen).unwrap_or_else(|| "0.0.0.0:8441".parse().unwrap()),
+            rest_listen: flags
+                .rest_listen
+                .or(file.rest_listen)
+                .unwrap_or_else(|| "127.0.0.1:8440".parse().unwrap()),
+            grpc_listen: flags
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or_else(|| "0.0.0.0:8441".parse().unwrap()),
             state_dir: flags
                 .state_dir
                 .clone()
@@ -134,8 +151,14 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -164,8 +187,16 @@ mod tests {
     fn unknown_keys_in_the_file_are_refused() {
         let dir = tempfile_dir();
         let path = dir.join("bad.toml");
-        std::fs::write(&path, "database_url = \"x\"\nrest_listn = \"127.0.0.1:1\"\n").unwrap();
-        let err = Config::load(&Flags { config: Some(path), ..Default::default() }).unwrap_err();
+        std::fs::write(
+            &path,
+            "database_url = \"x\"\nrest_listn = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let err = Config::load(&Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }

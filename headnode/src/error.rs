@@ -15,7 +15,9 @@ tokio::task_local! {
 
 /// The current request's id, or "-" outside a request.
 pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(|id| id.clone()).unwrap_or_else(|_| "-".to_string())
+    REQUEST_ID
+        .try_with(|id| id.clone())
+        .unwrap_or_else(|_| "-".to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn not_found(kind: &'static str, id: impl ToString) -> Error {
-        Error::NotFound { kind, id: id.to_string() }
+        Error::NotFound {
+            kind,
+            id: id.to_string(),
+        }
     }
 
     pub fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
@@ -62,20 +67,36 @@ impl Error {
             Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
-            Error::NotFound { .. } | Error::RouteNotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            Error::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
+            Error::NotFound { .. } | Error::RouteNotFound(_) => {
+                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+            }
+            Error::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
+            }
             Error::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
-            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
-            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType),
+            Error::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+            }
+            Error::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
             Error::AgentUnavailable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::AgentUnavailable),
-            Error::Database(e) if is_unavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
-            Error::Database(_) | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            Error::Database(e) if is_unavailable(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
+            Error::Database(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            }
         }
     }
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
 }
 
 /// The error chain as one line, for logs.
@@ -99,17 +120,23 @@ impl IntoResponse for Error {
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     "the database is unavailable; try again".to_string()
                 } else {
-                    "internal error; the headnode's log has the details under this request id".to_string()
+                    "internal error; the headnode's log has the details under this request id"
+                        .to_string()
                 }
             }
             Error::Internal(m) => {
                 tracing::error!("internal error: {m}");
-                "internal error; the headnode's log has the details under this request id".to_string()
+                "internal error; the headnode's log has the details under this request id"
+                    .to_string()
             }
             other => other.to_string(),
         };
         let body = ErrorBody {
-            error: ErrorDetail { code, message, request_id: current_request_id() },
+            error: ErrorDetail {
+                code,
+                message,
+                request_id: current_request_id(),
+            },
         };
         (status, axum::Json(body)).into_response()
     }

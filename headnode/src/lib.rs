@@ -46,9 +46,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", config.state_dir.display()))?;
 
-    let db = db::Datastore::connect(&config.database_url, config.heartbeat_deadline(), Duration::from_secs(30)).await?;
+    let db = db::Datastore::connect(
+        &config.database_url,
+        config.heartbeat_deadline(),
+        Duration::from_secs(30),
+    )
+    .await?;
     let token_path = config.state_dir.join(OPERATOR_TOKEN_FILE);
-    if db.bootstrap_first_operator(|secret| write_secret_file(&token_path, secret)).await? {
+    if db
+        .bootstrap_first_operator(|secret| write_secret_file(&token_path, secret))
+        .await?
+    {
         tracing::info!(path = %token_path.display(), "created the first operator account 'admin'; its token is in this file (root only)");
     }
 
@@ -85,7 +93,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let grpc_task = {
         let mut rx = stop_rx.clone();
-        let svc = nereid_proto::v1::registry_server::RegistryServer::new(grpc::RegistryService::new(state.clone()));
+        let svc = nereid_proto::v1::registry_server::RegistryServer::new(
+            grpc::RegistryService::new(state.clone()),
+        );
         let incoming = tokio_stream_listener(grpc);
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -125,7 +135,11 @@ async fn shutdown_signal() {
 fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(secret.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;

@@ -22,18 +22,44 @@ impl Metrics {
 
     pub fn render(&self, servers_by_status: &[(String, i64)]) -> String {
         let mut out = String::new();
-        out.push_str("# HELP nereid_http_requests_total REST requests answered, by status class.\n");
+        out.push_str(
+            "# HELP nereid_http_requests_total REST requests answered, by status class.\n",
+        );
         out.push_str("# TYPE nereid_http_requests_total counter\n");
         for (class, c) in self.http_by_class.iter().enumerate().skip(1) {
-            let _ = writeln!(out, "nereid_http_requests_total{{class=\"{class}xx\"}} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "nereid_http_requests_total{{class=\"{class}xx\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
         for (name, help, v) in [
-            ("nereid_agent_registrations_total", "Nodes registered.", &self.registrations),
-            ("nereid_agent_registrations_refused_total", "Registrations refused.", &self.registrations_refused),
-            ("nereid_agent_heartbeats_total", "Heartbeats accepted.", &self.heartbeats),
-            ("nereid_agent_heartbeats_refused_total", "Heartbeats refused (unknown server or credential).", &self.heartbeats_refused),
+            (
+                "nereid_agent_registrations_total",
+                "Nodes registered.",
+                &self.registrations,
+            ),
+            (
+                "nereid_agent_registrations_refused_total",
+                "Registrations refused.",
+                &self.registrations_refused,
+            ),
+            (
+                "nereid_agent_heartbeats_total",
+                "Heartbeats accepted.",
+                &self.heartbeats,
+            ),
+            (
+                "nereid_agent_heartbeats_refused_total",
+                "Heartbeats refused (unknown server or credential).",
+                &self.heartbeats_refused,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         out.push_str("# HELP nereid_servers Servers by status.\n# TYPE nereid_servers gauge\n");
         for (status, n) in servers_by_status {

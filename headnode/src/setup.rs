@@ -20,7 +20,10 @@ pub async fn setup_server(s: &AppState, id: ServerId, setup: &ServerSetup) -> Re
     }
     let (address, control_key) = match s.db.server_setup_begin(id, setup).await? {
         SetupBegin::AlreadyDone => return s.db.server_get(id).await,
-        SetupBegin::Started { agent_address, control_key } => (agent_address, control_key),
+        SetupBegin::Started {
+            agent_address,
+            control_key,
+        } => (agent_address, control_key),
     };
     let outcome = s.agents.setup(id, &address, &control_key, setup).await;
     match outcome {

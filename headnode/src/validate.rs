@@ -10,13 +10,29 @@ pub fn name(field: &str, value: &str) -> Result<()> {
         return Err(Error::invalid(field, "must not be empty"));
     }
     if value.chars().count() > 64 {
-        return Err(Error::invalid(field, format!("must be at most 64 characters, got {}", value.chars().count())));
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must be at most 64 characters, got {}",
+                value.chars().count()
+            ),
+        ));
     }
-    if !value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Err(Error::invalid(field, "must start with a letter or a digit"));
     }
-    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c))) {
-        return Err(Error::invalid(field, format!("must hold only letters, digits, '-', '_' and '.', found {c:?}")));
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("must hold only letters, digits, '-', '_' and '.', found {c:?}"),
+        ));
     }
     Ok(())
 }
@@ -24,17 +40,30 @@ pub fn name(field: &str, value: &str) -> Result<()> {
 /// A network interface name as Linux accepts it (1-15 bytes, no '/', no space).
 pub fn interface(field: &str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > 15 {
-        return Err(Error::invalid(field, format!("an interface name has 1 to 15 characters, got {:?}", truncate(value))));
+        return Err(Error::invalid(
+            field,
+            format!(
+                "an interface name has 1 to 15 characters, got {:?}",
+                truncate(value)
+            ),
+        ));
     }
     if value.contains(['/', ' ', ':']) || value == "." || value == ".." {
-        return Err(Error::invalid(field, format!("{:?} is not a valid interface name", truncate(value))));
+        return Err(Error::invalid(
+            field,
+            format!("{:?} is not a valid interface name", truncate(value)),
+        ));
     }
     Ok(())
 }
 
 /// Keeps echoed input short in messages.
 pub fn truncate(s: &str) -> String {
-    if s.chars().count() > 40 { format!("{}...", s.chars().take(40).collect::<String>()) } else { s.to_string() }
+    if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    } else {
+        s.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -46,9 +75,19 @@ mod tests {
         assert!(name("name", "web-01.prod_a").is_ok());
         assert!(name("name", "").is_err());
         assert!(name("name", "-x").is_err());
-        assert!(name("name", "a b").unwrap_err().to_string().contains("name:"));
+        assert!(
+            name("name", "a b")
+                .unwrap_err()
+                .to_string()
+                .contains("name:")
+        );
         let long = "a".repeat(10_000);
-        assert!(name("name", &long).unwrap_err().to_string().contains("at most 64"));
+        assert!(
+            name("name", &long)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 64")
+        );
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub fn parse_list(out: &str) -> Vec<Pool> {
             if name.is_empty() {
                 return None;
             }
-            Some(Pool { name: name.to_string(), health: f.next().unwrap_or("").trim().to_string(), ..Default::default() })
+            Some(Pool {
+                name: name.to_string(),
+                health: f.next().unwrap_or("").trim().to_string(),
+                ..Default::default()
+            })
         })
         .collect()
 }
@@ -50,8 +54,12 @@ pub fn apply_sizes(pools: &mut [Pool], out: &str) {
     for l in out.lines() {
         let f: Vec<&str> = l.split('\t').collect();
         let [name, prop, value] = f[..] else { continue };
-        let Some(pool) = pools.iter_mut().find(|p| p.name == name) else { continue };
-        let Ok(v) = value.parse::<u64>() else { continue };
+        let Some(pool) = pools.iter_mut().find(|p| p.name == name) else {
+            continue;
+        };
+        let Ok(v) = value.parse::<u64>() else {
+            continue;
+        };
         match prop {
             "used" => pool.used_bytes = v,
             "available" => pool.available_bytes = v,

@@ -24,16 +24,25 @@ fn read(path: &str) -> String {
 }
 
 fn read_trim(path: impl AsRef<Path>) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub async fn collect(o: &Overrides) -> pb::Sysinfo {
     let (cpu_model, cpu_count) = parse::cpuinfo(&read("/proc/cpuinfo"));
     let hostname = o.hostname.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
     });
-    let machine_id = o.machine_id.clone().unwrap_or_else(|| read_trim("/etc/machine-id"));
-    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let machine_id = o
+        .machine_id
+        .clone()
+        .unwrap_or_else(|| read_trim("/etc/machine-id"));
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let capabilities = probe::capabilities().await;
     pb::Sysinfo {
         hostname,
@@ -82,7 +91,9 @@ async fn zpools() -> Vec<pb::ZpoolInfo> {
 
 /// Block devices backed by a device (not loop, ram or zram).
 fn disks() -> Vec<pb::DiskInfo> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
     let mut disks: Vec<_> = entries
         .flatten()
         .filter(|e| e.path().join("device").exists())
@@ -105,12 +116,16 @@ fn nics() -> Vec<pb::NicInfo> {
     let mut up: BTreeMap<String, bool> = BTreeMap::new();
     if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
         for ifa in ifaddrs {
-            up.insert(ifa.interface_name.clone(), ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP));
+            up.insert(
+                ifa.interface_name.clone(),
+                ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP),
+            );
             let Some(addr) = ifa.address else { continue };
             let ip = if let Some(v4) = addr.as_sockaddr_in() {
                 Some(std::net::IpAddr::V4(v4.ip()))
             } else {
-                addr.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+                addr.as_sockaddr_in6()
+                    .map(|v6| std::net::IpAddr::V6(v6.ip()))
             };
             let Some(ip) = ip else { continue };
             let prefix = ifa.netmask.and_then(|m| {
@@ -125,7 +140,9 @@ fn nics() -> Vec<pb::NicInfo> {
             });
         }
     }
-    let Ok(entries) = std::fs::read_dir("/sys/class/net") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
     let mut nics: Vec<_> = entries
         .flatten()
         .map(|e| {
@@ -156,5 +173,9 @@ fn nics() -> Vec<pb::NicInfo> {
 
 /// True if a network interface of this name exists on the host.
 pub fn interface_exists(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && name != "." && name != ".." && Path::new("/sys/class/net").join(name).exists()
+    !name.is_empty()
+        && !name.contains('/')
+        && name != "."
+        && name != ".."
+        && Path::new("/sys/class/net").join(name).exists()
 }

@@ -6,7 +6,9 @@ pub fn cpuinfo(text: &str) -> (String, u32) {
     let mut model = String::new();
     let mut count = 0u32;
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         match k.trim() {
             "processor" => count += 1,
             "model name" if model.is_empty() => model = v.trim().to_string(),
@@ -27,12 +29,19 @@ pub fn meminfo(text: &str, field: &str) -> Option<u64> {
 
 /// The 1-minute load from /proc/loadavg.
 pub fn loadavg(text: &str) -> f64 {
-    text.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Seconds since boot from /proc/uptime.
 pub fn uptime(text: &str) -> u64 {
-    text.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).map(|f| f as u64).unwrap_or(0)
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|f| f as u64)
+        .unwrap_or(0)
 }
 
 /// PRETTY_NAME from /etc/os-release.
@@ -45,7 +54,10 @@ pub fn os_release(text: &str) -> String {
 
 /// DEVTYPE from a /sys/class/net/<nic>/uevent file.
 pub fn devtype(uevent: &str) -> Option<String> {
-    uevent.lines().find_map(|l| l.strip_prefix("DEVTYPE=")).map(str::to_string)
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVTYPE="))
+        .map(str::to_string)
 }
 
 #[cfg(test)]
@@ -71,8 +83,14 @@ mod tests {
     fn small_proc_files_parse() {
         assert_eq!(loadavg("0.52 0.40 0.31 1/234 5678\n"), 0.52);
         assert_eq!(uptime("12345.67 2345.00\n"), 12345);
-        assert_eq!(os_release("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"), "Debian GNU/Linux 12 (bookworm)");
-        assert_eq!(devtype("INTERFACE=br0\nIFINDEX=5\nDEVTYPE=bridge\n").as_deref(), Some("bridge"));
+        assert_eq!(
+            os_release("NAME=\"Debian\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n"),
+            "Debian GNU/Linux 12 (bookworm)"
+        );
+        assert_eq!(
+            devtype("INTERFACE=br0\nIFINDEX=5\nDEVTYPE=bridge\n").as_deref(),
+            Some("bridge")
+        );
         assert_eq!(devtype("INTERFACE=eth0\n"), None);
     }
 }

@@ -12,19 +12,40 @@ use nereid_proto::v1::{Capabilities, Capability};
 use crate::cmd;
 
 fn yes(detail: impl Into<String>) -> Option<Capability> {
-    Some(Capability { available: true, detail: detail.into() })
+    Some(Capability {
+        available: true,
+        detail: detail.into(),
+    })
 }
 
 fn no(detail: impl Into<String>) -> Option<Capability> {
-    Some(Capability { available: false, detail: detail.into() })
+    Some(Capability {
+        available: false,
+        detail: detail.into(),
+    })
 }
 
 const T: Duration = Duration::from_secs(15);
 
 pub async fn capabilities() -> Capabilities {
-    let (zfs, runc, qemu, kvm, vxlan, vlan, nftables) =
-        tokio::join!(zfs(), version("runc", &["--version"]), version("qemu-system-x86_64", &["--version"]), kvm(), vxlan(), vlan(), nftables());
-    Capabilities { zfs, runc, qemu, kvm, vxlan, vlan, nftables }
+    let (zfs, runc, qemu, kvm, vxlan, vlan, nftables) = tokio::join!(
+        zfs(),
+        version("runc", &["--version"]),
+        version("qemu-system-x86_64", &["--version"]),
+        kvm(),
+        vxlan(),
+        vlan(),
+        nftables()
+    );
+    Capabilities {
+        zfs,
+        runc,
+        qemu,
+        kvm,
+        vxlan,
+        vlan,
+        nftables,
+    }
 }
 
 async fn version(program: &str, args: &[&str]) -> Option<Capability> {
@@ -37,7 +58,13 @@ async fn version(program: &str, args: &[&str]) -> Option<Capability> {
 
 async fn zfs() -> Option<Capability> {
     match cmd::run("zpool", &["list", "-H", "-o", "name"], T).await {
-        Ok(_) => yes(if std::path::Path::new("/var/run/zfs/zfs_socket").exists() { "zfs-fuse" } else { "zfs" }),
+        Ok(_) => yes(
+            if std::path::Path::new("/var/run/zfs/zfs_socket").exists() {
+                "zfs-fuse"
+            } else {
+                "zfs"
+            },
+        ),
         Err(e) if e.is_not_found() => no("zpool is not installed"),
         Err(e) => no(e.to_string()),
     }
@@ -49,14 +76,18 @@ async fn in_throwaway_netns(script: &str) -> Result<String, cmd::CmdError> {
 }
 
 async fn vxlan() -> Option<Capability> {
-    match in_throwaway_netns("ip link add nrdprobe type vxlan id 42 dstport 4789 && ip link set nrdprobe up").await {
+    match in_throwaway_netns(
+        "ip link add nrdprobe type vxlan id 42 dstport 4789 && ip link set nrdprobe up",
+    )
+    .await
+    {
         Ok(_) => yes("vxlan links can be created"),
         Err(e) => no(e.to_string()),
     }
 }
 
 async fn vlan() -> Option<Capability> {
-    match in_throwaway_netns("ip link add a type veth peer name b && ip link add link a name a.5 type vlan id 5").await {
+    match in_throwaway_netns("ip link add name nrdpa type veth peer name nrdpb && ip link add link nrdpa name nrdpa.5 type vlan id 5").await {
         Ok(_) => yes("802.1Q links can be created"),
         Err(e) => no(e.to_string()),
     }
@@ -86,19 +117,37 @@ async fn kvm() -> Option<Capability> {
         return no("/dev/kvm does not exist");
     }
     let dir = std::env::temp_dir().join(format!("nereid-kvm-probe-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(dir.join("boot.img"), boot_sector())) {
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(dir.join("boot.img"), boot_sector()))
+    {
         return no(format!("cannot write the probe image: {e}"));
     }
     let drive = format!("file={},format=raw,if=ide", dir.join("boot.img").display());
     let args = [
-        "-accel", "kvm", "-machine", "pc", "-m", "16", "-nodefaults", "-display", "none", "-no-reboot",
-        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-drive", drive.as_str(),
+        "-accel",
+        "kvm",
+        "-machine",
+        "pc",
+        "-m",
+        "16",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-drive",
+        drive.as_str(),
     ];
     let result = cmd::run("qemu-system-x86_64", &args, Duration::from_secs(20)).await;
     let _ = std::fs::remove_dir_all(&dir);
     match result {
-        Err(cmd::CmdError::Failed { status, .. }) if status.contains("151") => yes("a test guest ran under -accel kvm"),
-        Err(e) if e.is_not_found() => no("/dev/kvm exists but qemu-system-x86_64 is not installed to try it"),
+        Err(cmd::CmdError::Failed { status, .. }) if status.contains("151") => {
+            yes("a test guest ran under -accel kvm")
+        }
+        Err(e) if e.is_not_found() => {
+            no("/dev/kvm exists but qemu-system-x86_64 is not installed to try it")
+        }
         Err(e) => no(format!("a test guest did not run under -accel kvm: {e}")),
         Ok(_) => no("the test guest under -accel kvm exited without reaching its exit port"),
     }

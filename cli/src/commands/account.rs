@@ -34,7 +34,9 @@ pub async fn run(c: &Client, fmt: Format, cmd: AccountCmd) -> anyhow::Result<()>
                 RoleArg::Operator => Role::Operator,
                 RoleArg::Tenant => Role::Tenant,
             };
-            let a: Account = c.post("/v1/accounts", &AccountCreate { name, role }).await?;
+            let a: Account = c
+                .post("/v1/accounts", &AccountCreate { name, role })
+                .await?;
             if fmt == Format::Json {
                 output::json(&a);
                 return Ok(());
@@ -48,7 +50,14 @@ pub async fn run(c: &Client, fmt: Format, cmd: AccountCmd) -> anyhow::Result<()>
             &["ID", "NAME", "ROLE", "CREATED"],
             accounts
                 .iter()
-                .map(|a| vec![a.id.to_string(), a.name.clone(), a.role.as_str().into(), super::time(&Some(a.created_at))])
+                .map(|a| {
+                    vec![
+                        a.id.to_string(),
+                        a.name.clone(),
+                        a.role.as_str().into(),
+                        super::time(&Some(a.created_at)),
+                    ]
+                })
                 .collect(),
         ),
     }

@@ -69,7 +69,16 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
             match fmt {
                 Format::Json => output::json(&servers),
                 Format::Table => output::table(
-                    &["ID", "HOSTNAME", "STATUS", "RESERVED", "CPUS", "RAM", "ZPOOL", "LAST HEARTBEAT"],
+                    &[
+                        "ID",
+                        "HOSTNAME",
+                        "STATUS",
+                        "RESERVED",
+                        "CPUS",
+                        "RAM",
+                        "ZPOOL",
+                        "LAST HEARTBEAT",
+                    ],
                     servers
                         .iter()
                         .map(|s| {
@@ -80,7 +89,10 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
                                 s.reserved.to_string(),
                                 s.sysinfo.cpu_count.to_string(),
                                 output::bytes(s.sysinfo.memory_bytes),
-                                s.setup.as_ref().map(|x| x.zpool.clone()).unwrap_or_else(|| "-".into()),
+                                s.setup
+                                    .as_ref()
+                                    .map(|x| x.zpool.clone())
+                                    .unwrap_or_else(|| "-".into()),
                                 super::time(&s.last_heartbeat),
                             ]
                         })
@@ -89,7 +101,12 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
             }
         }
         ServerCmd::Get { id } => show(fmt, &c.get(&format!("/v1/servers/{id}"), &[]).await?),
-        ServerCmd::Setup { id, zpool, nic_tags, traits } => {
+        ServerCmd::Setup {
+            id,
+            zpool,
+            nic_tags,
+            traits,
+        } => {
             let setup = ServerSetup {
                 zpool,
                 nic_tags: nic_tags.into_iter().collect(),
@@ -101,10 +118,19 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
                     })
                     .collect::<BTreeMap<_, _>>(),
             };
-            show(fmt, &c.post(&format!("/v1/servers/{id}/setup"), &setup).await?)
+            show(
+                fmt,
+                &c.post(&format!("/v1/servers/{id}/setup"), &setup).await?,
+            )
         }
-        ServerCmd::Reserve { id } => show(fmt, &c.post(&format!("/v1/servers/{id}/reserve"), &()).await?),
-        ServerCmd::Unreserve { id } => show(fmt, &c.post(&format!("/v1/servers/{id}/unreserve"), &()).await?),
+        ServerCmd::Reserve { id } => show(
+            fmt,
+            &c.post(&format!("/v1/servers/{id}/reserve"), &()).await?,
+        ),
+        ServerCmd::Unreserve { id } => show(
+            fmt,
+            &c.post(&format!("/v1/servers/{id}/unreserve"), &()).await?,
+        ),
         ServerCmd::Delete { id } => {
             c.delete(&format!("/v1/servers/{id}")).await?;
             if fmt == Format::Table {
@@ -112,12 +138,20 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
             }
         }
         ServerCmd::JoinToken(JoinTokenCmd::Create { ttl }) => {
-            let t: JoinTokenCreated = c.post("/v1/servers/join-tokens", &JoinTokenCreate { ttl_seconds: ttl }).await?;
+            let t: JoinTokenCreated = c
+                .post(
+                    "/v1/servers/join-tokens",
+                    &JoinTokenCreate { ttl_seconds: ttl },
+                )
+                .await?;
             match fmt {
                 Format::Json => output::json(&t),
                 Format::Table => {
                     println!("{}", t.token);
-                    eprintln!("single use, expires {}; start the node with: nereid-agent --join-token <token> ...", t.expires_at);
+                    eprintln!(
+                        "single use, expires {}; start the node with: nereid-agent --join-token <token> ...",
+                        t.expires_at
+                    );
                 }
             }
         }
@@ -135,20 +169,42 @@ fn show(fmt: Format, s: &Server) {
         .iter()
         .map(|(k, v)| format!("{k}={}", if v.available { "yes" } else { "no" }))
         .collect();
-    let nics: Vec<String> = s.sysinfo.nics.iter().map(|n| format!("{} {} [{}]", n.name, n.mac, n.addresses.join(" "))).collect();
+    let nics: Vec<String> = s
+        .sysinfo
+        .nics
+        .iter()
+        .map(|n| format!("{} {} [{}]", n.name, n.mac, n.addresses.join(" ")))
+        .collect();
     output::fields(vec![
         ("id", s.id.to_string()),
         ("hostname", s.hostname.clone()),
         ("status", s.status.as_str().to_string()),
         ("reserved", s.reserved.to_string()),
         ("machine id", s.machine_id.clone()),
-        ("cpu", format!("{} x {}", s.sysinfo.cpu_count, s.sysinfo.cpu_model)),
+        (
+            "cpu",
+            format!("{} x {}", s.sysinfo.cpu_count, s.sysinfo.cpu_model),
+        ),
         ("memory", output::bytes(s.sysinfo.memory_bytes)),
         ("os", format!("{} ({})", s.sysinfo.os, s.sysinfo.kernel)),
-        ("zpools", s.sysinfo.zpools.iter().map(|z| format!("{} {}", z.name, z.health)).collect::<Vec<_>>().join(", ")),
+        (
+            "zpools",
+            s.sysinfo
+                .zpools
+                .iter()
+                .map(|z| format!("{} {}", z.name, z.health))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("nics", nics.join("; ")),
         ("capabilities", caps.join(" ")),
-        ("setup", s.setup.as_ref().map(|x| serde_json::to_string(x).unwrap_or_default()).unwrap_or_else(|| "-".into())),
+        (
+            "setup",
+            s.setup
+                .as_ref()
+                .map(|x| serde_json::to_string(x).unwrap_or_default())
+                .unwrap_or_else(|| "-".into()),
+        ),
         ("agent", format!("{} v{}", s.agent_address, s.agent_version)),
         ("last heartbeat", super::time(&s.last_heartbeat)),
     ]);

@@ -35,12 +35,24 @@ pub async fn run(c: &Client, fmt: Format, cmd: TokenCmd) -> anyhow::Result<()> {
                 .map(|a| a.parse())
                 .transpose()
                 .map_err(|_| anyhow::anyhow!("--account must be an account id (a UUID)"))?;
-            let t: TokenCreated = c.post("/v1/tokens", &TokenCreate { account_id, name, ttl_seconds: ttl }).await?;
+            let t: TokenCreated = c
+                .post(
+                    "/v1/tokens",
+                    &TokenCreate {
+                        account_id,
+                        name,
+                        ttl_seconds: ttl,
+                    },
+                )
+                .await?;
             match fmt {
                 Format::Json => output::json(&t),
                 Format::Table => {
                     println!("{}", t.secret);
-                    eprintln!("token {} for account {}: the secret above is shown only once", t.token.id, t.token.account_id);
+                    eprintln!(
+                        "token {} for account {}: the secret above is shown only once",
+                        t.token.id, t.token.account_id
+                    );
                 }
             }
         }

@@ -17,8 +17,15 @@ struct AccountRow {
 
 impl AccountRow {
     fn into_api(self) -> Result<Account> {
-        let role = Role::parse(&self.role).ok_or_else(|| Error::Internal(format!("account {} has role {:?}", self.id, self.role)))?;
-        Ok(Account { id: self.id.into(), name: self.name, role, created_at: self.created_at })
+        let role = Role::parse(&self.role).ok_or_else(|| {
+            Error::Internal(format!("account {} has role {:?}", self.id, self.role))
+        })?;
+        Ok(Account {
+            id: self.id.into(),
+            name: self.name,
+            role,
+            created_at: self.created_at,
+        })
     }
 }
 
@@ -28,16 +35,23 @@ impl Datastore {
     }
 
     pub async fn account_get(&self, id: AccountId) -> Result<Account> {
-        sqlx::query_as::<_, AccountRow>("SELECT id, name, role, created_at FROM accounts WHERE id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| Error::not_found("account", id))?
-            .into_api()
+        sqlx::query_as::<_, AccountRow>(
+            "SELECT id, name, role, created_at FROM accounts WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::not_found("account", id))?
+        .into_api()
     }
 
     /// Lists accounts; `only` restricts the list to one account (a tenant's view).
-    pub async fn account_list(&self, only: Option<AccountId>, after: Option<Uuid>, limit: i64) -> Result<Page<Account>> {
+    pub async fn account_list(
+        &self,
+        only: Option<AccountId>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Account>> {
         let rows = sqlx::query_as::<_, AccountRow>(
             "SELECT id, name, role, created_at FROM accounts
              WHERE ($1::uuid IS NULL OR id = $1) AND ($2::uuid IS NULL OR id > $2)
@@ -48,7 +62,10 @@ impl Datastore {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let accounts = rows.into_iter().map(AccountRow::into_api).collect::<Result<Vec<_>>>()?;
+        let accounts = rows
+            .into_iter()
+            .map(AccountRow::into_api)
+            .collect::<Result<Vec<_>>>()?;
         Ok(into_page(accounts, limit, |a| a.id.as_uuid()))
     }
 
@@ -61,27 +78,37 @@ impl Datastore {
         persist: impl FnOnce(&str) -> std::io::Result<()>,
     ) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(7305911)").execute(&mut *tx).await?;
-        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts").fetch_one(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7305911)")
+            .execute(&mut *tx)
+            .await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM accounts")
+            .fetch_one(&mut *tx)
+            .await?;
         if count > 0 {
             return Ok(false);
         }
         let account = account_insert(&mut *tx, "admin", Role::Operator).await?;
         let secret = crate::secrets::generate(crate::secrets::Kind::ApiToken);
-        sqlx::query("INSERT INTO tokens (id, account_id, name, secret_hash) VALUES ($1, $2, $3, $4)")
-            .bind(Uuid::now_v7())
-            .bind(account.id.as_uuid())
-            .bind("bootstrap")
-            .bind(crate::secrets::hash(&secret))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, account_id, name, secret_hash) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(account.id.as_uuid())
+        .bind("bootstrap")
+        .bind(crate::secrets::hash(&secret))
+        .execute(&mut *tx)
+        .await?;
         persist(&secret)?;
         tx.commit().await?;
         Ok(true)
     }
 }
 
-async fn account_insert<'e>(exec: impl sqlx::PgExecutor<'e>, name: &str, role: Role) -> Result<Account> {
+async fn account_insert<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    name: &str,
+    role: Role,
+) -> Result<Account> {
     sqlx::query_as::<_, AccountRow>(
         "INSERT INTO accounts (id, name, role) VALUES ($1, $2, $3) RETURNING id, name, role, created_at",
     )

@@ -14,16 +14,30 @@ use crate::error::Result;
 pub enum JoinTokenRefusal {
     #[error("the join token is unknown (was it copied whole?)")]
     Unknown,
-    #[error("the join token was already used at {0}; create a new one with `nereid server join-token create`")]
+    #[error(
+        "the join token was already used at {0}; create a new one with `nereid server join-token create`"
+    )]
     AlreadyUsed(DateTime<Utc>),
-    #[error("the join token expired at {0}; create a new one with `nereid server join-token create`")]
+    #[error(
+        "the join token expired at {0}; create a new one with `nereid server join-token create`"
+    )]
     Expired(DateTime<Utc>),
-    #[error("machine id {machine_id} is already registered as server {server}; delete that server first to re-join this machine")]
-    MachineAlreadyRegistered { machine_id: String, server: ServerId },
+    #[error(
+        "machine id {machine_id} is already registered as server {server}; delete that server first to re-join this machine"
+    )]
+    MachineAlreadyRegistered {
+        machine_id: String,
+        server: ServerId,
+    },
 }
 
 impl Datastore {
-    pub async fn join_token_create(&self, created_by: AccountId, secret_hash: &[u8], expires_at: DateTime<Utc>) -> Result<JoinTokenId> {
+    pub async fn join_token_create(
+        &self,
+        created_by: AccountId,
+        secret_hash: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<JoinTokenId> {
         let id = JoinTokenId::new();
         sqlx::query("INSERT INTO join_tokens (id, secret_hash, created_by, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(id.as_uuid())
@@ -36,7 +50,11 @@ impl Datastore {
     }
 
     /// Consumes the join token and records the new server, atomically.
-    pub async fn server_register(&self, join_hash: &[u8], new: &NewServer) -> Result<std::result::Result<(), JoinTokenRefusal>> {
+    pub async fn server_register(
+        &self,
+        join_hash: &[u8],
+        new: &NewServer,
+    ) -> Result<std::result::Result<(), JoinTokenRefusal>> {
         let mut tx = self.pool.begin().await?;
         let used: Option<(Uuid,)> = sqlx::query_as(
             "UPDATE join_tokens SET used_at = now(), used_by_server = $2
@@ -47,11 +65,12 @@ impl Datastore {
         .fetch_optional(&mut *tx)
         .await?;
         if used.is_none() {
-            let row: Option<(Option<DateTime<Utc>>, DateTime<Utc>)> =
-                sqlx::query_as("SELECT used_at, expires_at FROM join_tokens WHERE secret_hash = $1")
-                    .bind(join_hash)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let row: Option<(Option<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT used_at, expires_at FROM join_tokens WHERE secret_hash = $1",
+            )
+            .bind(join_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
             return Ok(Err(match row {
                 None => JoinTokenRefusal::Unknown,
                 Some((Some(used_at), _)) => JoinTokenRefusal::AlreadyUsed(used_at),
@@ -77,10 +96,11 @@ impl Datastore {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e, "servers_machine_id_key") => {
                 drop(tx);
-                let (server,): (Uuid,) = sqlx::query_as("SELECT id FROM servers WHERE machine_id = $1")
-                    .bind(&new.sysinfo.machine_id)
-                    .fetch_one(&self.pool)
-                    .await?;
+                let (server,): (Uuid,) =
+                    sqlx::query_as("SELECT id FROM servers WHERE machine_id = $1")
+                        .bind(&new.sysinfo.machine_id)
+                        .fetch_one(&self.pool)
+                        .await?;
                 return Ok(Err(JoinTokenRefusal::MachineAlreadyRegistered {
                     machine_id: new.sysinfo.machine_id.clone(),
                     server: server.into(),

@@ -10,8 +10,8 @@ mod servers;
 mod tokens;
 
 pub use join_tokens::JoinTokenRefusal;
-pub use tokens::TokenOwner;
 pub use servers::{NewServer, ServerFilter, SetupBegin};
+pub use tokens::TokenOwner;
 
 use std::time::Duration;
 
@@ -29,7 +29,11 @@ pub struct Datastore {
 
 impl Datastore {
     /// Connects (retrying for up to `wait`) and applies the embedded migrations.
-    pub async fn connect(url: &str, heartbeat_deadline: Duration, wait: Duration) -> anyhow::Result<Datastore> {
+    pub async fn connect(
+        url: &str,
+        heartbeat_deadline: Duration,
+        wait: Duration,
+    ) -> anyhow::Result<Datastore> {
         let opts: PgConnectOptions = url.parse()?;
         let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
         let deadline = tokio::time::Instant::now() + wait;
@@ -52,7 +56,10 @@ impl Datastore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!(e).context("applying database migrations"))?;
-        Ok(Datastore { pool, heartbeat_deadline })
+        Ok(Datastore {
+            pool,
+            heartbeat_deadline,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -68,7 +75,10 @@ impl Datastore {
 /// Decodes a page token (the id of the last item of the previous page).
 pub fn parse_page_token(token: Option<&str>) -> Result<Option<uuid::Uuid>> {
     token
-        .map(|t| uuid::Uuid::parse_str(t).map_err(|_| Error::invalid("page_token", "malformed page token")))
+        .map(|t| {
+            uuid::Uuid::parse_str(t)
+                .map_err(|_| Error::invalid("page_token", "malformed page token"))
+        })
         .transpose()
 }
 
@@ -76,23 +86,39 @@ pub fn parse_page_token(token: Option<&str>) -> Result<Option<uuid::Uuid>> {
 pub fn page_limit(limit: Option<u32>) -> Result<i64> {
     let l = limit.unwrap_or(nereid_api::DEFAULT_PAGE_LIMIT);
     if l == 0 || l > nereid_api::MAX_PAGE_LIMIT {
-        return Err(Error::invalid("limit", format!("must be within 1..={}", nereid_api::MAX_PAGE_LIMIT)));
+        return Err(Error::invalid(
+            "limit",
+            format!("must be within 1..={}", nereid_api::MAX_PAGE_LIMIT),
+        ));
     }
     Ok(l as i64)
 }
 
 /// Cuts a fetched `limit + 1` rows down to a page and its next token.
-pub fn into_page<T>(mut rows: Vec<T>, limit: i64, id_of: impl Fn(&T) -> uuid::Uuid) -> nereid_api::Page<T> {
+pub fn into_page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    id_of: impl Fn(&T) -> uuid::Uuid,
+) -> nereid_api::Page<T> {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next_page_token = if more { rows.last().map(|r| id_of(r).to_string()) } else { None };
-    nereid_api::Page { items: rows, next_page_token }
+    let next_page_token = if more {
+        rows.last().map(|r| id_of(r).to_string())
+    } else {
+        None
+    };
+    nereid_api::Page {
+        items: rows,
+        next_page_token,
+    }
 }
 
 /// True when the error is a violation of the named unique constraint.
 pub fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {
     match e {
-        sqlx::Error::Database(d) => d.code().as_deref() == Some("23505") && d.constraint() == Some(constraint),
+        sqlx::Error::Database(d) => {
+            d.code().as_deref() == Some("23505") && d.constraint() == Some(constraint)
+        }
         _ => false,
     }
 }

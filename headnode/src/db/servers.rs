@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use nereid_api::{Page, Server, ServerId, ServerSetup, ServerStatus, Sysinfo, Usage};
-use sqlx::types::Json;
 use sqlx::AssertSqlSafe;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::Datastore;
@@ -45,8 +45,9 @@ struct ServerRow {
 
 impl ServerRow {
     fn into_api(self) -> Result<Server> {
-        let status = ServerStatus::parse(&self.status)
-            .ok_or_else(|| Error::Internal(format!("server {} has status {:?}", self.id, self.status)))?;
+        let status = ServerStatus::parse(&self.status).ok_or_else(|| {
+            Error::Internal(format!("server {} has status {:?}", self.id, self.status))
+        })?;
         Ok(Server {
             id: self.id.into(),
             hostname: self.hostname,
@@ -75,7 +76,10 @@ const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sysinfo, setu
 /// What starting a setup found.
 pub enum SetupBegin {
     /// The server is now `setting_up`; call the agent.
-    Started { agent_address: String, control_key: String },
+    Started {
+        agent_address: String,
+        control_key: String,
+    },
     /// The server already has exactly this setup.
     AlreadyDone,
 }
@@ -86,16 +90,23 @@ impl Datastore {
     }
 
     pub async fn server_get(&self, id: ServerId) -> Result<Server> {
-        sqlx::query_as::<_, ServerRow>(AssertSqlSafe(format!("SELECT * FROM {SERVERS} WHERE id = $2")))
-            .bind(self.deadline_secs())
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| Error::not_found("server", id))?
-            .into_api()
+        sqlx::query_as::<_, ServerRow>(AssertSqlSafe(format!(
+            "SELECT * FROM {SERVERS} WHERE id = $2"
+        )))
+        .bind(self.deadline_secs())
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::not_found("server", id))?
+        .into_api()
     }
 
-    pub async fn server_list(&self, filter: &ServerFilter, after: Option<Uuid>, limit: i64) -> Result<Page<Server>> {
+    pub async fn server_list(
+        &self,
+        filter: &ServerFilter,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Server>> {
         let rows = sqlx::query_as::<_, ServerRow>(AssertSqlSafe(format!(
             "SELECT * FROM {SERVERS}
              WHERE ($2::text IS NULL OR status = $2) AND ($3::bool IS NULL OR reserved = $3)
@@ -109,16 +120,21 @@ impl Datastore {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let servers = rows.into_iter().map(ServerRow::into_api).collect::<Result<Vec<_>>>()?;
+        let servers = rows
+            .into_iter()
+            .map(ServerRow::into_api)
+            .collect::<Result<Vec<_>>>()?;
         Ok(super::into_page(servers, limit, |s| s.id.as_uuid()))
     }
 
     /// Counts servers by derived status (for metrics).
     pub async fn server_count_by_status(&self) -> Result<Vec<(String, i64)>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!("SELECT status, count(*) FROM {SERVERS} GROUP BY status ORDER BY status")))
-            .bind(self.deadline_secs())
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT status, count(*) FROM {SERVERS} GROUP BY status ORDER BY status"
+        )))
+        .bind(self.deadline_secs())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Records a heartbeat. Returns false if no server has this id and credential.
@@ -148,7 +164,11 @@ impl Datastore {
     }
 
     /// Moves an unset server to `setting_up`, or tells that this setup is done.
-    pub async fn server_setup_begin(&self, id: ServerId, setup: &ServerSetup) -> Result<SetupBegin> {
+    pub async fn server_setup_begin(
+        &self,
+        id: ServerId,
+        setup: &ServerSetup,
+    ) -> Result<SetupBegin> {
         let started: Option<(String, String)> = sqlx::query_as(
             "UPDATE servers SET setup_state = 'setting_up'
              WHERE id = $1 AND setup_state IN ('unsetup', 'setting_up') RETURNING agent_address, control_key",
@@ -157,11 +177,18 @@ impl Datastore {
         .fetch_optional(&self.pool)
         .await?;
         if let Some((agent_address, control_key)) = started {
-            return Ok(SetupBegin::Started { agent_address, control_key });
+            return Ok(SetupBegin::Started {
+                agent_address,
+                control_key,
+            });
         }
         let current = self.server_get(id).await?;
         match current.setup {
-            Some(existing) if serde_json::to_value(&existing).ok() == serde_json::to_value(setup).ok() => Ok(SetupBegin::AlreadyDone),
+            Some(existing)
+                if serde_json::to_value(&existing).ok() == serde_json::to_value(setup).ok() =>
+            {
+                Ok(SetupBegin::AlreadyDone)
+            }
             _ => Err(Error::Conflict(format!(
                 "server {id} is already set up with another configuration; delete it and re-join the node to change it"
             ))),
@@ -198,7 +225,10 @@ impl Datastore {
     }
 
     pub async fn server_delete(&self, id: ServerId) -> Result<()> {
-        let done = sqlx::query("DELETE FROM servers WHERE id = $1").bind(id.as_uuid()).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found("server", id));
         }

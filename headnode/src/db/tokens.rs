@@ -42,7 +42,13 @@ pub struct TokenOwner {
 const COLUMNS: &str = "id, account_id, name, created_at, expires_at, last_used_at";
 
 impl Datastore {
-    pub async fn token_create(&self, account: AccountId, name: &str, expires_at: Option<DateTime<Utc>>, secret_hash: &[u8]) -> Result<Token> {
+    pub async fn token_create(
+        &self,
+        account: AccountId,
+        name: &str,
+        expires_at: Option<DateTime<Utc>>,
+        secret_hash: &[u8],
+    ) -> Result<Token> {
         let row = sqlx::query_as::<_, TokenRow>(AssertSqlSafe(format!(
             "INSERT INTO tokens (id, account_id, name, secret_hash, expires_at)
              SELECT $1, id, $3, $4, $5 FROM accounts WHERE id = $2
@@ -59,7 +65,12 @@ impl Datastore {
         Ok(row.into())
     }
 
-    pub async fn token_list(&self, account: Option<AccountId>, after: Option<Uuid>, limit: i64) -> Result<Page<Token>> {
+    pub async fn token_list(
+        &self,
+        account: Option<AccountId>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Token>> {
         let rows = sqlx::query_as::<_, TokenRow>(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM tokens
              WHERE ($1::uuid IS NULL OR account_id = $1) AND ($2::uuid IS NULL OR id > $2)
@@ -70,16 +81,22 @@ impl Datastore {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        Ok(into_page(rows.into_iter().map(Token::from).collect(), limit, |t| t.id.as_uuid()))
+        Ok(into_page(
+            rows.into_iter().map(Token::from).collect(),
+            limit,
+            |t| t.id.as_uuid(),
+        ))
     }
 
     /// Deletes a token; `owner` restricts it to that account's tokens.
     pub async fn token_delete(&self, id: TokenId, owner: Option<AccountId>) -> Result<()> {
-        let done = sqlx::query("DELETE FROM tokens WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)")
-            .bind(id.as_uuid())
-            .bind(owner.map(|a| a.as_uuid()))
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)",
+        )
+        .bind(id.as_uuid())
+        .bind(owner.map(|a| a.as_uuid()))
+        .execute(&self.pool)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found("token", id));
         }
@@ -95,7 +112,9 @@ impl Datastore {
         .bind(secret_hash)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((token_id, account_id, role, last_used)) = row else { return Ok(None) };
+        let Some((token_id, account_id, role, last_used)) = row else {
+            return Ok(None);
+        };
         // Record use at most once a minute, so reads do not each cost a write.
         if last_used.is_none_or(|t| Utc::now() - t > chrono::Duration::seconds(60)) {
             sqlx::query("UPDATE tokens SET last_used_at = now() WHERE id = $1")
@@ -103,7 +122,12 @@ impl Datastore {
                 .execute(&self.pool)
                 .await?;
         }
-        let role = Role::parse(&role).ok_or_else(|| Error::Internal(format!("account {account_id} has role {role:?}")))?;
-        Ok(Some(TokenOwner { token_id: token_id.into(), account_id: account_id.into(), role }))
+        let role = Role::parse(&role)
+            .ok_or_else(|| Error::Internal(format!("account {account_id} has role {role:?}")))?;
+        Ok(Some(TokenOwner {
+            token_id: token_id.into(),
+            account_id: account_id.into(),
+            role,
+        }))
     }
 }

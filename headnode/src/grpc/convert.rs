@@ -18,7 +18,13 @@ pub fn sysinfo(s: pb::Sysinfo) -> api::Sysinfo {
             ("nftables", c.nftables),
         ] {
             let cap = cap.unwrap_or_default();
-            capabilities.insert(name.to_string(), api::Capability { available: cap.available, detail: cap.detail });
+            capabilities.insert(
+                name.to_string(),
+                api::Capability {
+                    available: cap.available,
+                    detail: cap.detail,
+                },
+            );
         }
     }
     api::Sysinfo {
@@ -32,13 +38,25 @@ pub fn sysinfo(s: pb::Sysinfo) -> api::Sysinfo {
         disks: s
             .disks
             .into_iter()
-            .map(|d| api::Disk { name: d.name, size_bytes: d.size_bytes, model: d.model, rotational: d.rotational })
+            .map(|d| api::Disk {
+                name: d.name,
+                size_bytes: d.size_bytes,
+                model: d.model,
+                rotational: d.rotational,
+            })
             .collect(),
         zpools: s.zpools.into_iter().map(zpool).collect(),
         nics: s
             .nics
             .into_iter()
-            .map(|n| api::Nic { name: n.name, mac: n.mac, addresses: n.addresses, mtu: n.mtu, up: n.up, kind: n.kind })
+            .map(|n| api::Nic {
+                name: n.name,
+                mac: n.mac,
+                addresses: n.addresses,
+                mtu: n.mtu,
+                up: n.up,
+                kind: n.kind,
+            })
             .collect(),
         capabilities,
     }

@@ -33,31 +33,47 @@ fn db_status(e: crate::error::Error) -> Status {
 }
 
 fn check_address(addr: &str) -> Result<(), Status> {
-    addr.parse::<SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| Status::invalid_argument(format!("agent_address must be IP:port, got {:?}", crate::validate::truncate(addr))))
+    addr.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+        Status::invalid_argument(format!(
+            "agent_address must be IP:port, got {:?}",
+            crate::validate::truncate(addr)
+        ))
+    })
 }
 
 /// The bearer secret of a call's metadata.
 fn bearer<T>(req: &Request<T>) -> Option<String> {
-    let v = req.metadata().get(nereid_proto::AUTHORIZATION)?.to_str().ok()?;
+    let v = req
+        .metadata()
+        .get(nereid_proto::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     v.strip_prefix("Bearer ").map(|s| s.trim().to_string())
 }
 
 #[tonic::async_trait]
 impl Registry for RegistryService {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = req.into_inner();
         let metrics = &self.state.metrics;
         if req.join_token.trim().is_empty() {
             return Err(Status::unauthenticated("a join token is required"));
         }
-        let sysinfo = req.sysinfo.ok_or_else(|| Status::invalid_argument("sysinfo is required"))?;
+        let sysinfo = req
+            .sysinfo
+            .ok_or_else(|| Status::invalid_argument("sysinfo is required"))?;
         if sysinfo.machine_id.trim().is_empty() || sysinfo.machine_id.len() > 128 {
-            return Err(Status::invalid_argument("sysinfo.machine_id must be 1..=128 characters"));
+            return Err(Status::invalid_argument(
+                "sysinfo.machine_id must be 1..=128 characters",
+            ));
         }
         if sysinfo.hostname.is_empty() || sysinfo.hostname.len() > 255 {
-            return Err(Status::invalid_argument("sysinfo.hostname must be 1..=255 characters"));
+            return Err(Status::invalid_argument(
+                "sysinfo.hostname must be 1..=255 characters",
+            ));
         }
         check_address(&req.agent_address)?;
         let node_credential = secrets::generate(secrets::Kind::NodeCredential);
@@ -70,7 +86,13 @@ impl Registry for RegistryService {
             credential_hash: secrets::hash(&node_credential),
             control_key: control_key.clone(),
         };
-        match self.state.db.server_register(&secrets::hash(req.join_token.trim()), &new).await.map_err(db_status)? {
+        match self
+            .state
+            .db
+            .server_register(&secrets::hash(req.join_token.trim()), &new)
+            .await
+            .map_err(db_status)?
+        {
             Ok(()) => {
                 metrics.registrations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(server = %new.id, hostname = %new.sysinfo.hostname, machine_id = %new.sysinfo.machine_id,
@@ -83,18 +105,26 @@ impl Registry for RegistryService {
                 }))
             }
             Err(refusal) => {
-                metrics.registrations_refused.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .registrations_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(machine_id = %new.sysinfo.machine_id, "registration refused: {refusal}");
                 Err(match refusal {
-                    crate::db::JoinTokenRefusal::MachineAlreadyRegistered { .. } => Status::already_exists(refusal.to_string()),
+                    crate::db::JoinTokenRefusal::MachineAlreadyRegistered { .. } => {
+                        Status::already_exists(refusal.to_string())
+                    }
                     _ => Status::permission_denied(refusal.to_string()),
                 })
             }
         }
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let credential = bearer(&req).ok_or_else(|| Status::unauthenticated("the node credential is required"))?;
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let credential = bearer(&req)
+            .ok_or_else(|| Status::unauthenticated("the node credential is required"))?;
         let req = req.into_inner();
         let id: ServerId = req
             .server_id
@@ -106,16 +136,31 @@ impl Registry for RegistryService {
         let accepted = self
             .state
             .db
-            .server_heartbeat(id, &secrets::hash(&credential), &usage, &req.agent_address, &req.agent_version, sysinfo.as_ref())
+            .server_heartbeat(
+                id,
+                &secrets::hash(&credential),
+                &usage,
+                &req.agent_address,
+                &req.agent_version,
+                sysinfo.as_ref(),
+            )
             .await
             .map_err(db_status)?;
         if !accepted {
-            self.state.metrics.heartbeats_refused.fetch_add(1, Ordering::Relaxed);
+            self.state
+                .metrics
+                .heartbeats_refused
+                .fetch_add(1, Ordering::Relaxed);
             return Err(Status::unauthenticated(format!(
                 "server {id} is unknown or the credential is wrong; if the server was deleted, re-join this node with a new join token"
             )));
         }
-        self.state.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
-        Ok(Response::new(pb::HeartbeatResponse { heartbeat_interval_ms: self.interval_ms() }))
+        self.state
+            .metrics
+            .heartbeats
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Response::new(pb::HeartbeatResponse {
+            heartbeat_interval_ms: self.interval_ms(),
+        }))
     }
 }

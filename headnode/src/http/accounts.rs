@@ -13,17 +13,27 @@ use crate::error::{Error, Result};
 /// Operators see every account, tenants only their own.
 #[utoipa::path(get, path = "/v1/accounts", tag = "accounts", params(PageParams),
     responses((status = 200, body = Page<Account>), (status = 401, body = ErrorBody)))]
-pub async fn account_list(State(s): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<PageParams>) -> Result<Json<Page<Account>>> {
+pub async fn account_list(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<PageParams>,
+) -> Result<Json<Page<Account>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
-    Ok(Json(s.db.account_list(p.owner_scope(), after, limit).await?))
+    Ok(Json(
+        s.db.account_list(p.owner_scope(), after, limit).await?,
+    ))
 }
 
 /// Creates an account (operators only).
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = AccountCreate,
     responses((status = 201, body = Account), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 409, body = ErrorBody)))]
-pub async fn account_create(State(s): State<AppState>, p: Principal, ApiJson(body): ApiJson<AccountCreate>) -> Result<(StatusCode, Json<Account>)> {
+pub async fn account_create(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiJson(body): ApiJson<AccountCreate>,
+) -> Result<(StatusCode, Json<Account>)> {
     p.require_operator()?;
     crate::validate::name("name", &body.name)?;
     let account = s.db.account_create(&body.name, body.role).await?;
@@ -34,7 +44,11 @@ pub async fn account_create(State(s): State<AppState>, p: Principal, ApiJson(bod
 /// One account; another tenant's account is a 404, as if it did not exist.
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Account), (status = 404, body = ErrorBody)))]
-pub async fn account_get(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<AccountId>) -> Result<Json<Account>> {
+pub async fn account_get(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<AccountId>,
+) -> Result<Json<Account>> {
     if p.owner_scope().is_some_and(|own| own != id) {
         return Err(Error::not_found("account", id));
     }

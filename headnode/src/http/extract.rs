@@ -29,14 +29,24 @@ pub struct ApiQuery<T>(pub T);
 impl From<JsonRejection> for Error {
     fn from(r: JsonRejection) -> Error {
         match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge("the request body is larger than this route accepts".into()),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                Error::UnsupportedMediaType("the request body must be JSON with `Content-Type: application/json`".into())
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                Error::PayloadTooLarge("the request body is larger than this route accepts".into())
             }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Error::UnsupportedMediaType(
+                "the request body must be JSON with `Content-Type: application/json`".into(),
+            ),
             _ => match r {
-                JsonRejection::JsonSyntaxError(e) => Error::InvalidArgument(format!("malformed JSON: {}", inner_text(&e.body_text()))),
-                JsonRejection::JsonDataError(e) => Error::InvalidArgument(inner_text(&e.body_text())),
-                other => Error::InvalidArgument(format!("unreadable request body: {}", other.body_text())),
+                JsonRejection::JsonSyntaxError(e) => Error::InvalidArgument(format!(
+                    "malformed JSON: {}",
+                    inner_text(&e.body_text())
+                )),
+                JsonRejection::JsonDataError(e) => {
+                    Error::InvalidArgument(inner_text(&e.body_text()))
+                }
+                other => Error::InvalidArgument(format!(
+                    "unreadable request body: {}",
+                    other.body_text()
+                )),
             },
         }
     }
@@ -93,7 +103,11 @@ impl Principal {
     /// The owner a query is limited to: None for operators (everything),
     /// the caller's own account for tenants.
     pub fn owner_scope(&self) -> Option<AccountId> {
-        if self.is_operator() { None } else { Some(self.account_id) }
+        if self.is_operator() {
+            None
+        } else {
+            Some(self.account_id)
+        }
     }
 }
 
@@ -101,8 +115,13 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let missing = || Error::Unauthorized("missing bearer token: send `Authorization: Bearer <token>`".into());
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(missing)?;
+        let missing = || {
+            Error::Unauthorized("missing bearer token: send `Authorization: Bearer <token>`".into())
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(missing)?;
         let value = header.to_str().map_err(|_| missing())?;
         let token = value
             .strip_prefix("Bearer ")
@@ -116,6 +135,9 @@ impl FromRequestParts<AppState> for Principal {
             .await?
             .ok_or_else(|| Error::Unauthorized("the bearer token is unknown or expired".into()))?;
         tracing::Span::current().record("account", tracing::field::display(owner.account_id));
-        Ok(Principal { account_id: owner.account_id, role: owner.role })
+        Ok(Principal {
+            account_id: owner.account_id,
+            role: owner.role,
+        })
     }
 }

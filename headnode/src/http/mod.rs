@@ -32,20 +32,38 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi))
-        .route("/v1/accounts", get(accounts::account_list).post(accounts::account_create))
+        .route(
+            "/v1/accounts",
+            get(accounts::account_list).post(accounts::account_create),
+        )
         .route("/v1/accounts/{id}", get(accounts::account_get))
-        .route("/v1/tokens", get(tokens::token_list).post(tokens::token_create))
-        .route("/v1/tokens/{id}", axum::routing::delete(tokens::token_delete))
+        .route(
+            "/v1/tokens",
+            get(tokens::token_list).post(tokens::token_create),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(tokens::token_delete),
+        )
         .route("/v1/servers", get(servers::server_list))
         .route("/v1/servers/join-tokens", post(servers::join_token_create))
-        .route("/v1/servers/{id}", get(servers::server_get).delete(servers::server_delete))
+        .route(
+            "/v1/servers/{id}",
+            get(servers::server_get).delete(servers::server_delete),
+        )
         .route("/v1/servers/{id}/setup", post(servers::server_setup))
         .route("/v1/servers/{id}/reserve", post(servers::server_reserve))
-        .route("/v1/servers/{id}/unreserve", post(servers::server_unreserve))
+        .route(
+            "/v1/servers/{id}/unreserve",
+            post(servers::server_unreserve),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -62,7 +80,12 @@ fn request_id_from(req: &Request) -> String {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -73,10 +96,16 @@ async fn request_context(State(state): State<AppState>, req: Request, next: Next
     let id = request_id_from(&req);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let started = Instant::now();
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req).instrument(span.clone())).await;
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), next.run(req).instrument(span.clone()))
+        .await;
     let status = resp.status();
     span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), latency_ms = started.elapsed().as_millis() as u64, "request done")
+        tracing::info!(
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request done"
+        )
     });
     state.metrics.http_request(status.as_u16());
     if let Ok(v) = HeaderValue::from_str(&id) {

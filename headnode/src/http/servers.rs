@@ -4,7 +4,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use nereid_api::{ErrorBody, JoinTokenCreate, JoinTokenCreated, Page, Server, ServerId, ServerSetup, ServerStatus};
+use nereid_api::{
+    ErrorBody, JoinTokenCreate, JoinTokenCreated, Page, Server, ServerId, ServerSetup, ServerStatus,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -24,17 +26,28 @@ pub struct ServerListParams {
 
 #[utoipa::path(get, path = "/v1/servers", tag = "servers", params(ServerListParams),
     responses((status = 200, body = Page<Server>), (status = 403, body = ErrorBody)))]
-pub async fn server_list(State(s): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<ServerListParams>) -> Result<Json<Page<Server>>> {
+pub async fn server_list(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<ServerListParams>,
+) -> Result<Json<Page<Server>>> {
     p.require_operator()?;
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
-    let filter = ServerFilter { status: q.status, reserved: q.reserved };
+    let filter = ServerFilter {
+        status: q.status,
+        reserved: q.reserved,
+    };
     Ok(Json(s.db.server_list(&filter, after, limit).await?))
 }
 
 #[utoipa::path(get, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
-pub async fn server_get(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<Json<Server>> {
+pub async fn server_get(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<ServerId>,
+) -> Result<Json<Server>> {
     p.require_operator()?;
     Ok(Json(s.db.server_get(id).await?))
 }
@@ -66,14 +79,22 @@ pub async fn server_setup(
 
 #[utoipa::path(post, path = "/v1/servers/{id}/reserve", tag = "servers", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
-pub async fn server_reserve(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<Json<Server>> {
+pub async fn server_reserve(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<ServerId>,
+) -> Result<Json<Server>> {
     p.require_operator()?;
     Ok(Json(s.db.server_set_reserved(id, true).await?))
 }
 
 #[utoipa::path(post, path = "/v1/servers/{id}/unreserve", tag = "servers", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
-pub async fn server_unreserve(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<Json<Server>> {
+pub async fn server_unreserve(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<ServerId>,
+) -> Result<Json<Server>> {
     p.require_operator()?;
     Ok(Json(s.db.server_set_reserved(id, false).await?))
 }
@@ -82,7 +103,11 @@ pub async fn server_unreserve(State(s): State<AppState>, p: Principal, ApiPath(i
 /// back, give it a new join token.
 #[utoipa::path(delete, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path, format = Uuid)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn server_delete(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<ServerId>) -> Result<StatusCode> {
+pub async fn server_delete(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<ServerId>,
+) -> Result<StatusCode> {
     p.require_operator()?;
     s.db.server_delete(id).await?;
     s.agents.forget(id);
@@ -101,11 +126,23 @@ pub async fn join_token_create(
     p.require_operator()?;
     let ttl = body.ttl_seconds.unwrap_or(3600);
     if !(60..=604_800).contains(&ttl) {
-        return Err(Error::invalid("ttl_seconds", "must be within 60..=604800 (one minute to one week)"));
+        return Err(Error::invalid(
+            "ttl_seconds",
+            "must be within 60..=604800 (one minute to one week)",
+        ));
     }
     let token = crate::secrets::generate(crate::secrets::Kind::JoinToken);
     let expires_at = chrono::Utc::now() + chrono::Duration::seconds(ttl as i64);
-    let id = s.db.join_token_create(p.account_id, &crate::secrets::hash(&token), expires_at).await?;
+    let id =
+        s.db.join_token_create(p.account_id, &crate::secrets::hash(&token), expires_at)
+            .await?;
     tracing::info!(join_token = %id, %expires_at, "join token created");
-    Ok((StatusCode::CREATED, Json(JoinTokenCreated { id, token, expires_at })))
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinTokenCreated {
+            id,
+            token,
+            expires_at,
+        }),
+    ))
 }

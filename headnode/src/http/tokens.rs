@@ -27,7 +27,11 @@ const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(TokenListParams),
     responses((status = 200, body = Page<Token>), (status = 401, body = ErrorBody)))]
-pub async fn token_list(State(s): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<TokenListParams>) -> Result<Json<Page<Token>>> {
+pub async fn token_list(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<TokenListParams>,
+) -> Result<Json<Page<Token>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
     let account = match (p.owner_scope(), q.account_id) {
@@ -41,7 +45,11 @@ pub async fn token_list(State(s): State<AppState>, p: Principal, ApiQuery(q): Ap
 /// Creates a token; the answer is the only time its secret is shown.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenCreate,
     responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn token_create(State(s): State<AppState>, p: Principal, ApiJson(body): ApiJson<TokenCreate>) -> Result<(StatusCode, Json<TokenCreated>)> {
+pub async fn token_create(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiJson(body): ApiJson<TokenCreate>,
+) -> Result<(StatusCode, Json<TokenCreated>)> {
     crate::validate::name("name", &body.name)?;
     let account = body.account_id.unwrap_or(p.account_id);
     if p.owner_scope().is_some_and(|own| own != account) {
@@ -50,12 +58,17 @@ pub async fn token_create(State(s): State<AppState>, p: Principal, ApiJson(body)
     let expires_at = match body.ttl_seconds {
         None => None,
         Some(t) if t == 0 || t > MAX_TTL_SECONDS => {
-            return Err(Error::invalid("ttl_seconds", format!("must be within 1..={MAX_TTL_SECONDS}")));
+            return Err(Error::invalid(
+                "ttl_seconds",
+                format!("must be within 1..={MAX_TTL_SECONDS}"),
+            ));
         }
         Some(t) => Some(chrono::Utc::now() + chrono::Duration::seconds(t as i64)),
     };
     let secret = secrets::generate(secrets::Kind::ApiToken);
-    let token = s.db.token_create(account, &body.name, expires_at, &secrets::hash(&secret)).await?;
+    let token =
+        s.db.token_create(account, &body.name, expires_at, &secrets::hash(&secret))
+            .await?;
     tracing::info!(token = %token.id, account = %account, "token created");
     Ok((StatusCode::CREATED, Json(TokenCreated { token, secret })))
 }
@@ -63,7 +76,11 @@ pub async fn token_create(State(s): State<AppState>, p: Principal, ApiJson(body)
 /// Revokes a token.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, format = Uuid)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn token_delete(State(s): State<AppState>, p: Principal, ApiPath(id): ApiPath<TokenId>) -> Result<StatusCode> {
+pub async fn token_delete(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<TokenId>,
+) -> Result<StatusCode> {
     s.db.token_delete(id, p.owner_scope()).await?;
     tracing::info!(token = %id, "token revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -1,0 +1,144 @@
+//! A throwaway PostgreSQL cluster, started once per test process from the
+//! system's binaries on a free port, in a temporary directory.
+//!
+//! The postmaster runs under a small shell that holds a pipe from this
+//! process: when the test process exits (normally, by panic or by a signal)
+//! the pipe closes, the shell stops PostgreSQL and removes the directory.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    _guard: Mutex<std::process::ChildStdin>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn pg_bin() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries are not installed (/usr/lib/postgresql); run deploy/dev test")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .expect("no PostgreSQL version under /usr/lib/postgresql")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start() -> Cluster {
+    let bin = pg_bin();
+    let dir = std::env::temp_dir().join(format!(
+        "nereid-pg-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(dir.join("sock")).unwrap();
+    let pg = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("no postgres user");
+    for p in [dir.clone(), dir.join("data"), dir.join("sock")] {
+        nix::unistd::chown(&p, Some(pg.uid), Some(pg.gid)).unwrap();
+    }
+    std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("initdb"))
+        .args(["-D"])
+        .arg(dir.join("data"))
+        .args(["-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+        .output()
+        .expect("running initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let script = format!(
+        "{postgres} -D {dir}/data -p {port} -c listen_addresses=127.0.0.1 -k {dir}/sock -c fsync=off \
+         -c max_connections=300 -c shared_buffers=32MB >{dir}/postgres.log 2>&1 & pid=$!; \
+         read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+        postgres = bin.join("postgres").display(),
+        dir = dir.display(),
+    );
+    let mut child = Command::new("runuser")
+        .args(["-u", "postgres", "--", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("starting postgres");
+    let stdin = child.stdin.take().unwrap();
+    // The shell is reaped by nobody once we exit; that is fine, init adopts it.
+    std::mem::forget(child);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Accepting TCP is not yet accepting queries; psql tells.
+            let ok = Command::new("runuser")
+                .args(["-u", "postgres", "--", "psql", "-h"])
+                .arg(dir.join("sock"))
+                .args(["-p", &port.to_string(), "-tAc", "SELECT 1"])
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return Cluster {
+                    port,
+                    dir,
+                    _guard: Mutex::new(stdin),
+                };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "PostgreSQL did not start; see {}/postgres.log",
+        dir.display()
+    );
+}
+
+impl Cluster {
+    pub fn get() -> &'static Cluster {
+        CLUSTER.get_or_init(start)
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Stops the cluster now (the guard pipe closes when the process exits anyway).
+    pub fn stop(&self) {
+        if let Ok(mut g) = self._guard.lock() {
+            let _ = g.write_all(b"\n");
+        }
+    }
+}
+
+/// A fresh, empty database on the shared cluster; returns its URL.
+pub async fn fresh_database() -> String {
+    let cluster = Cluster::get();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    cluster.url(&name)
+}

@@ -1,0 +1,338 @@
+//! Real headnode and agent processes for tests. Each runs from the workspace's
+//! built binaries with its own temporary state dir and log file; dropping the
+//! handle kills the process (and prints the log tail if the test failed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// The directory holding the workspace's binaries (target/debug), found from
+/// the test executable's path (target/debug/deps/<test>), or NEREID_BIN_DIR.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("NEREID_BIN_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap()
+    } else {
+        dir
+    };
+    dir.to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace` (deploy/dev test does)",
+        p.display()
+    );
+    p
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        cmd.env("NEREID_LOG", "info,sqlx=warn");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            child: Some(child),
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("process is running").id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit (SIGKILL after 10 s).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..200 {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                log_tail(&self.log)
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadnodeOpts {
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for HeadnodeOpts {
+    fn default() -> Self {
+        HeadnodeOpts {
+            heartbeat_interval_ms: 5000,
+        }
+    }
+}
+
+pub struct Headnode {
+    pub proc: Proc,
+    pub state: TempDir,
+    pub database_url: String,
+    pub rest_url: String,
+    pub grpc_url: String,
+    pub opts: HeadnodeOpts,
+}
+
+impl Headnode {
+    /// Starts a headnode on a fresh database.
+    pub async fn start(opts: HeadnodeOpts) -> Headnode {
+        let db = crate::pg::fresh_database().await;
+        Headnode::start_on(
+            db,
+            tempfile::Builder::new()
+                .prefix("nereid-headnode-")
+                .tempdir()
+                .unwrap(),
+            opts,
+        )
+        .await
+    }
+
+    /// Starts a headnode on this database and state dir.
+    pub async fn start_on(database_url: String, state: TempDir, opts: HeadnodeOpts) -> Headnode {
+        let run_file = state.path().join("headnode.json");
+        let _ = std::fs::remove_file(&run_file);
+        let mut cmd = Command::new(bin("nereid-headnode"));
+        cmd.arg("--database-url")
+            .arg(&database_url)
+            .args([
+                "--rest-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--heartbeat-interval-ms")
+            .arg(opts.heartbeat_interval_ms.to_string());
+        let proc = Proc::spawn("headnode", cmd, state.path().join("headnode.log"));
+        let mut h = Headnode {
+            proc,
+            state,
+            database_url,
+            rest_url: String::new(),
+            grpc_url: String::new(),
+            opts,
+        };
+        let run: serde_json::Value =
+            crate::wait_for("the headnode's run file", Duration::from_secs(30), || {
+                let p = run_file.clone();
+                async move {
+                    std::fs::read(&p)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                }
+            })
+            .await;
+        h.rest_url = format!("http://{}", run["rest"].as_str().unwrap());
+        h.grpc_url = format!("http://{}", run["grpc"].as_str().unwrap());
+        h
+    }
+
+    /// Kills the process with SIGKILL and starts it again on the same database and state dir.
+    pub async fn restart(self) -> Headnode {
+        let Headnode {
+            mut proc,
+            state,
+            database_url,
+            opts,
+            ..
+        } = self;
+        proc.kill();
+        Headnode::start_on(database_url, state, opts).await
+    }
+
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("operator-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn operator(&self) -> crate::api::Api {
+        crate::api::Api::new(&self.rest_url, &self.operator_token())
+    }
+
+    /// A new single-use join token.
+    pub async fn join_token(&self) -> String {
+        let (st, body) = self
+            .operator()
+            .post("/v1/servers/join-tokens", &serde_json::json!({}))
+            .await;
+        assert_eq!(st, 201, "{body}");
+        body["token"].as_str().unwrap().to_string()
+    }
+}
+
+pub struct AgentOpts {
+    pub machine_id: String,
+    pub hostname: Option<String>,
+    pub join_token: Option<String>,
+}
+
+pub struct Agent {
+    pub proc: Proc,
+    pub state: TempDir,
+    pub headnode_grpc: String,
+    pub machine_id: String,
+    pub hostname: Option<String>,
+}
+
+impl Agent {
+    /// Starts an agent that joins with `join_token` under a unique machine id.
+    pub fn start(headnode_grpc: &str, join_token: &str) -> Agent {
+        let opts = AgentOpts {
+            machine_id: format!("test-{}", uuid::Uuid::new_v4().simple()),
+            hostname: None,
+            join_token: Some(join_token.into()),
+        };
+        Agent::start_with(
+            headnode_grpc,
+            opts,
+            tempfile::Builder::new()
+                .prefix("nereid-agent-")
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    pub fn start_with(headnode_grpc: &str, opts: AgentOpts, state: TempDir) -> Agent {
+        let mut cmd = Command::new(bin("nereid-agent"));
+        cmd.arg("--headnode")
+            .arg(headnode_grpc)
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--listen", "127.0.0.1:0", "--machine-id", &opts.machine_id]);
+        if let Some(h) = &opts.hostname {
+            cmd.args(["--hostname", h]);
+        }
+        if let Some(t) = &opts.join_token {
+            cmd.args(["--join-token", t]);
+        }
+        let proc = Proc::spawn("agent", cmd, state.path().join("agent.log"));
+        Agent {
+            proc,
+            state,
+            headnode_grpc: headnode_grpc.into(),
+            machine_id: opts.machine_id,
+            hostname: opts.hostname,
+        }
+    }
+
+    /// Kills the agent (SIGKILL) and starts it again with the same state dir.
+    pub fn restart(self) -> Agent {
+        let Agent {
+            mut proc,
+            state,
+            headnode_grpc,
+            machine_id,
+            hostname,
+        } = self;
+        proc.kill();
+        Agent::start_with(
+            &headnode_grpc,
+            AgentOpts {
+                machine_id,
+                hostname,
+                join_token: None,
+            },
+            state,
+        )
+    }
+
+    /// The server id, once the agent has joined.
+    pub async fn server_id(&self) -> String {
+        let path = self.state.path().join("identity.json");
+        crate::wait_for("the agent to join", Duration::from_secs(60), || {
+            let p = path.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                v["server_id"].as_str().map(str::to_string)
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,87 @@
+//! File-backed zpools for tests, each with a unique name, destroyed on drop.
+
+use std::process::Command;
+
+use tempfile::TempDir;
+
+pub struct TestPool {
+    pub name: String,
+    _dir: TempDir,
+}
+
+/// True if zfs works on this host (zfs-fuse running or kernel ZFS). In CI a
+/// missing ZFS fails the test; elsewhere the test is skipped with a reason.
+pub fn available() -> bool {
+    let ok = Command::new("zpool")
+        .args(["list", "-H"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            !crate::must_not_skip(),
+            "ZFS is not usable on this host (is zfs-fuse running?) and CI must not skip"
+        );
+        eprintln!("skipped: ZFS is not usable here (start zfs-fuse, or run deploy/dev test)");
+    }
+    ok
+}
+
+impl TestPool {
+    pub fn create(size: &str) -> TestPool {
+        let name = crate::unique_name("nrdt");
+        let dir = tempfile::Builder::new()
+            .prefix("nereid-pool-")
+            .tempdir()
+            .unwrap();
+        let img = dir.path().join("pool.img");
+        let st = Command::new("truncate")
+            .args(["-s", size])
+            .arg(&img)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = Command::new("zpool")
+            .args(["create", "-m"])
+            .arg(dir.path().join("mnt"))
+            .arg(&name)
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "zpool create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestPool { name, _dir: dir }
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        // A process that was just killed (an agent and its `zpool`/`zfs`
+        // children) can keep the pool busy for a moment: retry.
+        let mut last = String::new();
+        for _ in 0..50 {
+            let _ = Command::new("zfs")
+                .args(["unmount", "-f", &self.name])
+                .output();
+            match Command::new("zpool")
+                .args(["destroy", "-f", &self.name])
+                .output()
+            {
+                Ok(o) if o.status.success() => return,
+                Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => last = e.to_string(),
+            }
+            let exists = Command::new("zpool")
+                .args(["list", "-H", "-o", "name", &self.name])
+                .output();
+            if exists.is_ok_and(|o| !o.status.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("zpool destroy {} kept failing: {last}", self.name);
+    }
+}
