@@ -37,6 +37,10 @@ pub enum ErrorCode {
     Conflict,
     /// 409: no server can take the request; the message counts the reasons.
     InsufficientCapacity,
+    /// 409: a pool (a network's addresses) has nothing left.
+    Exhausted,
+    /// 416: the Range asked for lies outside the file.
+    RangeNotSatisfiable,
     /// 413: the request body is larger than the route accepts.
     PayloadTooLarge,
     /// 415: the body is not JSON.
@@ -59,6 +63,8 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "MethodNotAllowed",
             ErrorCode::Conflict => "Conflict",
             ErrorCode::InsufficientCapacity => "InsufficientCapacity",
+            ErrorCode::Exhausted => "Exhausted",
+            ErrorCode::RangeNotSatisfiable => "RangeNotSatisfiable",
             ErrorCode::PayloadTooLarge => "PayloadTooLarge",
             ErrorCode::UnsupportedMediaType => "UnsupportedMediaType",
             ErrorCode::AgentUnavailable => "AgentUnavailable",

@@ -77,6 +77,18 @@ typed_id!(
     /// A single-use token that lets a node join.
     JoinTokenId
 );
+typed_id!(
+    /// An image of the catalog.
+    ImageId
+);
+typed_id!(
+    /// A package (instance size).
+    PackageId
+);
+typed_id!(
+    /// A network.
+    NetworkId
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,11 +7,17 @@
 pub mod accounts;
 pub mod error;
 pub mod ids;
+pub mod images;
+pub mod networks;
+pub mod packages;
 pub mod page;
 pub mod servers;
 
 pub use accounts::*;
 pub use error::*;
 pub use ids::*;
+pub use images::*;
+pub use networks::*;
+pub use packages::*;
 pub use page::*;
 pub use servers::*;

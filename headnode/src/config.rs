@@ -52,6 +52,8 @@ struct FileConfig {
     heartbeat_interval_ms: Option<u64>,
     missed_heartbeats: Option<u32>,
     max_body_bytes: Option<usize>,
+    max_image_bytes: Option<u64>,
+    image_store: Option<PathBuf>,
     log_format: Option<String>,
 }
 
@@ -66,6 +68,10 @@ pub struct Config {
     pub missed_heartbeats: u32,
     /// The largest JSON body a route accepts.
     pub max_body_bytes: usize,
+    /// The largest image file an upload may send.
+    pub max_image_bytes: u64,
+    /// Where image files are stored (default: `<state_dir>/images`).
+    pub image_store: PathBuf,
     pub log_format: LogFormat,
 }
 
@@ -122,7 +128,14 @@ impl Config {
                 )));
             }
         };
+        let state_dir = flags
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/nereid/headnode"));
         Ok(Config {
+            image_store: file.image_store.unwrap_or_else(|| state_dir.join("images")),
+            max_image_bytes: file.max_image_bytes.unwrap_or(64 << 30),
             database_url,
             rest_listen: flags
                 .rest_listen
@@ -132,11 +145,7 @@ impl Config {
                 .grpc_listen
                 .or(file.grpc_listen)
                 .unwrap_or_else(|| "0.0.0.0:8441".parse().unwrap()),
-            state_dir: flags
-                .state_dir
-                .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/nereid/headnode")),
+            state_dir,
             heartbeat_interval: Duration::from_millis(heartbeat_ms),
             missed_heartbeats: file.missed_heartbeats.unwrap_or(3).max(1),
             max_body_bytes: file.max_body_bytes.unwrap_or(1024 * 1024),

@@ -42,6 +42,10 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("{0}")]
     AgentUnavailable(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
@@ -82,6 +86,11 @@ impl Error {
                 ErrorCode::UnsupportedMediaType,
             ),
             Error::AgentUnavailable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::AgentUnavailable),
+            Error::Exhausted(_) => (StatusCode::CONFLICT, ErrorCode::Exhausted),
+            Error::RangeNotSatisfiable(_) => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::RangeNotSatisfiable,
+            ),
             Error::Database(e) if is_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }

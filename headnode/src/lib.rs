@@ -8,6 +8,8 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod imagestore;
+pub mod ipam;
 pub mod metrics;
 pub mod openapi;
 pub mod secrets;
@@ -32,6 +34,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::Metrics>,
     pub agents: agents::AgentPool,
+    pub images: imagestore::ImageStore,
 }
 
 /// The file in the state dir holding the first operator's token (mode 0600).
@@ -60,7 +63,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(path = %token_path.display(), "created the first operator account 'admin'; its token is in this file (root only)");
     }
 
+    let images = imagestore::ImageStore::open(&config.image_store)
+        .with_context(|| format!("opening the image store {}", config.image_store.display()))?;
+    sweep_image_store(&db, &images).await?;
     let state = AppState {
+        images,
         db,
         config: Arc::new(config.clone()),
         metrics: Arc::new(metrics::Metrics::default()),
@@ -115,6 +122,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await;
     let _ = std::fs::remove_file(config.state_dir.join(RUN_FILE));
+    Ok(())
+}
+
+/// Removes stored files that no image_files row knows (a crash between
+/// storing a file and committing its row).
+async fn sweep_image_store(
+    db: &db::Datastore,
+    images: &imagestore::ImageStore,
+) -> anyhow::Result<()> {
+    let known: std::collections::HashSet<String> =
+        db.image_file_hashes().await?.into_iter().collect();
+    for sha in images.list() {
+        if !known.contains(&sha) && sha.len() == 64 {
+            db.image_file_collect(&sha, || images.remove(&sha)).await?;
+        }
+    }
     Ok(())
 }
 

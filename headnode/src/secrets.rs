@@ -20,11 +20,14 @@ impl Kind {
         match self {
             Kind::ApiToken => "nrd_",
             Kind::JoinToken => "nrdjoin_",
-            Kind::NodeCredential => "nrdnode_",
+            Kind::NodeCredential => NODE_CREDENTIAL_PREFIX,
             Kind::ControlKey => "nrdctl_",
         }
     }
 }
+
+/// Node credentials start with this, so a bearer can be told apart cheaply.
+pub const NODE_CREDENTIAL_PREFIX: &str = "nrdnode_";
 
 /// A new random secret of this kind.
 pub fn generate(kind: Kind) -> String {

@@ -57,6 +57,18 @@ pub fn interface(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Free text of at most `max` characters.
+pub fn text(field: &str, value: &str, max: usize) -> Result<()> {
+    let n = value.chars().count();
+    if n > max {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Keeps echoed input short in messages.
 pub fn truncate(s: &str) -> String {
     if s.chars().count() > 40 {

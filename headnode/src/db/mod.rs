@@ -5,11 +5,17 @@
 //! It must never call an agent or know about HTTP.
 
 mod accounts;
+mod images;
 mod join_tokens;
+mod networks;
+mod packages;
 mod servers;
 mod tokens;
 
+pub use images::ImageFilter;
 pub use join_tokens::JoinTokenRefusal;
+pub use networks::NewNetwork;
+pub use packages::PackageFilter;
 pub use servers::{NewServer, ServerFilter, SetupBegin};
 pub use tokens::TokenOwner;
 

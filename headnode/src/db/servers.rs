@@ -224,6 +224,18 @@ impl Datastore {
         self.server_get(id).await
     }
 
+    pub async fn server_id_by_credential(
+        &self,
+        credential_hash: &[u8],
+    ) -> Result<Option<ServerId>> {
+        let row: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM servers WHERE credential_hash = $1")
+                .bind(credential_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.0.into()))
+    }
+
     pub async fn server_delete(&self, id: ServerId) -> Result<()> {
         let done = sqlx::query("DELETE FROM servers WHERE id = $1")
             .bind(id.as_uuid())

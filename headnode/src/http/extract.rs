@@ -5,7 +5,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use nereid_api::{AccountId, Role};
+use nereid_api::{AccountId, Role, ServerId};
 
 use crate::AppState;
 use crate::error::Error;
@@ -111,33 +111,64 @@ impl Principal {
     }
 }
 
+/// The bearer secret of a request, or a 401.
+fn bearer(parts: &Parts) -> Result<&str, Error> {
+    let missing =
+        || Error::Unauthorized("missing bearer token: send `Authorization: Bearer <token>`".into());
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(missing)?;
+    let value = header.to_str().map_err(|_| missing())?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or_else(missing)
+}
+
+async fn principal(token: &str, state: &AppState) -> Result<Principal, Error> {
+    let owner = state
+        .db
+        .token_authenticate(&crate::secrets::hash(token))
+        .await?
+        .ok_or_else(|| Error::Unauthorized("the bearer token is unknown or expired".into()))?;
+    tracing::Span::current().record("account", tracing::field::display(owner.account_id));
+    Ok(Principal {
+        account_id: owner.account_id,
+        role: owner.role,
+    })
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let missing = || {
-            Error::Unauthorized("missing bearer token: send `Authorization: Bearer <token>`".into())
-        };
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(missing)?;
-        let value = header.to_str().map_err(|_| missing())?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(missing)?;
-        let owner = state
-            .db
-            .token_authenticate(&crate::secrets::hash(token))
-            .await?
-            .ok_or_else(|| Error::Unauthorized("the bearer token is unknown or expired".into()))?;
-        tracing::Span::current().record("account", tracing::field::display(owner.account_id));
-        Ok(Principal {
-            account_id: owner.account_id,
-            role: owner.role,
-        })
+        principal(bearer(parts)?, state).await
+    }
+}
+
+/// An account, or a node presenting its node credential (agents pulling images).
+#[derive(Debug, Clone, Copy)]
+pub enum Caller {
+    Account(Principal),
+    Node(ServerId),
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let token = bearer(parts)?;
+        if token.starts_with(crate::secrets::NODE_CREDENTIAL_PREFIX) {
+            let server = state
+                .db
+                .server_id_by_credential(&crate::secrets::hash(token))
+                .await?
+                .ok_or_else(|| Error::Unauthorized("the node credential is unknown".into()))?;
+            return Ok(Caller::Node(server));
+        }
+        Ok(Caller::Account(principal(token, state).await?))
     }
 }

@@ -7,11 +7,14 @@
 
 pub(crate) mod accounts;
 mod extract;
+pub(crate) mod images;
+pub(crate) mod networks;
+pub(crate) mod packages;
 pub(crate) mod servers;
 mod system;
 pub(crate) mod tokens;
 
-pub use extract::{ApiJson, ApiPath, ApiQuery, Principal};
+pub use extract::{ApiJson, ApiPath, ApiQuery, Caller, Principal};
 
 use std::time::Instant;
 
@@ -56,6 +59,57 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/servers/{id}/unreserve",
             post(servers::server_unreserve),
+        )
+        .route(
+            "/v1/images",
+            get(images::image_list).post(images::image_create),
+        )
+        .route(
+            "/v1/images/{id}",
+            get(images::image_get).delete(images::image_delete),
+        )
+        .route(
+            "/v1/images/{id}/file",
+            get(images::image_file_get)
+                .put(images::image_file_put)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/images/{id}/activate", post(images::image_activate))
+        .route("/v1/images/{id}/disable", post(images::image_disable))
+        .route("/v1/images/{id}/enable", post(images::image_enable))
+        .route(
+            "/v1/packages",
+            get(packages::package_list).post(packages::package_create),
+        )
+        .route(
+            "/v1/packages/{id}",
+            get(packages::package_get)
+                .patch(packages::package_update)
+                .delete(packages::package_delete),
+        )
+        .route(
+            "/v1/nictags",
+            get(networks::nic_tag_list).post(networks::nic_tag_create),
+        )
+        .route(
+            "/v1/nictags/{name}",
+            axum::routing::delete(networks::nic_tag_delete),
+        )
+        .route(
+            "/v1/networks",
+            get(networks::network_list).post(networks::network_create),
+        )
+        .route(
+            "/v1/networks/{id}",
+            get(networks::network_get).delete(networks::network_delete),
+        )
+        .route(
+            "/v1/networks/{id}/ips",
+            get(networks::network_ip_list).post(networks::network_ip_allocate),
+        )
+        .route(
+            "/v1/networks/{id}/ips/{ip}",
+            axum::routing::delete(networks::network_ip_free),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

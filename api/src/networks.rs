@@ -1,0 +1,96 @@
+//! NIC tags, networks and their IP addresses.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{AccountId, NetworkId};
+
+/// A name for a physical network a server's interface is attached to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NicTag {
+    pub name: String,
+    pub mtu: u32,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicTagCreate {
+    pub name: String,
+    /// 576..=9000, default 1500.
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    pub id: NetworkId,
+    pub name: String,
+    pub nic_tag: String,
+    /// 0 = untagged, else 2..=4094.
+    pub vlan_id: u16,
+    /// The VXLAN id of a fabric network.
+    pub vni: Option<u32>,
+    /// IPv4 CIDR, e.g. 10.88.0.0/24.
+    pub subnet: String,
+    pub gateway: Option<String>,
+    pub provision_start: String,
+    pub provision_end: String,
+    pub resolvers: Vec<String>,
+    /// destination CIDR -> next hop
+    pub routes: BTreeMap<String, String>,
+    pub mtu: u32,
+    /// Who may use it; empty means everyone.
+    pub owners: Vec<AccountId>,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    pub name: String,
+    pub nic_tag: String,
+    #[serde(default)]
+    pub vlan_id: u16,
+    pub vni: Option<u32>,
+    pub subnet: String,
+    pub gateway: Option<String>,
+    pub provision_start: String,
+    pub provision_end: String,
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+    /// Default: the nic tag's MTU.
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub owners: Vec<AccountId>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An address of a network that is taken.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkIp {
+    pub network_id: NetworkId,
+    pub ip: String,
+    /// Held by an operator rather than an instance.
+    pub reserved: bool,
+    /// What holds it: `reservation` or `instance`.
+    pub owner_type: String,
+    pub owner_id: Option<uuid::Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Take an address: a given one, or the lowest free one of the provision range.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkIpAllocate {
+    pub ip: Option<String>,
+}

@@ -1,0 +1,456 @@
+//! NIC tags, networks and network addresses. Overlapping subnets on one nic
+//! tag and VLAN are refused by an exclusion constraint; an address is one row,
+//! so it cannot be handed out twice, and allocation takes the lowest free row
+//! with `FOR UPDATE SKIP LOCKED`, so concurrent allocations never wait on
+//! each other or collide.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use nereid_api::{AccountId, Network, NetworkId, NetworkIp, NicTag, Page};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Datastore, into_page, is_unique_violation};
+use crate::error::{Error, Result};
+use crate::ipam::Addresses;
+
+#[derive(sqlx::FromRow)]
+struct NicTagRow {
+    name: String,
+    mtu: i32,
+    description: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<NicTagRow> for NicTag {
+    fn from(r: NicTagRow) -> NicTag {
+        NicTag {
+            name: r.name,
+            mtu: r.mtu as u32,
+            description: r.description,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct NetworkRow {
+    id: Uuid,
+    name: String,
+    nic_tag: String,
+    vlan_id: i32,
+    vni: Option<i32>,
+    subnet: String,
+    gateway: Option<String>,
+    provision_start: String,
+    provision_end: String,
+    resolvers: Vec<String>,
+    routes: Json<BTreeMap<String, String>>,
+    mtu: i32,
+    owners: Vec<Uuid>,
+    description: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<NetworkRow> for Network {
+    fn from(r: NetworkRow) -> Network {
+        Network {
+            id: r.id.into(),
+            name: r.name,
+            nic_tag: r.nic_tag,
+            vlan_id: r.vlan_id as u16,
+            vni: r.vni.map(|v| v as u32),
+            subnet: r.subnet,
+            gateway: r.gateway,
+            provision_start: r.provision_start,
+            provision_end: r.provision_end,
+            resolvers: r.resolvers,
+            routes: r.routes.0,
+            mtu: r.mtu as u32,
+            owners: r.owners.into_iter().map(AccountId::from).collect(),
+            description: r.description,
+            created_at: r.created_at,
+        }
+    }
+}
+
+const NETWORK_COLUMNS: &str = "id, name, nic_tag, vlan_id, vni, subnet::text AS subnet, host(gateway) AS gateway,
+    host(provision_start) AS provision_start, host(provision_end) AS provision_end,
+    ARRAY(SELECT host(r) FROM unnest(resolvers) r) AS resolvers, routes, mtu, owners, description, created_at";
+
+#[derive(sqlx::FromRow)]
+struct IpRow {
+    network_id: Uuid,
+    ip: String,
+    owner_type: String,
+    owner_id: Option<Uuid>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<IpRow> for NetworkIp {
+    fn from(r: IpRow) -> NetworkIp {
+        NetworkIp {
+            network_id: r.network_id.into(),
+            reserved: r.owner_type == "reservation",
+            ip: r.ip,
+            owner_type: r.owner_type,
+            owner_id: r.owner_id,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const IP_COLUMNS: &str = "network_id, host(ip) AS ip, owner_type, owner_id, updated_at";
+
+/// A checked network to record.
+pub struct NewNetwork<'a> {
+    pub name: &'a str,
+    pub nic_tag: &'a str,
+    pub vlan_id: u16,
+    pub vni: Option<u32>,
+    pub addresses: &'a Addresses,
+    pub mtu: Option<u32>,
+    pub owners: &'a [AccountId],
+    pub description: &'a str,
+}
+
+impl Datastore {
+    pub async fn nic_tag_create(&self, name: &str, mtu: u32, description: &str) -> Result<NicTag> {
+        let row = sqlx::query_as::<_, NicTagRow>(
+            "INSERT INTO nic_tags (name, mtu, description) VALUES ($1, $2, $3) RETURNING name, mtu, description, created_at",
+        )
+        .bind(name)
+        .bind(mtu as i32)
+        .bind(description)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e, "nic_tags_pkey") {
+                Error::Conflict(format!("nic tag {name:?} already exists"))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(row.into())
+    }
+
+    pub async fn nic_tag_list(&self) -> Result<Vec<NicTag>> {
+        let rows = sqlx::query_as::<_, NicTagRow>(
+            "SELECT name, mtu, description, created_at FROM nic_tags ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(NicTag::from).collect())
+    }
+
+    pub async fn nic_tag_delete(&self, name: &str) -> Result<()> {
+        let done = sqlx::query("DELETE FROM nic_tags WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                    Error::Conflict(format!(
+                        "nic tag {name:?} is used by networks; delete them first"
+                    ))
+                }
+                _ => e.into(),
+            })?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("nic tag", name));
+        }
+        Ok(())
+    }
+
+    /// Records a network and one free row per address of its provision range.
+    pub async fn network_create(&self, n: &NewNetwork<'_>) -> Result<Network> {
+        let a = n.addresses;
+        let mut tx = self.pool.begin().await?;
+        let tag: Option<(i32,)> = sqlx::query_as("SELECT mtu FROM nic_tags WHERE name = $1")
+            .bind(n.nic_tag)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((tag_mtu,)) = tag else {
+            return Err(Error::invalid(
+                "nic_tag",
+                format!("no nic tag named {:?}", n.nic_tag),
+            ));
+        };
+        let mtu = n.mtu.unwrap_or(tag_mtu as u32);
+        if mtu > tag_mtu as u32 {
+            return Err(Error::invalid(
+                "mtu",
+                format!(
+                    "{mtu} is larger than nic tag {:?}'s MTU {tag_mtu}",
+                    n.nic_tag
+                ),
+            ));
+        }
+        let id = NetworkId::new();
+        let resolvers: Vec<String> = a.resolvers.iter().map(|r| r.to_string()).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO networks (id, name, nic_tag, vlan_id, vni, subnet, gateway, provision_start, provision_end,
+                                   resolvers, routes, mtu, owners, description)
+             VALUES ($1, $2, $3, $4, $5, $6::cidr, $7::inet, $8::inet, $9::inet, $10::inet[], $11, $12, $13, $14)",
+        )
+        .bind(id.as_uuid())
+        .bind(n.name)
+        .bind(n.nic_tag)
+        .bind(n.vlan_id as i32)
+        .bind(n.vni.map(|v| v as i32))
+        .bind(a.subnet.to_string())
+        .bind(a.gateway.map(|g| g.to_string()))
+        .bind(a.start.to_string())
+        .bind(a.end.to_string())
+        .bind(&resolvers)
+        .bind(Json(&a.routes))
+        .bind(mtu as i32)
+        .bind(n.owners.iter().map(|o| o.as_uuid()).collect::<Vec<_>>())
+        .bind(n.description)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            drop(tx);
+            return Err(match &e {
+                e if is_unique_violation(e, "networks_name_key") => {
+                    Error::Conflict(format!("a network named {:?} already exists", n.name))
+                }
+                sqlx::Error::Database(d) if d.constraint() == Some("networks_no_overlap") => {
+                    let other: Option<(String, String)> = sqlx::query_as(
+                        "SELECT name, subnet::text FROM networks WHERE nic_tag = $1 AND vlan_id = $2
+                           AND coalesce(vni, 0) = $3 AND subnet && $4::cidr LIMIT 1",
+                    )
+                    .bind(n.nic_tag)
+                    .bind(n.vlan_id as i32)
+                    .bind(n.vni.unwrap_or(0) as i32)
+                    .bind(a.subnet.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let (name, subnet) = other.unwrap_or_default();
+                    Error::Conflict(format!(
+                        "subnet: {} overlaps network {name:?} ({subnet}) on nic tag {:?} VLAN {}",
+                        a.subnet, n.nic_tag, n.vlan_id
+                    ))
+                }
+                _ => e.into(),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO network_ips (network_id, ip, in_range)
+             SELECT $1, $2::inet + g, true FROM generate_series(0::bigint, $3::bigint) g
+             WHERE ($2::inet + g) IS DISTINCT FROM $4::inet",
+        )
+        .bind(id.as_uuid())
+        .bind(a.start.to_string())
+        .bind((a.range_len() - 1) as i64)
+        .bind(a.gateway.map(|g| g.to_string()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.network_get(id, None).await
+    }
+
+    pub async fn network_get(
+        &self,
+        id: NetworkId,
+        usable_by: Option<AccountId>,
+    ) -> Result<Network> {
+        sqlx::query_as::<_, NetworkRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {NETWORK_COLUMNS} FROM networks WHERE id = $1
+               AND ($2::uuid IS NULL OR cardinality(owners) = 0 OR $2 = ANY(owners))"
+        )))
+        .bind(id.as_uuid())
+        .bind(usable_by.map(|a| a.as_uuid()))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(Network::from)
+        .ok_or_else(|| Error::not_found("network", id))
+    }
+
+    pub async fn network_list(
+        &self,
+        usable_by: Option<AccountId>,
+        nic_tag: Option<&str>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Network>> {
+        let rows = sqlx::query_as::<_, NetworkRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {NETWORK_COLUMNS} FROM networks
+             WHERE ($1::uuid IS NULL OR cardinality(owners) = 0 OR $1 = ANY(owners))
+               AND ($2::text IS NULL OR nic_tag = $2) AND ($3::uuid IS NULL OR id > $3)
+             ORDER BY id LIMIT $4"
+        )))
+        .bind(usable_by.map(|a| a.as_uuid()))
+        .bind(nic_tag)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(into_page(
+            rows.into_iter().map(Network::from).collect(),
+            limit,
+            |n| n.id.as_uuid(),
+        ))
+    }
+
+    /// Deletes a network that no instance holds an address of.
+    pub async fn network_delete(&self, id: NetworkId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM networks WHERE id = $1 FOR UPDATE")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Err(Error::not_found("network", id));
+        }
+        let (held,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM network_ips WHERE network_id = $1 AND owner_type = 'instance'",
+        )
+        .bind(id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        if held > 0 {
+            return Err(Error::Conflict(format!(
+                "network {id} has {held} addresses held by instances; delete them first"
+            )));
+        }
+        sqlx::query("DELETE FROM networks WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes the lowest free address of the provision range.
+    pub async fn network_ip_allocate(
+        &self,
+        id: NetworkId,
+        owner_type: &str,
+        owner_id: Option<Uuid>,
+    ) -> Result<NetworkIp> {
+        let row = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE network_ips SET owner_type = $2, owner_id = $3, updated_at = now()
+             WHERE (network_id, ip) = (
+                 SELECT network_id, ip FROM network_ips
+                 WHERE network_id = $1 AND owner_type IS NULL AND in_range
+                 ORDER BY ip LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING {IP_COLUMNS}"
+        )))
+        .bind(id.as_uuid())
+        .bind(owner_type)
+        .bind(owner_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(r.into()),
+            None => {
+                self.network_get(id, None).await?;
+                Err(Error::Exhausted(format!(
+                    "network {id} has no free address left in its provision range"
+                )))
+            }
+        }
+    }
+
+    /// Takes one given address of the subnet (inside the range or not).
+    pub async fn network_ip_reserve(
+        &self,
+        id: NetworkId,
+        ip: Ipv4Addr,
+        owner_type: &str,
+        owner_id: Option<Uuid>,
+    ) -> Result<NetworkIp> {
+        let row = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO network_ips (network_id, ip, in_range, owner_type, owner_id) VALUES ($1, $2::inet, false, $3, $4)
+             ON CONFLICT (network_id, ip) DO UPDATE SET owner_type = $3, owner_id = $4, updated_at = now()
+                 WHERE network_ips.owner_type IS NULL
+             RETURNING {IP_COLUMNS}"
+        )))
+        .bind(id.as_uuid())
+        .bind(ip.to_string())
+        .bind(owner_type)
+        .bind(owner_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(NetworkIp::from)
+            .ok_or_else(|| Error::Conflict(format!("{ip} of network {id} is already taken")))
+    }
+
+    /// Gives a reserved address back; an instance's address is a 409.
+    pub async fn network_ip_free(&self, id: NetworkId, ip: Ipv4Addr) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Option<String>, Option<Uuid>, bool)> =
+            sqlx::query_as("SELECT owner_type, owner_id, in_range FROM network_ips WHERE network_id = $1 AND ip = $2::inet FOR UPDATE")
+                .bind(id.as_uuid())
+                .bind(ip.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        match row {
+            None | Some((None, _, _)) => {
+                return Err(Error::not_found(
+                    "taken address",
+                    format!("{ip} of network {id}"),
+                ));
+            }
+            Some((Some(t), owner, _)) if t == "instance" => {
+                return Err(Error::Conflict(format!(
+                    "{ip} is held by instance {}; delete the instance to free it",
+                    owner.map(|o| o.to_string()).unwrap_or_default()
+                )));
+            }
+            Some((_, _, true)) => {
+                sqlx::query("UPDATE network_ips SET owner_type = NULL, owner_id = NULL, updated_at = now() WHERE network_id = $1 AND ip = $2::inet")
+                    .bind(id.as_uuid())
+                    .bind(ip.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some((_, _, false)) => {
+                sqlx::query("DELETE FROM network_ips WHERE network_id = $1 AND ip = $2::inet")
+                    .bind(id.as_uuid())
+                    .bind(ip.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The taken addresses of a network, in address order.
+    pub async fn network_ip_list(
+        &self,
+        id: NetworkId,
+        after: Option<Ipv4Addr>,
+        limit: i64,
+    ) -> Result<Page<NetworkIp>> {
+        self.network_get(id, None).await?;
+        let mut rows: Vec<NetworkIp> = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {IP_COLUMNS} FROM network_ips WHERE network_id = $1 AND owner_type IS NOT NULL
+               AND ($2::inet IS NULL OR ip > $2::inet) ORDER BY ip LIMIT $3"
+        )))
+        .bind(id.as_uuid())
+        .bind(after.map(|a| a.to_string()))
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(NetworkIp::from)
+        .collect();
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = if more {
+            rows.last().map(|r| r.ip.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows,
+            next_page_token,
+        })
+    }
+}
