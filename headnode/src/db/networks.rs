@@ -431,7 +431,7 @@ impl Datastore {
         self.network_get(id, None).await?;
         let mut rows: Vec<NetworkIp> = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {IP_COLUMNS} FROM network_ips WHERE network_id = $1 AND owner_type IS NOT NULL
-               AND ($2::inet IS NULL OR ip > $2::inet) ORDER BY ip LIMIT $3"
+               AND ($2::inet IS NULL OR network_ips.ip > $2::inet) ORDER BY network_ips.ip LIMIT $3"
         )))
         .bind(id.as_uuid())
         .bind(after.map(|a| a.to_string()))
