@@ -98,15 +98,22 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&B>,
     ) -> anyhow::Result<reqwest::Response> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token)
-            .query(query);
+        let mut req = self.request(method, path).query(query);
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.execute(req).await
+    }
+
+    /// A request to the headnode with the bearer token set.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends a request; a non-2xx answer becomes an [`ApiError`].
+    pub async fn execute(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let resp = req
             .send()
             .await
@@ -128,6 +135,21 @@ impl Client {
         }
     }
 
+    /// Sends a request and decodes its JSON answer.
+    pub async fn execute_json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let text = self
+            .execute(req)
+            .await?
+            .text()
+            .await
+            .context("reading the answer")?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("unexpected answer from the headnode: {}", truncate(&text)))
+    }
+
     pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -142,6 +164,14 @@ impl Client {
         body: &B,
     ) -> anyhow::Result<T> {
         self.call(Method::POST, path, &[], Some(body)).await
+    }
+
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.call(Method::PATCH, path, &[], Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {

@@ -114,3 +114,125 @@ async fn the_cli_lists_servers_creates_accounts_and_reports_errors_in_one_line()
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the headnode"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_imports_the_busybox_sample_image_and_creates_a_package_and_a_network() {
+    let h = Headnode::start(HeadnodeOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/busybox/build.sh");
+    let out = Command::new(script).arg(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("busybox.tar.gz");
+    let manifest = dir.path().join("manifest.json");
+
+    let out = nereid(
+        &h,
+        &[
+            "image",
+            "import",
+            "--file",
+            file.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(image["state"], "active");
+    assert_eq!(image["name"], "busybox");
+    assert_eq!(
+        image["file"]["size"],
+        std::fs::metadata(&file).unwrap().len()
+    );
+    // A second import of the same name and version is refused and leaves no half-made image.
+    let out = nereid(
+        &h,
+        &[
+            "image",
+            "import",
+            "--file",
+            file.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: Conflict: "));
+    let out = nereid(&h, &["image", "list", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let ok = |args: &[&str]| {
+        let out = nereid(&h, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&[
+        "package", "create", "--name", "small", "--memory", "256", "--disk", "2048",
+    ]);
+    ok(&["nictag", "create", "admin"]);
+    let net: serde_json::Value = serde_json::from_str(&ok(&[
+        "network",
+        "create",
+        "--name",
+        "dev",
+        "--nic-tag",
+        "admin",
+        "--subnet",
+        "10.66.0.0/24",
+        "--gateway",
+        "10.66.0.1",
+        "--start",
+        "10.66.0.10",
+        "--end",
+        "10.66.0.20",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let id = net["id"].as_str().unwrap();
+    assert_eq!(ok(&["network", "ip", "reserve", id]).trim(), "10.66.0.10");
+    assert_eq!(
+        ok(&["network", "ip", "reserve", id, "--ip", "10.66.0.15"]).trim(),
+        "10.66.0.15"
+    );
+    assert!(ok(&["network", "ip", "list", id]).contains("10.66.0.15"));
+    ok(&["network", "ip", "free", id, "10.66.0.15"]);
+    let out = nereid(
+        &h,
+        &[
+            "network",
+            "create",
+            "--name",
+            "bad",
+            "--nic-tag",
+            "admin",
+            "--subnet",
+            "10.66.0.0/33",
+            "--start",
+            "a",
+            "--end",
+            "b",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: InvalidArgument: subnet:"));
+}

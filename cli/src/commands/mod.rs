@@ -1,6 +1,9 @@
 //! The nouns and verbs of the CLI, one module per noun.
 
 mod account;
+mod image;
+mod network;
+mod package;
 mod server;
 mod token;
 
@@ -18,6 +21,18 @@ pub enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// The image catalog.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Packages (instance sizes).
+    #[command(subcommand)]
+    Package(package::PackageCmd),
+    /// NIC tags (physical networks).
+    #[command(subcommand)]
+    Nictag(network::NicTagCmd),
+    /// Networks and their addresses.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
 }
 
 pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
@@ -25,6 +40,10 @@ pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
         Command::Server(s) => server::run(c, fmt, s).await,
         Command::Account(a) => account::run(c, fmt, a).await,
         Command::Token(t) => token::run(c, fmt, t).await,
+        Command::Image(i) => image::run(c, fmt, i).await,
+        Command::Package(p) => package::run(c, fmt, p).await,
+        Command::Nictag(t) => network::run_nictag(c, fmt, t).await,
+        Command::Network(n) => network::run(c, fmt, n).await,
     }
 }
 

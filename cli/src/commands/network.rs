@@ -1,0 +1,271 @@
+//! `nereid network ...` and `nereid nictag ...`
+
+use std::collections::BTreeMap;
+
+use nereid_api::{Network, NetworkCreate, NetworkIp, NetworkIpAllocate, NicTag, NicTagCreate};
+
+use super::key_value;
+use crate::client::Client;
+use crate::output::{self, Format};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NicTagCmd {
+    /// List nic tags.
+    List,
+    /// Create a nic tag.
+    Create {
+        name: String,
+        #[arg(long)]
+        mtu: Option<u32>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a nic tag no network uses.
+    Delete { name: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NetworkCmd {
+    /// List networks.
+    List,
+    /// Show one network.
+    Get { id: String },
+    /// Create a network (operators only).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        nic_tag: String,
+        /// CIDR, e.g. 10.88.0.0/24
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        gateway: Option<String>,
+        /// First address handed out.
+        #[arg(long)]
+        start: String,
+        /// Last address handed out.
+        #[arg(long)]
+        end: String,
+        /// 0 = untagged.
+        #[arg(long, default_value_t = 0)]
+        vlan: u16,
+        #[arg(long)]
+        vni: Option<u32>,
+        /// Repeatable.
+        #[arg(long = "resolver")]
+        resolvers: Vec<String>,
+        /// DEST_CIDR=GATEWAY, repeatable.
+        #[arg(long = "route", value_parser = key_value)]
+        routes: Vec<(String, String)>,
+        #[arg(long)]
+        mtu: Option<u32>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a network no instance uses.
+    Delete { id: String },
+    /// A network's addresses.
+    #[command(subcommand)]
+    Ip(IpCmd),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum IpCmd {
+    /// The taken addresses.
+    List { network: String },
+    /// Reserve an address (the given one, or the lowest free).
+    Reserve {
+        network: String,
+        #[arg(long)]
+        ip: Option<String>,
+    },
+    /// Free a reserved address.
+    Free { network: String, ip: String },
+}
+
+pub async fn run_nictag(c: &Client, fmt: Format, cmd: NicTagCmd) -> anyhow::Result<()> {
+    match cmd {
+        NicTagCmd::List => {
+            let tags: Vec<NicTag> = c.list_all("/v1/nictags", &[]).await?;
+            match fmt {
+                Format::Json => output::json(&tags),
+                Format::Table => output::table(
+                    &["NAME", "MTU", "DESCRIPTION"],
+                    tags.iter()
+                        .map(|t| vec![t.name.clone(), t.mtu.to_string(), t.description.clone()])
+                        .collect(),
+                ),
+            }
+        }
+        NicTagCmd::Create {
+            name,
+            mtu,
+            description,
+        } => {
+            let t: NicTag = c
+                .post(
+                    "/v1/nictags",
+                    &NicTagCreate {
+                        name,
+                        mtu,
+                        description,
+                    },
+                )
+                .await?;
+            match fmt {
+                Format::Json => output::json(&t),
+                Format::Table => println!("nic tag {} created (mtu {})", t.name, t.mtu),
+            }
+        }
+        NicTagCmd::Delete { name } => {
+            c.delete(&format!("/v1/nictags/{name}")).await?;
+            if fmt == Format::Table {
+                println!("nic tag {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()> {
+    match cmd {
+        NetworkCmd::List => {
+            let nets: Vec<Network> = c.list_all("/v1/networks", &[]).await?;
+            match fmt {
+                Format::Json => output::json(&nets),
+                Format::Table => output::table(
+                    &[
+                        "ID", "NAME", "NIC TAG", "VLAN", "SUBNET", "GATEWAY", "RANGE",
+                    ],
+                    nets.iter()
+                        .map(|n| {
+                            vec![
+                                n.id.to_string(),
+                                n.name.clone(),
+                                n.nic_tag.clone(),
+                                n.vlan_id.to_string(),
+                                n.subnet.clone(),
+                                n.gateway.clone().unwrap_or_else(|| "-".into()),
+                                format!("{}-{}", n.provision_start, n.provision_end),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        NetworkCmd::Get { id } => show(fmt, &c.get(&format!("/v1/networks/{id}"), &[]).await?),
+        NetworkCmd::Create {
+            name,
+            nic_tag,
+            subnet,
+            gateway,
+            start,
+            end,
+            vlan,
+            vni,
+            resolvers,
+            routes,
+            mtu,
+            description,
+        } => {
+            let body = NetworkCreate {
+                name,
+                nic_tag,
+                vlan_id: vlan,
+                vni,
+                subnet,
+                gateway,
+                provision_start: start,
+                provision_end: end,
+                resolvers,
+                routes: routes.into_iter().collect::<BTreeMap<_, _>>(),
+                mtu,
+                owners: vec![],
+                description,
+            };
+            show(fmt, &c.post("/v1/networks", &body).await?)
+        }
+        NetworkCmd::Delete { id } => {
+            c.delete(&format!("/v1/networks/{id}")).await?;
+            if fmt == Format::Table {
+                println!("network {id} deleted");
+            }
+        }
+        NetworkCmd::Ip(IpCmd::List { network }) => {
+            let ips: Vec<NetworkIp> = c
+                .list_all(&format!("/v1/networks/{network}/ips"), &[])
+                .await?;
+            match fmt {
+                Format::Json => output::json(&ips),
+                Format::Table => output::table(
+                    &["IP", "HELD BY", "OWNER", "SINCE"],
+                    ips.iter()
+                        .map(|i| {
+                            vec![
+                                i.ip.clone(),
+                                i.owner_type.clone(),
+                                i.owner_id
+                                    .map(|o| o.to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                                super::time(&Some(i.updated_at)),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        NetworkCmd::Ip(IpCmd::Reserve { network, ip }) => {
+            let r: NetworkIp = c
+                .post(
+                    &format!("/v1/networks/{network}/ips"),
+                    &NetworkIpAllocate { ip },
+                )
+                .await?;
+            match fmt {
+                Format::Json => output::json(&r),
+                Format::Table => println!("{}", r.ip),
+            }
+        }
+        NetworkCmd::Ip(IpCmd::Free { network, ip }) => {
+            c.delete(&format!("/v1/networks/{network}/ips/{ip}"))
+                .await?;
+            if fmt == Format::Table {
+                println!("{ip} freed");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(fmt: Format, n: &Network) {
+    if fmt == Format::Json {
+        return output::json(n);
+    }
+    output::fields(vec![
+        ("id", n.id.to_string()),
+        ("name", n.name.clone()),
+        ("nic tag", n.nic_tag.clone()),
+        ("vlan", n.vlan_id.to_string()),
+        (
+            "vni",
+            n.vni.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+        ),
+        ("subnet", n.subnet.clone()),
+        ("gateway", n.gateway.clone().unwrap_or_else(|| "-".into())),
+        (
+            "range",
+            format!("{} - {}", n.provision_start, n.provision_end),
+        ),
+        ("resolvers", n.resolvers.join(", ")),
+        (
+            "routes",
+            n.routes
+                .iter()
+                .map(|(d, g)| format!("{d} via {g}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("mtu", n.mtu.to_string()),
+    ]);
+}
