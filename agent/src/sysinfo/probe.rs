@@ -27,7 +27,14 @@ fn no(detail: impl Into<String>) -> Option<Capability> {
 
 const T: Duration = Duration::from_secs(15);
 
+/// The host's capabilities, probed once per agent process (the KVM probe
+/// boots a guest and takes seconds).
 pub async fn capabilities() -> Capabilities {
+    static PROBED: tokio::sync::OnceCell<Capabilities> = tokio::sync::OnceCell::const_new();
+    PROBED.get_or_init(probe_all).await.clone()
+}
+
+async fn probe_all() -> Capabilities {
     let (zfs, runc, qemu, kvm, vxlan, vlan, nftables) = tokio::join!(
         zfs(),
         version("runc", &["--version"]),
@@ -142,6 +149,16 @@ async fn kvm() -> Option<Capability> {
     let result = cmd::run("qemu-system-x86_64", &args, Duration::from_secs(20)).await;
     let _ = std::fs::remove_dir_all(&dir);
     match result {
+        // Nested hosts (PVM) run a real-mode boot sector but not stock Linux
+        // guests; they give themselves away by not offering the baseline vCPU.
+        Err(cmd::CmdError::Failed { status, stderr, .. })
+            if status.contains("151") && stderr.contains("doesn't support requested feature") =>
+        {
+            no(format!(
+                "a test guest ran, but this KVM cannot offer the baseline vCPU, so stock guests hang (use TCG): {}",
+                stderr.lines().next().unwrap_or("")
+            ))
+        }
         Err(cmd::CmdError::Failed { status, .. }) if status.contains("151") => {
             yes("a test guest ran under -accel kvm")
         }
