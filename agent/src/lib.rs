@@ -5,9 +5,12 @@
 pub mod cmd;
 pub mod config;
 pub mod identity;
+pub mod images;
 pub mod registration;
+pub mod runtime;
 pub mod service;
 pub mod storage;
+pub mod unpack;
 pub mod sysinfo;
 
 use std::net::SocketAddr;

@@ -1,0 +1,249 @@
+//! Images on this node: `<pool>/images/<uuid>`, unpacked from the headnode's
+//! image file, read-only, with a `@final` snapshot that instances clone.
+//!
+//! `ensure` is idempotent: an image with `@final` is done. The file is pulled
+//! over HTTP with the node credential into `<state>/downloads/<uuid>.partial`,
+//! resuming with `Range` after an interruption, and verified by sha256 before
+//! anything is unpacked. A mismatch, a truncated stream or a refused archive
+//! leaves no dataset behind. Two concurrent calls for one image download it
+//! once (a lock per image).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::storage::zfs;
+use crate::unpack::{self, UnpackError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image id {0:?} is not a UUID")]
+    BadId(String),
+    #[error("downloading image {id} from {url} failed after {attempts} attempts: {message}")]
+    Download { id: String, url: String, attempts: u32, message: String },
+    #[error("image {id}: the file's sha256 is {actual}, expected {expected}; nothing was kept")]
+    Checksum { id: String, expected: String, actual: String },
+    #[error("image {id} cannot be unpacked")]
+    Unpack {
+        id: String,
+        #[source]
+        source: UnpackError,
+    },
+    #[error(transparent)]
+    Zfs(#[from] zfs::ZfsError),
+    #[error("image {id}: {what}")]
+    Io {
+        id: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a running ensure is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    Downloading { bytes: u64, total: u64 },
+    Verifying,
+    Unpacking,
+    Ready,
+}
+
+#[derive(Clone)]
+pub struct Images {
+    pool: String,
+    downloads: PathBuf,
+    credential: Arc<String>,
+    http: reqwest::Client,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+const ATTEMPTS: u32 = 5;
+
+impl Images {
+    pub fn new(pool: &str, state_dir: &std::path::Path, credential: &str) -> Images {
+        Images {
+            pool: pool.to_string(),
+            downloads: state_dir.join("downloads"),
+            credential: Arc::new(credential.to_string()),
+            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("http client"),
+            locks: Default::default(),
+        }
+    }
+
+    pub fn dataset(&self, id: &str) -> String {
+        format!("{}/images/{id}", self.pool)
+    }
+
+    pub fn snapshot(&self, id: &str) -> String {
+        format!("{}/images/{id}@final", self.pool)
+    }
+
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("image locks").entry(id.to_string()).or_default().clone()
+    }
+
+    /// True if the image is unpacked and final on this node.
+    pub async fn is_ready(&self, id: &str) -> Result<bool, ImageError> {
+        Ok(zfs::exists(&self.snapshot(id)).await?)
+    }
+
+    pub async fn ensure(&self, id: &str, url: &str, sha256: &str, progress: impl Fn(Progress)) -> Result<(), ImageError> {
+        uuid_like(id)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        if self.is_ready(id).await? {
+            progress(Progress::Ready);
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.downloads).map_err(|source| ImageError::Io { id: id.into(), what: "creating the downloads dir".into(), source })?;
+        let partial = self.downloads.join(format!("{id}.partial"));
+        self.download(id, url, &partial, &progress).await?;
+
+        progress(Progress::Verifying);
+        let actual = file_sha256(&partial).await.map_err(|source| ImageError::Io { id: id.into(), what: "hashing the download".into(), source })?;
+        if actual != sha256.to_ascii_lowercase() {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(ImageError::Checksum { id: id.into(), expected: sha256.into(), actual });
+        }
+
+        progress(Progress::Unpacking);
+        let result = self.unpack(id, &partial).await;
+        let _ = tokio::fs::remove_file(&partial).await;
+        if result.is_err() {
+            let _ = zfs::destroy(&self.dataset(id), true).await;
+        }
+        result?;
+        progress(Progress::Ready);
+        Ok(())
+    }
+
+    async fn unpack(&self, id: &str, archive: &std::path::Path) -> Result<(), ImageError> {
+        let ds = self.dataset(id);
+        zfs::ensure(&format!("{}/images", self.pool), &[("atime", "off")]).await?;
+        // A dataset without @final is what a crash left: start again.
+        zfs::destroy(&ds, true).await?;
+        zfs::create(&ds, &[("atime", "off")]).await?;
+        let mnt = zfs::mountpoint(&ds).await?;
+        let archive = archive.to_path_buf();
+        let owned_id = id.to_string();
+        tokio::task::spawn_blocking(move || unpack::unpack_tar_gz(&archive, &mnt))
+            .await
+            .map_err(|e| ImageError::Io { id: owned_id.clone(), what: format!("unpack task: {e}"), source: std::io::Error::other("join") })?
+            .map_err(|source| ImageError::Unpack { id: owned_id, source })?;
+        zfs::set(&ds, "readonly", "on").await?;
+        zfs::snapshot(&self.snapshot(id)).await?;
+        Ok(())
+    }
+
+    /// Pulls the file into `partial`, resuming from what is already there.
+    async fn download(&self, id: &str, url: &str, partial: &std::path::Path, progress: &impl Fn(Progress)) -> Result<(), ImageError> {
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            match self.download_once(url, partial, progress).await {
+                Ok(()) => return Ok(()),
+                Err(DownloadFailure::Fatal(m)) => {
+                    return Err(ImageError::Download { id: id.into(), url: url.into(), attempts: attempt, message: m });
+                }
+                Err(DownloadFailure::Retry(m)) => {
+                    tracing::warn!(image = id, attempt, "download interrupted ({m}); resuming");
+                    last = m;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+            }
+        }
+        Err(ImageError::Download { id: id.into(), url: url.into(), attempts: ATTEMPTS, message: last })
+    }
+
+    async fn download_once(&self, url: &str, partial: &std::path::Path, progress: &impl Fn(Progress)) -> Result<(), DownloadFailure> {
+        let have = tokio::fs::metadata(partial).await.map(|m| m.len()).unwrap_or(0);
+        let mut req = self.http.get(url).bearer_auth(self.credential.as_str());
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let resp = req.send().await.map_err(|e| DownloadFailure::Retry(e.to_string()))?;
+        let status = resp.status();
+        let (mut file, mut done, total) = match status.as_u16() {
+            200 => {
+                let total = resp.content_length().unwrap_or(0);
+                (open(partial, false).await?, 0, total)
+            }
+            206 => {
+                let total = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit('/').next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (open(partial, true).await?, have, total)
+            }
+            // The partial file is already whole (or stale): start over.
+            416 => {
+                let _ = tokio::fs::remove_file(partial).await;
+                return Err(DownloadFailure::Retry("range not satisfiable; restarting".into()));
+            }
+            s if (500..600).contains(&s) => return Err(DownloadFailure::Retry(format!("the headnode answered {status}"))),
+            _ => {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(DownloadFailure::Fatal(format!("the headnode answered {status}: {}", body.chars().take(300).collect::<String>())));
+            }
+        };
+        let mut stream = resp.bytes_stream();
+        let mut last_report = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| DownloadFailure::Retry(e.to_string()))?;
+            file.write_all(&chunk).await.map_err(|e| DownloadFailure::Fatal(format!("writing {}: {e}", partial.display())))?;
+            done += chunk.len() as u64;
+            if done - last_report >= 4 << 20 {
+                progress(Progress::Downloading { bytes: done, total });
+                last_report = done;
+            }
+        }
+        file.flush().await.map_err(|e| DownloadFailure::Fatal(e.to_string()))?;
+        if total > 0 && done < total {
+            return Err(DownloadFailure::Retry(format!("the stream ended at {done} of {total} bytes")));
+        }
+        progress(Progress::Downloading { bytes: done, total });
+        Ok(())
+    }
+}
+
+enum DownloadFailure {
+    Retry(String),
+    Fatal(String),
+}
+
+async fn open(path: &std::path::Path, append: bool) -> Result<tokio::io::BufWriter<tokio::fs::File>, DownloadFailure> {
+    let f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .await
+        .map_err(|e| DownloadFailure::Fatal(format!("opening {}: {e}", path.display())))?;
+    Ok(tokio::io::BufWriter::with_capacity(1 << 20, f))
+}
+
+async fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn uuid_like(id: &str) -> Result<(), ImageError> {
+    let ok = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if ok { Ok(()) } else { Err(ImageError::BadId(id.chars().take(64).collect())) }
+}

@@ -1,0 +1,414 @@
+//! Container instances (brand `container`): a clone of the image's `@final`
+//! snapshot at `<pool>/instances/<uuid>` with the package's quota, an OCI
+//! bundle in the state dir, a network namespace `nrd-<uuid>`, run by runc.
+//!
+//! The spec and its generation live on the dataset (`nereid:spec`,
+//! `nereid:generation`), so a restarted agent rebuilds its whole view from
+//! ZFS and runc alone. Every operation is idempotent and serialised per
+//! instance; a failing multi-step operation unwinds what it made.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::oci::{self, InstanceSpec};
+use super::runc::{Runc, RuncError, Status};
+use super::undo::Undo;
+use crate::cmd;
+use crate::storage::zfs::{self, ZfsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("instance {0} does not exist on this node")]
+    NotFound(String),
+    #[error("invalid spec: {0}")]
+    Invalid(String),
+    #[error("image {0} is not on this node; EnsureImage it first")]
+    ImageMissing(String),
+    #[error("instance {id}: {message}")]
+    Conflict { id: String, message: String },
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    #[error(transparent)]
+    Runc(#[from] RuncError),
+    #[error("instance {id}: {what}")]
+    Host { id: String, what: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Stopped,
+}
+
+impl State {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub spec: InstanceSpec,
+    pub state: State,
+    pub pid: u32,
+}
+
+/// A state change of an instance, as WatchEvents reports it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub state: State,
+    pub generation: u64,
+}
+
+#[derive(Clone)]
+pub struct Containers {
+    pool: String,
+    bundles: PathBuf,
+    runc: Runc,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    events: broadcast::Sender<Event>,
+    memsw: bool,
+}
+
+const SPEC_PROP: &str = "nereid:spec";
+const GEN_PROP: &str = "nereid:generation";
+
+pub fn netns_name(id: &str) -> String {
+    format!("nrd-{id}")
+}
+
+fn netns_path(id: &str) -> PathBuf {
+    Path::new("/run/netns").join(netns_name(id))
+}
+
+fn check_spec(spec: &InstanceSpec) -> Result<(), InstanceError> {
+    let uuid = |s: &str| s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if !uuid(&spec.id) {
+        return Err(InstanceError::Invalid(format!("id {:?} is not a UUID", spec.id)));
+    }
+    if !uuid(&spec.image_id) {
+        return Err(InstanceError::Invalid(format!("image_id {:?} is not a UUID", spec.image_id)));
+    }
+    let h = &spec.hostname;
+    if h.is_empty() || h.len() > 63 || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || h.starts_with('-') {
+        return Err(InstanceError::Invalid(format!("hostname {h:?} is not a valid host name")));
+    }
+    if spec.memory_mb < 16 || spec.disk_mb < 1 || spec.pids_limit < 16 {
+        return Err(InstanceError::Invalid("memory_mb >= 16, disk_mb >= 1 and pids_limit >= 16 are required".into()));
+    }
+    Ok(())
+}
+
+impl Containers {
+    pub fn new(pool: &str, state_dir: &Path) -> Containers {
+        let (events, _) = broadcast::channel(1024);
+        Containers {
+            pool: pool.to_string(),
+            bundles: state_dir.join("bundles"),
+            runc: Runc::new(&state_dir.join("runc")),
+            locks: Default::default(),
+            events,
+            memsw: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn runc(&self) -> &Runc {
+        &self.runc
+    }
+
+    pub fn dataset(&self, id: &str) -> String {
+        format!("{}/instances/{id}", self.pool)
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.bundles.join(id)
+    }
+
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("instance locks").entry(id.to_string()).or_default().clone()
+    }
+
+    fn emit(&self, spec: &InstanceSpec, state: State) {
+        let _ = self.events.send(Event { id: spec.id.clone(), state, generation: spec.generation });
+    }
+
+    /// The spec recorded on the instance's dataset, if the dataset exists.
+    async fn recorded(&self, id: &str) -> Result<Option<InstanceSpec>, InstanceError> {
+        match zfs::get(&self.dataset(id), &[SPEC_PROP]).await {
+            Ok(props) => match props.get(SPEC_PROP) {
+                Some(json) => serde_json::from_str(json)
+                    .map(Some)
+                    .map_err(|e| InstanceError::Host { id: id.into(), what: format!("its recorded spec is corrupt: {e}") }),
+                None => Err(InstanceError::Host { id: id.into(), what: "its dataset has no recorded spec".into() }),
+            },
+            Err(ZfsError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the instance exist (and run, with `start`). Idempotent: a retry
+    /// after a crash at any step completes the missing steps.
+    pub async fn ensure(&self, spec: &InstanceSpec, image_snapshot: &str, start: bool) -> Result<Instance, InstanceError> {
+        check_spec(spec)?;
+        let lock = self.lock(&spec.id);
+        let _held = lock.lock().await;
+        let id = spec.id.clone();
+        let ds = self.dataset(&id);
+        let mut undo = Undo::default();
+        let result = async {
+            let spec = match self.recorded(&id).await? {
+                Some(old) if old.image_id != spec.image_id => {
+                    return Err(InstanceError::Conflict { id: id.clone(), message: format!("it exists with image {}", old.image_id) });
+                }
+                Some(old) if old.generation >= spec.generation => old,
+                Some(_) => {
+                    let json = serde_json::to_string(spec).expect("spec serializes");
+                    zfs::set(&ds, SPEC_PROP, &json).await?;
+                    zfs::set(&ds, GEN_PROP, &spec.generation.to_string()).await?;
+                    zfs::set(&ds, "quota", &format!("{}M", spec.disk_mb)).await?;
+                    spec.clone()
+                }
+                None => {
+                    if !zfs::exists(image_snapshot).await? {
+                        return Err(InstanceError::ImageMissing(spec.image_id.clone()));
+                    }
+                    zfs::ensure(&format!("{}/instances", self.pool), &[("atime", "off")]).await?;
+                    let json = serde_json::to_string(spec).expect("spec serializes");
+                    let quota = format!("{}M", spec.disk_mb);
+                    let generation = spec.generation.to_string();
+                    zfs::clone(
+                        image_snapshot,
+                        &ds,
+                        &[("quota", &quota), ("readonly", "off"), ("atime", "off"), (SPEC_PROP, &json), (GEN_PROP, &generation)],
+                    )
+                    .await?;
+                    let d = ds.clone();
+                    undo.push("destroy the instance dataset", move || async move {
+                        let _ = zfs::destroy(&d, true).await;
+                    });
+                    spec.clone()
+                }
+            };
+            if !netns_path(&id).exists() {
+                cmd::run("ip", &["netns", "add", &netns_name(&id)], Duration::from_secs(10))
+                    .await
+                    .map_err(|e| InstanceError::Host { id: id.clone(), what: e.to_string() })?;
+                let n = netns_name(&id);
+                undo.push("delete the network namespace", move || async move {
+                    let _ = cmd::run("ip", &["netns", "del", &n], Duration::from_secs(10)).await;
+                });
+                cmd::run("ip", &["-n", &netns_name(&id), "link", "set", "lo", "up"], Duration::from_secs(10))
+                    .await
+                    .map_err(|e| InstanceError::Host { id: id.clone(), what: e.to_string() })?;
+            }
+            self.write_bundle(&spec).await?;
+            if start {
+                self.run(&spec, &mut undo).await?;
+            }
+            Ok(spec)
+        }
+        .await;
+        match result {
+            Ok(spec) => {
+                undo.commit();
+                let inst = self.status_of(spec).await?;
+                self.emit(&inst.spec, inst.state);
+                Ok(inst)
+            }
+            Err(e) => {
+                undo.unwind().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_bundle(&self, spec: &InstanceSpec) -> Result<(), InstanceError> {
+        let rootfs = zfs::mountpoint(&self.dataset(&spec.id)).await?;
+        let config = oci::config(spec, &rootfs.display().to_string(), &netns_path(&spec.id).display().to_string(), self.memsw);
+        let dir = self.bundle(&spec.id);
+        let host = |what: String| InstanceError::Host { id: spec.id.clone(), what };
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| host(format!("creating {}: {e}", dir.display())))?;
+        let tmp = dir.join("config.json.tmp");
+        tokio::fs::write(&tmp, serde_json::to_vec_pretty(&config).expect("config serializes"))
+            .await
+            .map_err(|e| host(format!("writing {}: {e}", tmp.display())))?;
+        tokio::fs::rename(&tmp, dir.join("config.json")).await.map_err(|e| host(format!("writing config.json: {e}")))?;
+        Ok(())
+    }
+
+    /// Starts the container unless it runs (a stopped one is deleted from runc first).
+    async fn run(&self, spec: &InstanceSpec, undo: &mut Undo) -> Result<(), InstanceError> {
+        match self.runc.status(&spec.id).await? {
+            Some(Status::Running) => return Ok(()),
+            Some(Status::Paused) => return Err(InstanceError::Conflict { id: spec.id.clone(), message: "it is paused".into() }),
+            Some(_) => self.runc.delete(&spec.id).await?,
+            None => {}
+        }
+        let dir = self.bundle(&spec.id);
+        self.runc.run(&spec.id, &dir, &dir.join("console.log")).await?;
+        let (runc, id) = (self.runc.clone(), spec.id.clone());
+        undo.push("delete the runc container", move || async move {
+            let _ = runc.delete(&id).await;
+        });
+        Ok(())
+    }
+
+    async fn status_of(&self, spec: InstanceSpec) -> Result<Instance, InstanceError> {
+        let (state, pid) = match self.runc.list().await?.get(&spec.id) {
+            Some((Status::Running, pid)) => (State::Running, *pid),
+            _ => (State::Stopped, 0),
+        };
+        Ok(Instance { spec, state, pid })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Instance, InstanceError> {
+        let spec = self.recorded(id).await?.ok_or_else(|| InstanceError::NotFound(id.into()))?;
+        self.status_of(spec).await
+    }
+
+    /// Every instance on this node, from ZFS properties and runc alone.
+    pub async fn list(&self) -> Result<Vec<Instance>, InstanceError> {
+        let parent = format!("{}/instances", self.pool);
+        let props = match zfs::get_recursive(&parent, &[SPEC_PROP]).await {
+            Ok(p) => p,
+            Err(ZfsError::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let states = self.runc.list().await?;
+        let mut out = Vec::new();
+        for (ds, p) in props {
+            let Some(json) = p.get(SPEC_PROP) else { continue };
+            let Ok(spec) = serde_json::from_str::<InstanceSpec>(json) else {
+                tracing::warn!(dataset = %ds, "skipping an instance dataset with a corrupt spec");
+                continue;
+            };
+            let (state, pid) = match states.get(&spec.id) {
+                Some((Status::Running, pid)) => (State::Running, *pid),
+                _ => (State::Stopped, 0),
+            };
+            out.push(Instance { spec, state, pid });
+        }
+        Ok(out)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<Instance, InstanceError> {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let spec = self.recorded(id).await?.ok_or_else(|| InstanceError::NotFound(id.into()))?;
+        self.write_bundle(&spec).await?;
+        let mut undo = Undo::default();
+        if let Err(e) = self.run(&spec, &mut undo).await {
+            undo.unwind().await;
+            return Err(e);
+        }
+        undo.commit();
+        let inst = self.status_of(spec).await?;
+        self.emit(&inst.spec, inst.state);
+        Ok(inst)
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<Instance, InstanceError> {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let spec = self.recorded(id).await?.ok_or_else(|| InstanceError::NotFound(id.into()))?;
+        self.stop_locked(id, timeout).await?;
+        let inst = self.status_of(spec).await?;
+        self.emit(&inst.spec, inst.state);
+        Ok(inst)
+    }
+
+    async fn stop_locked(&self, id: &str, timeout: Duration) -> Result<(), InstanceError> {
+        if self.runc.status(id).await? != Some(Status::Running) {
+            return Ok(());
+        }
+        self.runc.kill(id, "TERM").await?;
+        if self.wait_stopped(id, timeout).await? {
+            return Ok(());
+        }
+        tracing::info!(instance = id, "did not stop within {timeout:?}; killing");
+        self.runc.kill(id, "KILL").await?;
+        if self.wait_stopped(id, Duration::from_secs(10)).await? {
+            return Ok(());
+        }
+        Err(InstanceError::Host { id: id.into(), what: "it survived SIGKILL".into() })
+    }
+
+    async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool, InstanceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.runc.status(id).await? != Some(Status::Running) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn reboot(&self, id: &str, timeout: Duration) -> Result<Instance, InstanceError> {
+        self.stop(id, timeout).await?;
+        self.start(id).await
+    }
+
+    /// Removes everything of the instance: container, netns, cgroups, bundle,
+    /// dataset. Deleting a missing instance is fine.
+    pub async fn delete(&self, id: &str) -> Result<(), InstanceError> {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let spec = self.recorded(id).await?;
+        self.stop_locked(id, Duration::from_secs(5)).await?;
+        self.runc.delete(id).await?;
+        if netns_path(id).exists() {
+            cmd::run("ip", &["netns", "del", &netns_name(id)], Duration::from_secs(10))
+                .await
+                .map_err(|e| InstanceError::Host { id: id.into(), what: e.to_string() })?;
+        }
+        remove_cgroups(id);
+        let _ = tokio::fs::remove_dir_all(self.bundle(id)).await;
+        zfs::destroy(&self.dataset(id), true).await?;
+        if let Some(spec) = spec {
+            self.emit(&spec, State::Stopped);
+        }
+        self.locks.lock().expect("instance locks").remove(id);
+        Ok(())
+    }
+
+    /// Reports instances whose container changed state by itself (exited, was
+    /// killed): compares runc's view every `every` with the last one.
+    pub async fn watch_runc(self, every: Duration) {
+        let mut last: HashMap<String, State> = HashMap::new();
+        loop {
+            if let Ok(list) = self.list().await {
+                for inst in list {
+                    let prev = last.insert(inst.spec.id.clone(), inst.state);
+                    if prev.is_some_and(|p| p != inst.state) {
+                        self.emit(&inst.spec, inst.state);
+                    }
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// runc removes the container's own cgroup; remove what is left of ours.
+fn remove_cgroups(id: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    for c in controllers.flatten() {
+        let _ = std::fs::remove_dir(c.path().join("nereid").join(id));
+    }
+}

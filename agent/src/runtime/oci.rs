@@ -1,0 +1,134 @@
+//! The OCI runtime configuration (config.json) of a container instance, built
+//! from its spec. A pure function, so it is unit-tested without runc.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// What the headnode asks for; stored as the `nereid:spec` property of the
+/// instance's dataset, so the node can rebuild everything from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub hostname: String,
+    pub image_id: String,
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub swap_mb: u64,
+    /// Percent of one CPU; 0 = no cap.
+    #[serde(default)]
+    pub cpu_cap: u32,
+    pub disk_mb: u64,
+    #[serde(default = "default_pids")]
+    pub pids_limit: i64,
+    /// The headnode's version of this spec; newer wins.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+fn default_pids() -> i64 {
+    4096
+}
+
+const CAPS: &[&str] = &[
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID",
+    "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+];
+
+/// config.json for `spec`, with its root filesystem at `rootfs` and its network
+/// namespace at `netns`. `memsw` says whether the host accounts swap.
+pub fn config(spec: &InstanceSpec, rootfs: &str, netns: &str, memsw: bool) -> Value {
+    let memory = spec.memory_mb * 1024 * 1024;
+    let mut mem = json!({ "limit": memory });
+    if memsw {
+        mem["swap"] = json!(memory + spec.swap_mb * 1024 * 1024);
+    }
+    let mut resources = json!({
+        "devices": [{ "allow": false, "access": "rwm" }],
+        "memory": mem,
+        "pids": { "limit": spec.pids_limit },
+    });
+    if spec.cpu_cap > 0 {
+        resources["cpu"] = json!({ "quota": u64::from(spec.cpu_cap) * 1000, "period": 100_000 });
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": ["/sbin/init"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm", "container=nereid"],
+            "cwd": "/",
+            "capabilities": { "bounding": CAPS, "effective": CAPS, "permitted": CAPS },
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 65536, "soft": 65536 }],
+            "noNewPrivileges": true
+        },
+        "root": { "path": rootfs, "readonly": false },
+        "hostname": spec.hostname,
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+            { "destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=755"] }
+        ],
+        "linux": {
+            "resources": resources,
+            "cgroupsPath": format!("/nereid/{}", spec.id),
+            "namespaces": [
+                { "type": "pid" },
+                { "type": "network", "path": netns },
+                { "type": "ipc" },
+                { "type": "uts" },
+                { "type": "mount" }
+            ],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                            "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            id: "0e4f".into(),
+            hostname: "web1".into(),
+            image_id: "img".into(),
+            memory_mb: 128,
+            swap_mb: 64,
+            cpu_cap: 50,
+            disk_mb: 1024,
+            pids_limit: 100,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn limits_hostname_root_and_netns_come_from_the_spec() {
+        let c = config(&spec(), "/pool/instances/0e4f", "/run/netns/nrd-0e4f", true);
+        assert_eq!(c["hostname"], "web1");
+        assert_eq!(c["root"]["path"], "/pool/instances/0e4f");
+        let r = &c["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 128 * 1024 * 1024);
+        assert_eq!(r["memory"]["swap"], 192 * 1024 * 1024);
+        assert_eq!(r["cpu"]["quota"], 50_000);
+        assert_eq!(r["pids"]["limit"], 100);
+        assert_eq!(c["linux"]["namespaces"][1]["path"], "/run/netns/nrd-0e4f");
+        assert_eq!(c["linux"]["cgroupsPath"], "/nereid/0e4f");
+    }
+
+    #[test]
+    fn no_swap_accounting_means_no_swap_limit_and_no_cap_means_no_cpu_quota() {
+        let mut s = spec();
+        s.cpu_cap = 0;
+        let c = config(&s, "/r", "/n", false);
+        assert!(c["linux"]["resources"]["memory"].get("swap").is_none());
+        assert!(c["linux"]["resources"].get("cpu").is_none());
+    }
+}
