@@ -25,9 +25,18 @@ pub enum ImageError {
     #[error("image id {0:?} is not a UUID")]
     BadId(String),
     #[error("downloading image {id} from {url} failed after {attempts} attempts: {message}")]
-    Download { id: String, url: String, attempts: u32, message: String },
+    Download {
+        id: String,
+        url: String,
+        attempts: u32,
+        message: String,
+    },
     #[error("image {id}: the file's sha256 is {actual}, expected {expected}; nothing was kept")]
-    Checksum { id: String, expected: String, actual: String },
+    Checksum {
+        id: String,
+        expected: String,
+        actual: String,
+    },
     #[error("image {id} cannot be unpacked")]
     Unpack {
         id: String,
@@ -71,7 +80,10 @@ impl Images {
             pool: pool.to_string(),
             downloads: state_dir.join("downloads"),
             credential: Arc::new(credential.to_string()),
-            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("http client"),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
             locks: Default::default(),
         }
     }
@@ -85,7 +97,12 @@ impl Images {
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().expect("image locks").entry(id.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .expect("image locks")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// True if the image is unpacked and final on this node.
@@ -93,7 +110,13 @@ impl Images {
         Ok(zfs::exists(&self.snapshot(id)).await?)
     }
 
-    pub async fn ensure(&self, id: &str, url: &str, sha256: &str, progress: impl Fn(Progress)) -> Result<(), ImageError> {
+    pub async fn ensure(
+        &self,
+        id: &str,
+        url: &str,
+        sha256: &str,
+        progress: impl Fn(Progress),
+    ) -> Result<(), ImageError> {
         uuid_like(id)?;
         let lock = self.lock(id);
         let _held = lock.lock().await;
@@ -101,15 +124,29 @@ impl Images {
             progress(Progress::Ready);
             return Ok(());
         }
-        std::fs::create_dir_all(&self.downloads).map_err(|source| ImageError::Io { id: id.into(), what: "creating the downloads dir".into(), source })?;
+        std::fs::create_dir_all(&self.downloads).map_err(|source| ImageError::Io {
+            id: id.into(),
+            what: "creating the downloads dir".into(),
+            source,
+        })?;
         let partial = self.downloads.join(format!("{id}.partial"));
         self.download(id, url, &partial, &progress).await?;
 
         progress(Progress::Verifying);
-        let actual = file_sha256(&partial).await.map_err(|source| ImageError::Io { id: id.into(), what: "hashing the download".into(), source })?;
+        let actual = file_sha256(&partial)
+            .await
+            .map_err(|source| ImageError::Io {
+                id: id.into(),
+                what: "hashing the download".into(),
+                source,
+            })?;
         if actual != sha256.to_ascii_lowercase() {
             let _ = tokio::fs::remove_file(&partial).await;
-            return Err(ImageError::Checksum { id: id.into(), expected: sha256.into(), actual });
+            return Err(ImageError::Checksum {
+                id: id.into(),
+                expected: sha256.into(),
+                actual,
+            });
         }
 
         progress(Progress::Unpacking);
@@ -134,21 +171,39 @@ impl Images {
         let owned_id = id.to_string();
         tokio::task::spawn_blocking(move || unpack::unpack_tar_gz(&archive, &mnt))
             .await
-            .map_err(|e| ImageError::Io { id: owned_id.clone(), what: format!("unpack task: {e}"), source: std::io::Error::other("join") })?
-            .map_err(|source| ImageError::Unpack { id: owned_id, source })?;
+            .map_err(|e| ImageError::Io {
+                id: owned_id.clone(),
+                what: format!("unpack task: {e}"),
+                source: std::io::Error::other("join"),
+            })?
+            .map_err(|source| ImageError::Unpack {
+                id: owned_id,
+                source,
+            })?;
         zfs::set(&ds, "readonly", "on").await?;
         zfs::snapshot(&self.snapshot(id)).await?;
         Ok(())
     }
 
     /// Pulls the file into `partial`, resuming from what is already there.
-    async fn download(&self, id: &str, url: &str, partial: &std::path::Path, progress: &impl Fn(Progress)) -> Result<(), ImageError> {
+    async fn download(
+        &self,
+        id: &str,
+        url: &str,
+        partial: &std::path::Path,
+        progress: &impl Fn(Progress),
+    ) -> Result<(), ImageError> {
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
             match self.download_once(url, partial, progress).await {
                 Ok(()) => return Ok(()),
                 Err(DownloadFailure::Fatal(m)) => {
-                    return Err(ImageError::Download { id: id.into(), url: url.into(), attempts: attempt, message: m });
+                    return Err(ImageError::Download {
+                        id: id.into(),
+                        url: url.into(),
+                        attempts: attempt,
+                        message: m,
+                    });
                 }
                 Err(DownloadFailure::Retry(m)) => {
                     tracing::warn!(image = id, attempt, "download interrupted ({m}); resuming");
@@ -157,16 +212,32 @@ impl Images {
                 }
             }
         }
-        Err(ImageError::Download { id: id.into(), url: url.into(), attempts: ATTEMPTS, message: last })
+        Err(ImageError::Download {
+            id: id.into(),
+            url: url.into(),
+            attempts: ATTEMPTS,
+            message: last,
+        })
     }
 
-    async fn download_once(&self, url: &str, partial: &std::path::Path, progress: &impl Fn(Progress)) -> Result<(), DownloadFailure> {
-        let have = tokio::fs::metadata(partial).await.map(|m| m.len()).unwrap_or(0);
+    async fn download_once(
+        &self,
+        url: &str,
+        partial: &std::path::Path,
+        progress: &impl Fn(Progress),
+    ) -> Result<(), DownloadFailure> {
+        let have = tokio::fs::metadata(partial)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
         let mut req = self.http.get(url).bearer_auth(self.credential.as_str());
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let resp = req.send().await.map_err(|e| DownloadFailure::Retry(e.to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| DownloadFailure::Retry(e.to_string()))?;
         let status = resp.status();
         let (mut file, mut done, total) = match status.as_u16() {
             200 => {
@@ -186,28 +257,43 @@ impl Images {
             // The partial file is already whole (or stale): start over.
             416 => {
                 let _ = tokio::fs::remove_file(partial).await;
-                return Err(DownloadFailure::Retry("range not satisfiable; restarting".into()));
+                return Err(DownloadFailure::Retry(
+                    "range not satisfiable; restarting".into(),
+                ));
             }
-            s if (500..600).contains(&s) => return Err(DownloadFailure::Retry(format!("the headnode answered {status}"))),
+            s if (500..600).contains(&s) => {
+                return Err(DownloadFailure::Retry(format!(
+                    "the headnode answered {status}"
+                )));
+            }
             _ => {
                 let body = resp.text().await.unwrap_or_default();
-                return Err(DownloadFailure::Fatal(format!("the headnode answered {status}: {}", body.chars().take(300).collect::<String>())));
+                return Err(DownloadFailure::Fatal(format!(
+                    "the headnode answered {status}: {}",
+                    body.chars().take(300).collect::<String>()
+                )));
             }
         };
         let mut stream = resp.bytes_stream();
         let mut last_report = 0;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| DownloadFailure::Retry(e.to_string()))?;
-            file.write_all(&chunk).await.map_err(|e| DownloadFailure::Fatal(format!("writing {}: {e}", partial.display())))?;
+            file.write_all(&chunk).await.map_err(|e| {
+                DownloadFailure::Fatal(format!("writing {}: {e}", partial.display()))
+            })?;
             done += chunk.len() as u64;
             if done - last_report >= 4 << 20 {
                 progress(Progress::Downloading { bytes: done, total });
                 last_report = done;
             }
         }
-        file.flush().await.map_err(|e| DownloadFailure::Fatal(e.to_string()))?;
+        file.flush()
+            .await
+            .map_err(|e| DownloadFailure::Fatal(e.to_string()))?;
         if total > 0 && done < total {
-            return Err(DownloadFailure::Retry(format!("the stream ended at {done} of {total} bytes")));
+            return Err(DownloadFailure::Retry(format!(
+                "the stream ended at {done} of {total} bytes"
+            )));
         }
         progress(Progress::Downloading { bytes: done, total });
         Ok(())
@@ -219,7 +305,10 @@ enum DownloadFailure {
     Fatal(String),
 }
 
-async fn open(path: &std::path::Path, append: bool) -> Result<tokio::io::BufWriter<tokio::fs::File>, DownloadFailure> {
+async fn open(
+    path: &std::path::Path,
+    append: bool,
+) -> Result<tokio::io::BufWriter<tokio::fs::File>, DownloadFailure> {
     let f = tokio::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -245,5 +334,9 @@ async fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
 
 fn uuid_like(id: &str) -> Result<(), ImageError> {
     let ok = id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    if ok { Ok(()) } else { Err(ImageError::BadId(id.chars().take(64).collect())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ImageError::BadId(id.chars().take(64).collect()))
+    }
 }

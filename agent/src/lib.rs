@@ -4,14 +4,15 @@
 
 pub mod cmd;
 pub mod config;
+pub mod fault;
 pub mod identity;
 pub mod images;
 pub mod registration;
 pub mod runtime;
 pub mod service;
 pub mod storage;
-pub mod unpack;
 pub mod sysinfo;
+pub mod unpack;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -70,9 +71,23 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         }
     };
 
+    let node = std::sync::Arc::new(std::sync::RwLock::new(None));
+    if let Some(setup) = identity::load::<identity::Setup>(&flags.state_dir.join(SETUP_FILE))? {
+        let runtime =
+            service::NodeRuntime::start(&setup.zpool, &flags.state_dir, &identity.node_credential);
+        match runtime.containers.list().await {
+            Ok(list) => {
+                tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS and runc")
+            }
+            Err(e) => tracing::warn!("cannot list instances yet: {}", error_chain(&e)),
+        }
+        *node.write().expect("node lock") = Some(runtime);
+    }
     let svc = service::AgentService {
         state_dir: flags.state_dir.clone(),
         overrides: overrides.clone(),
+        credential: identity.node_credential.clone(),
+        node,
     };
     let server = nereid_proto::v1::agent_server::AgentServer::with_interceptor(
         svc,
@@ -93,6 +108,18 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     heartbeats.abort();
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 async fn shutdown() {

@@ -69,7 +69,9 @@ pub async fn join(
     Ok((id, resp.heartbeat_interval_ms))
 }
 
-/// Sends heartbeats forever. The first one after start carries a fresh sysinfo.
+/// Sends heartbeats forever. The host's sysinfo (whose probes take seconds)
+/// is collected in the background and rides on the first heartbeat after it
+/// is ready, so heartbeats start at once.
 pub async fn heartbeat_loop(
     id: Identity,
     address: String,
@@ -83,19 +85,23 @@ pub async fn heartbeat_loop(
             return;
         }
     };
-    let mut send_sysinfo = true;
+    let (info_tx, mut info_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = info_tx.send(sysinfo::collect(&overrides).await);
+    });
+    let mut pending_sysinfo: Option<pb::Sysinfo> = None;
+    let mut sysinfo_sent = false;
     let mut failures = 0u32;
     loop {
+        if !sysinfo_sent && pending_sysinfo.is_none() {
+            pending_sysinfo = info_rx.try_recv().ok();
+        }
         let mut req = tonic::Request::new(pb::HeartbeatRequest {
             server_id: id.server_id.clone(),
             usage: Some(sysinfo::usage().await),
             agent_address: address.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            sysinfo: if send_sysinfo {
-                Some(sysinfo::collect(&overrides).await)
-            } else {
-                None
-            },
+            sysinfo: pending_sysinfo.clone(),
         });
         if let Ok(v) = format!("Bearer {}", id.node_credential).parse() {
             req.metadata_mut().insert(nereid_proto::AUTHORIZATION, v);
@@ -106,7 +112,9 @@ pub async fn heartbeat_loop(
                     tracing::info!("heartbeats accepted again after {failures} failures");
                 }
                 failures = 0;
-                send_sysinfo = false;
+                if pending_sysinfo.take().is_some() {
+                    sysinfo_sent = true;
+                }
                 let asked = r.into_inner().heartbeat_interval_ms;
                 if asked >= 100 {
                     interval_ms = asked;

@@ -44,8 +44,16 @@ fn normalize(p: &Path) -> Option<PathBuf> {
 }
 
 /// Checks one entry; returns its normalized path.
-fn check(entry: &str, path: &Path, kind: tar::EntryType, link: Option<&Path>) -> Result<PathBuf, UnpackError> {
-    let refuse = |why| UnpackError::Refused { entry: entry.to_string(), why };
+fn check(
+    entry: &str,
+    path: &Path,
+    kind: tar::EntryType,
+    link: Option<&Path>,
+) -> Result<PathBuf, UnpackError> {
+    let refuse = |why| UnpackError::Refused {
+        entry: entry.to_string(),
+        why,
+    };
     if path.is_absolute() {
         return Err(refuse("absolute path"));
     }
@@ -66,13 +74,19 @@ fn check(entry: &str, path: &Path, kind: tar::EntryType, link: Option<&Path>) ->
         }
         tar::EntryType::Link => {
             let target = link.ok_or_else(|| refuse("hard link without a target"))?;
-            if target.is_absolute() || normalize(target).is_none() || target.components().any(|c| c == Component::ParentDir) {
+            if target.is_absolute()
+                || normalize(target).is_none()
+                || target.components().any(|c| c == Component::ParentDir)
+            {
                 return Err(refuse("hard link points outside the root"));
             }
         }
         tar::EntryType::Char | tar::EntryType::Block => return Err(refuse("device node")),
         tar::EntryType::Fifo => return Err(refuse("FIFO")),
-        tar::EntryType::XHeader | tar::EntryType::XGlobalHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
+        tar::EntryType::XHeader
+        | tar::EntryType::XGlobalHeader
+        | tar::EntryType::GNULongName
+        | tar::EntryType::GNULongLink => {}
         _ => return Err(refuse("unsupported entry type")),
     }
     Ok(norm)
@@ -83,7 +97,10 @@ fn check(entry: &str, path: &Path, kind: tar::EntryType, link: Option<&Path>) ->
 /// caller removes it.
 pub fn unpack_tar_gz(archive: &Path, dest: &Path) -> Result<u64, UnpackError> {
     let f = std::fs::File::open(archive).map_err(UnpackError::Read)?;
-    unpack(flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, f)), dest)
+    unpack(
+        flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, f)),
+        dest,
+    )
 }
 
 pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<u64, UnpackError> {
@@ -97,14 +114,23 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<u64, UnpackError> {
         let mut entry = entry.map_err(UnpackError::Read)?;
         let path = entry.path().map_err(UnpackError::Read)?.into_owned();
         let name = path.display().to_string();
-        let link = entry.link_name().map_err(UnpackError::Read)?.map(|l| l.into_owned());
+        let link = entry
+            .link_name()
+            .map_err(UnpackError::Read)?
+            .map(|l| l.into_owned());
         let norm = check(&name, &path, entry.header().entry_type(), link.as_deref())?;
         if norm.as_os_str().is_empty() {
             continue; // "./" itself
         }
-        let unpacked = entry.unpack_in(dest).map_err(|source| UnpackError::Write { entry: name.clone(), source })?;
+        let unpacked = entry.unpack_in(dest).map_err(|source| UnpackError::Write {
+            entry: name.clone(),
+            source,
+        })?;
         if !unpacked {
-            return Err(UnpackError::Refused { entry: name, why: "it would be written outside the root" });
+            return Err(UnpackError::Refused {
+                entry: name,
+                why: "it would be written outside the root",
+            });
         }
         n += 1;
     }
@@ -130,7 +156,13 @@ mod tests {
     }
 
     /// Writes a raw name into the header, bypassing the builder's own checks.
-    fn raw(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, link: Option<&str>, data: &[u8]) {
+    fn raw(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        name: &str,
+        link: Option<&str>,
+        data: &[u8],
+    ) {
         let mut h = header(kind, data.len() as u64);
         let gnu = h.as_gnu_mut().unwrap();
         gnu.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -156,26 +188,74 @@ mod tests {
         let data = archive(|b| {
             raw(b, tar::EntryType::Directory, "./bin/", None, b"");
             raw(b, tar::EntryType::Regular, "./bin/busybox", None, b"ELF");
-            raw(b, tar::EntryType::Symlink, "./bin/sh", Some("/bin/busybox"), b"");
-            raw(b, tar::EntryType::Symlink, "./bin/ash", Some("busybox"), b"");
-            raw(b, tar::EntryType::Link, "./bin/bb2", Some("./bin/busybox"), b"");
+            raw(
+                b,
+                tar::EntryType::Symlink,
+                "./bin/sh",
+                Some("/bin/busybox"),
+                b"",
+            );
+            raw(
+                b,
+                tar::EntryType::Symlink,
+                "./bin/ash",
+                Some("busybox"),
+                b"",
+            );
+            raw(
+                b,
+                tar::EntryType::Link,
+                "./bin/bb2",
+                Some("./bin/busybox"),
+                b"",
+            );
         });
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(unpack(&data[..], dir.path()).unwrap(), 5);
-        assert_eq!(std::fs::read(dir.path().join("bin/busybox")).unwrap(), b"ELF");
-        assert_eq!(std::fs::read_link(dir.path().join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        assert_eq!(
+            std::fs::read(dir.path().join("bin/busybox")).unwrap(),
+            b"ELF"
+        );
+        assert_eq!(
+            std::fs::read_link(dir.path().join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
     }
 
     #[test]
     fn absolute_paths_dotdot_escaping_links_and_devices_are_refused_by_name() {
-        refused(archive(|b| raw(b, tar::EntryType::Regular, "/etc/evil", None, b"x")), "/etc/evil");
-        refused(archive(|b| raw(b, tar::EntryType::Regular, "a/../../evil", None, b"x")), "a/../../evil");
-        refused(archive(|b| raw(b, tar::EntryType::Symlink, "up", Some("../../../etc"), b"")), "up");
-        refused(archive(|b| raw(b, tar::EntryType::Link, "hard", Some("/etc/shadow"), b"")), "hard");
-        refused(archive(|b| raw(b, tar::EntryType::Link, "hard2", Some("../x"), b"")), "hard2");
-        refused(archive(|b| raw(b, tar::EntryType::Char, "dev/null", None, b"")), "dev/null");
-        refused(archive(|b| raw(b, tar::EntryType::Block, "dev/sda", None, b"")), "dev/sda");
-        refused(archive(|b| raw(b, tar::EntryType::Fifo, "pipe", None, b"")), "pipe");
+        refused(
+            archive(|b| raw(b, tar::EntryType::Regular, "/etc/evil", None, b"x")),
+            "/etc/evil",
+        );
+        refused(
+            archive(|b| raw(b, tar::EntryType::Regular, "a/../../evil", None, b"x")),
+            "a/../../evil",
+        );
+        refused(
+            archive(|b| raw(b, tar::EntryType::Symlink, "up", Some("../../../etc"), b"")),
+            "up",
+        );
+        refused(
+            archive(|b| raw(b, tar::EntryType::Link, "hard", Some("/etc/shadow"), b"")),
+            "hard",
+        );
+        refused(
+            archive(|b| raw(b, tar::EntryType::Link, "hard2", Some("../x"), b"")),
+            "hard2",
+        );
+        refused(
+            archive(|b| raw(b, tar::EntryType::Char, "dev/null", None, b"")),
+            "dev/null",
+        );
+        refused(
+            archive(|b| raw(b, tar::EntryType::Block, "dev/sda", None, b"")),
+            "dev/sda",
+        );
+        refused(
+            archive(|b| raw(b, tar::EntryType::Fifo, "pipe", None, b"")),
+            "pipe",
+        );
     }
 
     #[test]
@@ -188,6 +268,9 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         assert!(unpack(&data[..], dir.path()).is_err());
-        assert!(!outside.path().join("owned").exists(), "nothing may be written outside the root");
+        assert!(
+            !outside.path().join("owned").exists(),
+            "nothing may be written outside the root"
+        );
     }
 }

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 
@@ -72,7 +71,9 @@ impl ImageStore {
         out
     }
 
-    /// Streams a body into tmp/, hashing it on the way. Any error (the client
+    /// Streams a body into tmp/, hashing it on the way. Hashing and writing
+    /// run on a blocking thread fed by a small channel, in parallel with
+    /// receiving (at most a few chunks are in memory). Any error (the client
     /// went away, the body is too large, a disk error) removes the temp file.
     pub async fn receive<S, E>(&self, mut body: S, max_size: u64) -> Result<Received>
     where
@@ -80,13 +81,13 @@ impl ImageStore {
         E: std::fmt::Display,
     {
         let temp = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
-        let result = async {
-            let file = tokio::fs::File::create(&temp)
-                .await
-                .map_err(|e| Error::Internal(format!("creating {}: {e}", temp.display())))?;
-            let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        let writer = {
+            let temp = temp.clone();
+            tokio::task::spawn_blocking(move || write_and_hash(&temp, rx))
+        };
+        let mut size = 0u64;
+        let received: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| {
                     Error::InvalidArgument(format!("the upload was interrupted: {e}"))
@@ -97,25 +98,27 @@ impl ImageStore {
                         "image files are limited to {max_size} bytes"
                     )));
                 }
-                hasher.update(&chunk);
-                out.write_all(&chunk)
+                // Waits only when the writer is 16 chunks behind.
+                tx.send(chunk)
                     .await
-                    .map_err(|e| Error::Internal(format!("writing {}: {e}", temp.display())))?;
+                    .map_err(|_| Error::Internal("the image writer stopped".into()))?;
             }
-            out.flush()
-                .await
-                .map_err(|e| Error::Internal(format!("writing {}: {e}", temp.display())))?;
-            out.get_ref()
-                .sync_all()
-                .await
-                .map_err(|e| Error::Internal(format!("syncing {}: {e}", temp.display())))?;
-            Ok(Received {
-                temp: temp.clone(),
-                sha256: hex::encode(hasher.finalize()),
-                size,
-            })
+            Ok(())
         }
         .await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::Internal(format!("image writer: {e}")))?;
+        let result = match (received, written) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(Error::Internal(format!("writing {}: {e}", temp.display()))),
+            (Ok(()), Ok(sha256)) => Ok(Received {
+                temp: temp.clone(),
+                sha256,
+                size,
+            }),
+        };
         if result.is_err() {
             let _ = tokio::fs::remove_file(&temp).await;
         }
@@ -154,6 +157,23 @@ impl ImageStore {
             tracing::warn!("removing {}: {e}", p.display());
         }
     }
+}
+
+/// The writer thread of an upload: hashes and writes each chunk, syncs at the end.
+fn write_and_hash(
+    path: &Path,
+    mut chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, std::fs::File::create(path)?);
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = chunks.blocking_recv() {
+        hasher.update(&chunk);
+        out.write_all(&chunk)?;
+    }
+    let f = out.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// A single byte range of a `Range` header, resolved against a file size.

@@ -8,6 +8,7 @@
 //! however it exits.
 
 pub mod api;
+pub mod node;
 pub mod pg;
 pub mod procs;
 pub mod zfs;

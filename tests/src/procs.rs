@@ -118,6 +118,15 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The log since the last restart marker.
+    pub fn current_log(&self) -> String {
+        let text = self.log_text();
+        match text.rfind(RESTART_MARKER) {
+            Some(i) => text[i..].to_string(),
+            None => text,
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -247,11 +256,17 @@ impl Headnode {
     }
 }
 
+#[derive(Debug, Clone, Default)]
 pub struct AgentOpts {
     pub machine_id: String,
     pub hostname: Option<String>,
     pub join_token: Option<String>,
+    /// Extra environment (e.g. NEREID_AGENT_FAULT for crash tests).
+    pub env: Vec<(String, String)>,
 }
+
+/// Written into an agent's log before each restart.
+pub const RESTART_MARKER: &str = "--- nereid-tests: agent restarted ---";
 
 pub struct Agent {
     pub proc: Proc,
@@ -268,6 +283,7 @@ impl Agent {
             machine_id: format!("test-{}", uuid::Uuid::new_v4().simple()),
             hostname: None,
             join_token: Some(join_token.into()),
+            env: Vec::new(),
         };
         Agent::start_with(
             headnode_grpc,
@@ -280,6 +296,13 @@ impl Agent {
     }
 
     pub fn start_with(headnode_grpc: &str, opts: AgentOpts, state: TempDir) -> Agent {
+        // Later readers of the (appended) log look only past the last marker.
+        let log = state.path().join("agent.log");
+        if log.exists() {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            writeln!(f, "{RESTART_MARKER}").unwrap();
+        }
         let mut cmd = Command::new(bin("nereid-agent"));
         cmd.arg("--headnode")
             .arg(headnode_grpc)
@@ -292,6 +315,7 @@ impl Agent {
         if let Some(t) = &opts.join_token {
             cmd.args(["--join-token", t]);
         }
+        cmd.envs(opts.env.iter().cloned());
         let proc = Proc::spawn("agent", cmd, state.path().join("agent.log"));
         Agent {
             proc,
@@ -317,6 +341,29 @@ impl Agent {
             AgentOpts {
                 machine_id,
                 hostname,
+                join_token: None,
+                env: Vec::new(),
+            },
+            state,
+        )
+    }
+
+    /// Kills the agent (SIGKILL) and starts it again with the same state dir and `env`.
+    pub fn restart_with_env(self, env: Vec<(String, String)>) -> Agent {
+        let Agent {
+            mut proc,
+            state,
+            headnode_grpc,
+            machine_id,
+            hostname,
+        } = self;
+        proc.kill();
+        Agent::start_with(
+            &headnode_grpc,
+            AgentOpts {
+                machine_id,
+                hostname,
+                env,
                 join_token: None,
             },
             state,

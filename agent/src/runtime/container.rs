@@ -92,17 +92,31 @@ fn netns_path(id: &str) -> PathBuf {
 fn check_spec(spec: &InstanceSpec) -> Result<(), InstanceError> {
     let uuid = |s: &str| s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
     if !uuid(&spec.id) {
-        return Err(InstanceError::Invalid(format!("id {:?} is not a UUID", spec.id)));
+        return Err(InstanceError::Invalid(format!(
+            "id {:?} is not a UUID",
+            spec.id
+        )));
     }
     if !uuid(&spec.image_id) {
-        return Err(InstanceError::Invalid(format!("image_id {:?} is not a UUID", spec.image_id)));
+        return Err(InstanceError::Invalid(format!(
+            "image_id {:?} is not a UUID",
+            spec.image_id
+        )));
     }
     let h = &spec.hostname;
-    if h.is_empty() || h.len() > 63 || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || h.starts_with('-') {
-        return Err(InstanceError::Invalid(format!("hostname {h:?} is not a valid host name")));
+    if h.is_empty()
+        || h.len() > 63
+        || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        || h.starts_with('-')
+    {
+        return Err(InstanceError::Invalid(format!(
+            "hostname {h:?} is not a valid host name"
+        )));
     }
     if spec.memory_mb < 16 || spec.disk_mb < 1 || spec.pids_limit < 16 {
-        return Err(InstanceError::Invalid("memory_mb >= 16, disk_mb >= 1 and pids_limit >= 16 are required".into()));
+        return Err(InstanceError::Invalid(
+            "memory_mb >= 16, disk_mb >= 1 and pids_limit >= 16 are required".into(),
+        ));
     }
     Ok(())
 }
@@ -137,21 +151,38 @@ impl Containers {
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().expect("instance locks").entry(id.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .expect("instance locks")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
     }
 
     fn emit(&self, spec: &InstanceSpec, state: State) {
-        let _ = self.events.send(Event { id: spec.id.clone(), state, generation: spec.generation });
+        let _ = self.events.send(Event {
+            id: spec.id.clone(),
+            state,
+            generation: spec.generation,
+        });
     }
 
     /// The spec recorded on the instance's dataset, if the dataset exists.
     async fn recorded(&self, id: &str) -> Result<Option<InstanceSpec>, InstanceError> {
         match zfs::get(&self.dataset(id), &[SPEC_PROP]).await {
             Ok(props) => match props.get(SPEC_PROP) {
-                Some(json) => serde_json::from_str(json)
-                    .map(Some)
-                    .map_err(|e| InstanceError::Host { id: id.into(), what: format!("its recorded spec is corrupt: {e}") }),
-                None => Err(InstanceError::Host { id: id.into(), what: "its dataset has no recorded spec".into() }),
+                Some(json) => {
+                    serde_json::from_str(json)
+                        .map(Some)
+                        .map_err(|e| InstanceError::Host {
+                            id: id.into(),
+                            what: format!("its recorded spec is corrupt: {e}"),
+                        })
+                }
+                None => Err(InstanceError::Host {
+                    id: id.into(),
+                    what: "its dataset has no recorded spec".into(),
+                }),
             },
             Err(ZfsError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
@@ -160,7 +191,12 @@ impl Containers {
 
     /// Makes the instance exist (and run, with `start`). Idempotent: a retry
     /// after a crash at any step completes the missing steps.
-    pub async fn ensure(&self, spec: &InstanceSpec, image_snapshot: &str, start: bool) -> Result<Instance, InstanceError> {
+    pub async fn ensure(
+        &self,
+        spec: &InstanceSpec,
+        image_snapshot: &str,
+        start: bool,
+    ) -> Result<Instance, InstanceError> {
         check_spec(spec)?;
         let lock = self.lock(&spec.id);
         let _held = lock.lock().await;
@@ -170,7 +206,10 @@ impl Containers {
         let result = async {
             let spec = match self.recorded(&id).await? {
                 Some(old) if old.image_id != spec.image_id => {
-                    return Err(InstanceError::Conflict { id: id.clone(), message: format!("it exists with image {}", old.image_id) });
+                    return Err(InstanceError::Conflict {
+                        id: id.clone(),
+                        message: format!("it exists with image {}", old.image_id),
+                    });
                 }
                 Some(old) if old.generation >= spec.generation => old,
                 Some(_) => {
@@ -191,31 +230,55 @@ impl Containers {
                     zfs::clone(
                         image_snapshot,
                         &ds,
-                        &[("quota", &quota), ("readonly", "off"), ("atime", "off"), (SPEC_PROP, &json), (GEN_PROP, &generation)],
+                        &[
+                            ("quota", &quota),
+                            ("readonly", "off"),
+                            ("atime", "off"),
+                            (SPEC_PROP, &json),
+                            (GEN_PROP, &generation),
+                        ],
                     )
                     .await?;
                     let d = ds.clone();
                     undo.push("destroy the instance dataset", move || async move {
                         let _ = zfs::destroy(&d, true).await;
                     });
+                    crate::fault::point("ensure_instance:after_clone");
                     spec.clone()
                 }
             };
             if !netns_path(&id).exists() {
-                cmd::run("ip", &["netns", "add", &netns_name(&id)], Duration::from_secs(10))
-                    .await
-                    .map_err(|e| InstanceError::Host { id: id.clone(), what: e.to_string() })?;
+                cmd::run(
+                    "ip",
+                    &["netns", "add", &netns_name(&id)],
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| InstanceError::Host {
+                    id: id.clone(),
+                    what: e.to_string(),
+                })?;
                 let n = netns_name(&id);
                 undo.push("delete the network namespace", move || async move {
                     let _ = cmd::run("ip", &["netns", "del", &n], Duration::from_secs(10)).await;
                 });
-                cmd::run("ip", &["-n", &netns_name(&id), "link", "set", "lo", "up"], Duration::from_secs(10))
-                    .await
-                    .map_err(|e| InstanceError::Host { id: id.clone(), what: e.to_string() })?;
+                cmd::run(
+                    "ip",
+                    &["-n", &netns_name(&id), "link", "set", "lo", "up"],
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| InstanceError::Host {
+                    id: id.clone(),
+                    what: e.to_string(),
+                })?;
+                crate::fault::point("ensure_instance:after_netns");
             }
             self.write_bundle(&spec).await?;
+            crate::fault::point("ensure_instance:after_bundle");
             if start {
                 self.run(&spec, &mut undo).await?;
+                crate::fault::point("ensure_instance:after_run");
             }
             Ok(spec)
         }
@@ -236,15 +299,30 @@ impl Containers {
 
     async fn write_bundle(&self, spec: &InstanceSpec) -> Result<(), InstanceError> {
         let rootfs = zfs::mountpoint(&self.dataset(&spec.id)).await?;
-        let config = oci::config(spec, &rootfs.display().to_string(), &netns_path(&spec.id).display().to_string(), self.memsw);
+        let config = oci::config(
+            spec,
+            &rootfs.display().to_string(),
+            &netns_path(&spec.id).display().to_string(),
+            self.memsw,
+        );
         let dir = self.bundle(&spec.id);
-        let host = |what: String| InstanceError::Host { id: spec.id.clone(), what };
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| host(format!("creating {}: {e}", dir.display())))?;
-        let tmp = dir.join("config.json.tmp");
-        tokio::fs::write(&tmp, serde_json::to_vec_pretty(&config).expect("config serializes"))
+        let host = |what: String| InstanceError::Host {
+            id: spec.id.clone(),
+            what,
+        };
+        tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(|e| host(format!("writing {}: {e}", tmp.display())))?;
-        tokio::fs::rename(&tmp, dir.join("config.json")).await.map_err(|e| host(format!("writing config.json: {e}")))?;
+            .map_err(|e| host(format!("creating {}: {e}", dir.display())))?;
+        let tmp = dir.join("config.json.tmp");
+        tokio::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&config).expect("config serializes"),
+        )
+        .await
+        .map_err(|e| host(format!("writing {}: {e}", tmp.display())))?;
+        tokio::fs::rename(&tmp, dir.join("config.json"))
+            .await
+            .map_err(|e| host(format!("writing config.json: {e}")))?;
         Ok(())
     }
 
@@ -252,12 +330,19 @@ impl Containers {
     async fn run(&self, spec: &InstanceSpec, undo: &mut Undo) -> Result<(), InstanceError> {
         match self.runc.status(&spec.id).await? {
             Some(Status::Running) => return Ok(()),
-            Some(Status::Paused) => return Err(InstanceError::Conflict { id: spec.id.clone(), message: "it is paused".into() }),
+            Some(Status::Paused) => {
+                return Err(InstanceError::Conflict {
+                    id: spec.id.clone(),
+                    message: "it is paused".into(),
+                });
+            }
             Some(_) => self.runc.delete(&spec.id).await?,
             None => {}
         }
         let dir = self.bundle(&spec.id);
-        self.runc.run(&spec.id, &dir, &dir.join("console.log")).await?;
+        self.runc
+            .run(&spec.id, &dir, &dir.join("console.log"))
+            .await?;
         let (runc, id) = (self.runc.clone(), spec.id.clone());
         undo.push("delete the runc container", move || async move {
             let _ = runc.delete(&id).await;
@@ -274,7 +359,10 @@ impl Containers {
     }
 
     pub async fn get(&self, id: &str) -> Result<Instance, InstanceError> {
-        let spec = self.recorded(id).await?.ok_or_else(|| InstanceError::NotFound(id.into()))?;
+        let spec = self
+            .recorded(id)
+            .await?
+            .ok_or_else(|| InstanceError::NotFound(id.into()))?;
         self.status_of(spec).await
     }
 
@@ -289,7 +377,9 @@ impl Containers {
         let states = self.runc.list().await?;
         let mut out = Vec::new();
         for (ds, p) in props {
-            let Some(json) = p.get(SPEC_PROP) else { continue };
+            let Some(json) = p.get(SPEC_PROP) else {
+                continue;
+            };
             let Ok(spec) = serde_json::from_str::<InstanceSpec>(json) else {
                 tracing::warn!(dataset = %ds, "skipping an instance dataset with a corrupt spec");
                 continue;
@@ -306,7 +396,10 @@ impl Containers {
     pub async fn start(&self, id: &str) -> Result<Instance, InstanceError> {
         let lock = self.lock(id);
         let _held = lock.lock().await;
-        let spec = self.recorded(id).await?.ok_or_else(|| InstanceError::NotFound(id.into()))?;
+        let spec = self
+            .recorded(id)
+            .await?
+            .ok_or_else(|| InstanceError::NotFound(id.into()))?;
         self.write_bundle(&spec).await?;
         let mut undo = Undo::default();
         if let Err(e) = self.run(&spec, &mut undo).await {
@@ -323,7 +416,10 @@ impl Containers {
     pub async fn stop(&self, id: &str, timeout: Duration) -> Result<Instance, InstanceError> {
         let lock = self.lock(id);
         let _held = lock.lock().await;
-        let spec = self.recorded(id).await?.ok_or_else(|| InstanceError::NotFound(id.into()))?;
+        let spec = self
+            .recorded(id)
+            .await?
+            .ok_or_else(|| InstanceError::NotFound(id.into()))?;
         self.stop_locked(id, timeout).await?;
         let inst = self.status_of(spec).await?;
         self.emit(&inst.spec, inst.state);
@@ -343,7 +439,10 @@ impl Containers {
         if self.wait_stopped(id, Duration::from_secs(10)).await? {
             return Ok(());
         }
-        Err(InstanceError::Host { id: id.into(), what: "it survived SIGKILL".into() })
+        Err(InstanceError::Host {
+            id: id.into(),
+            what: "it survived SIGKILL".into(),
+        })
     }
 
     async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool, InstanceError> {
@@ -373,9 +472,16 @@ impl Containers {
         self.stop_locked(id, Duration::from_secs(5)).await?;
         self.runc.delete(id).await?;
         if netns_path(id).exists() {
-            cmd::run("ip", &["netns", "del", &netns_name(id)], Duration::from_secs(10))
-                .await
-                .map_err(|e| InstanceError::Host { id: id.into(), what: e.to_string() })?;
+            cmd::run(
+                "ip",
+                &["netns", "del", &netns_name(id)],
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| InstanceError::Host {
+                id: id.into(),
+                what: e.to_string(),
+            })?;
         }
         remove_cgroups(id);
         let _ = tokio::fs::remove_dir_all(self.bundle(id)).await;
@@ -407,7 +513,9 @@ impl Containers {
 
 /// runc removes the container's own cgroup; remove what is left of ours.
 fn remove_cgroups(id: &str) {
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
     for c in controllers.flatten() {
         let _ = std::fs::remove_dir(c.path().join("nereid").join(id));
     }

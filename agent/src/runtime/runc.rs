@@ -18,7 +18,11 @@ pub enum RuncError {
         source: CmdError,
     },
     #[error("runc {op} of container {id} failed: {message}")]
-    Other { op: &'static str, id: String, message: String },
+    Other {
+        op: &'static str,
+        id: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +54,9 @@ const T: Duration = Duration::from_secs(30);
 
 impl Runc {
     pub fn new(root: &Path) -> Runc {
-        Runc { root: root.to_path_buf() }
+        Runc {
+            root: root.to_path_buf(),
+        }
     }
 
     fn root_arg(&self) -> String {
@@ -63,8 +69,16 @@ impl Runc {
             .create(true)
             .append(true)
             .open(log)
-            .map_err(|e| RuncError::Other { op: "run", id: id.into(), message: format!("opening {}: {e}", log.display()) })?;
-        let err = out.try_clone().map_err(|e| RuncError::Other { op: "run", id: id.into(), message: e.to_string() })?;
+            .map_err(|e| RuncError::Other {
+                op: "run",
+                id: id.into(),
+                message: format!("opening {}: {e}", log.display()),
+            })?;
+        let err = out.try_clone().map_err(|e| RuncError::Other {
+            op: "run",
+            id: id.into(),
+            message: e.to_string(),
+        })?;
         let pid_file = bundle.join("pid");
         let child = tokio::process::Command::new("runc")
             .arg("--root")
@@ -81,12 +95,27 @@ impl Runc {
             .status();
         let st = tokio::time::timeout(T, child)
             .await
-            .map_err(|_| RuncError::Other { op: "run", id: id.into(), message: "timed out".into() })?
-            .map_err(|e| RuncError::Other { op: "run", id: id.into(), message: format!("cannot start runc: {e}") })?;
+            .map_err(|_| RuncError::Other {
+                op: "run",
+                id: id.into(),
+                message: "timed out".into(),
+            })?
+            .map_err(|e| RuncError::Other {
+                op: "run",
+                id: id.into(),
+                message: format!("cannot start runc: {e}"),
+            })?;
         if !st.success() {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(3).collect();
-            return Err(RuncError::Other { op: "run", id: id.into(), message: format!("{st}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")) });
+            return Err(RuncError::Other {
+                op: "run",
+                id: id.into(),
+                message: format!(
+                    "{st}: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ),
+            });
         }
         Ok(())
     }
@@ -95,8 +124,16 @@ impl Runc {
         match cmd::run("runc", &["--root", &self.root_arg(), "kill", id, signal], T).await {
             Ok(_) => Ok(()),
             // Already gone or not running: nothing to signal.
-            Err(CmdError::Failed { stderr, .. }) if stderr.contains("not running") || stderr.contains("does not exist") => Ok(()),
-            Err(source) => Err(RuncError::Command { op: "kill", id: id.into(), source }),
+            Err(CmdError::Failed { stderr, .. })
+                if stderr.contains("not running") || stderr.contains("does not exist") =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(RuncError::Command {
+                op: "kill",
+                id: id.into(),
+                source,
+            }),
         }
     }
 
@@ -105,15 +142,27 @@ impl Runc {
         match cmd::run("runc", &["--root", &self.root_arg(), "delete", "-f", id], T).await {
             Ok(_) => Ok(()),
             Err(CmdError::Failed { stderr, .. }) if stderr.contains("does not exist") => Ok(()),
-            Err(source) => Err(RuncError::Command { op: "delete", id: id.into(), source }),
+            Err(source) => Err(RuncError::Command {
+                op: "delete",
+                id: id.into(),
+                source,
+            }),
         }
     }
 
     /// Every container runc knows, by id.
     pub async fn list(&self) -> Result<BTreeMap<String, (Status, u32)>, RuncError> {
-        let out = cmd::run("runc", &["--root", &self.root_arg(), "list", "-f", "json"], T)
-            .await
-            .map_err(|source| RuncError::Command { op: "list", id: "*".into(), source })?;
+        let out = cmd::run(
+            "runc",
+            &["--root", &self.root_arg(), "list", "-f", "json"],
+            T,
+        )
+        .await
+        .map_err(|source| RuncError::Command {
+            op: "list",
+            id: "*".into(),
+            source,
+        })?;
         Ok(parse_list(&out))
     }
 
@@ -127,8 +176,16 @@ pub fn parse_list(out: &str) -> BTreeMap<String, (Status, u32)> {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
     let mut m = BTreeMap::new();
     for c in v.as_array().into_iter().flatten() {
-        let (Some(id), Some(status)) = (c["id"].as_str(), c["status"].as_str().and_then(Status::parse)) else { continue };
-        m.insert(id.to_string(), (status, c["pid"].as_u64().unwrap_or(0) as u32));
+        let (Some(id), Some(status)) = (
+            c["id"].as_str(),
+            c["status"].as_str().and_then(Status::parse),
+        ) else {
+            continue;
+        };
+        m.insert(
+            id.to_string(),
+            (status, c["pid"].as_u64().unwrap_or(0) as u32),
+        );
     }
     m
 }

@@ -18,7 +18,8 @@ impl Undo {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.steps.push((what.to_string(), Box::new(move || Box::pin(f()))));
+        self.steps
+            .push((what.to_string(), Box::new(move || Box::pin(f()))));
     }
 
     pub async fn unwind(mut self) {
@@ -45,7 +46,9 @@ mod tests {
         let mut u = Undo::default();
         for i in 0..3 {
             let log = log.clone();
-            u.push(&format!("step {i}"), move || async move { log.lock().unwrap().push(i) });
+            u.push(&format!("step {i}"), move || async move {
+                log.lock().unwrap().push(i)
+            });
         }
         u.unwind().await;
         assert_eq!(*log.lock().unwrap(), vec![2, 1, 0]);

@@ -41,13 +41,20 @@ async fn zfs(op: &'static str, dataset: &str, args: &[&str]) -> Result<String> {
         if is_missing(&source) {
             ZfsError::NotFound(dataset.to_string())
         } else {
-            ZfsError::Command { op, dataset: dataset.to_string(), source }
+            ZfsError::Command {
+                op,
+                dataset: dataset.to_string(),
+                source,
+            }
         }
     })
 }
 
 fn prop_args(props: &[(&str, &str)]) -> Vec<String> {
-    props.iter().flat_map(|(k, v)| ["-o".to_string(), format!("{k}={v}")]).collect()
+    props
+        .iter()
+        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={v}")])
+        .collect()
 }
 
 /// Creates a filesystem with properties (parents must exist).
@@ -55,7 +62,13 @@ pub async fn create(dataset: &str, props: &[(&str, &str)]) -> Result<()> {
     let mut args: Vec<String> = vec!["create".into()];
     args.extend(prop_args(props));
     args.push(dataset.into());
-    zfs("create", dataset, &args.iter().map(String::as_str).collect::<Vec<_>>()).await.map(|_| ())
+    zfs(
+        "create",
+        dataset,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Creates a filesystem unless it exists.
@@ -64,13 +77,22 @@ pub async fn ensure(dataset: &str, props: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     match create(dataset, props).await {
-        Err(ZfsError::Command { source: CmdError::Failed { stderr, .. }, .. }) if stderr.contains("already exists") => Ok(()),
+        Err(ZfsError::Command {
+            source: CmdError::Failed { stderr, .. },
+            ..
+        }) if stderr.contains("already exists") => Ok(()),
         other => other,
     }
 }
 
 pub async fn exists(dataset: &str) -> Result<bool> {
-    match zfs("get", dataset, &["get", "-H", "-o", "value", "name", dataset]).await {
+    match zfs(
+        "get",
+        dataset,
+        &["get", "-H", "-o", "value", "name", dataset],
+    )
+    .await
+    {
         Ok(_) => Ok(true),
         Err(ZfsError::NotFound(_)) => Ok(false),
         Err(e) => Err(e),
@@ -80,19 +102,49 @@ pub async fn exists(dataset: &str) -> Result<bool> {
 /// Properties of one dataset or snapshot, exact values (`-p`).
 pub async fn get(dataset: &str, props: &[&str]) -> Result<BTreeMap<String, String>> {
     let list = props.join(",");
-    let out = zfs("get", dataset, &["get", "-Hp", "-o", "name,property,value", &list, dataset]).await?;
+    let out = zfs(
+        "get",
+        dataset,
+        &["get", "-Hp", "-o", "name,property,value", &list, dataset],
+    )
+    .await?;
     Ok(parse_get(&out).remove(dataset).unwrap_or_default())
 }
 
-/// Properties of a dataset and all its descendants (filesystems only).
-pub async fn get_recursive(dataset: &str, props: &[&str]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+/// Properties of a dataset and all its descendant filesystems (zfs-fuse's
+/// `zfs get` has no `-t`, so snapshots are dropped here).
+pub async fn get_recursive(
+    dataset: &str,
+    props: &[&str],
+) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
     let list = props.join(",");
-    let out = zfs("get", dataset, &["get", "-Hp", "-r", "-t", "filesystem", "-o", "name,property,value", &list, dataset]).await?;
-    Ok(parse_get(&out))
+    let out = zfs(
+        "get",
+        dataset,
+        &[
+            "get",
+            "-Hp",
+            "-r",
+            "-o",
+            "name,property,value",
+            &list,
+            dataset,
+        ],
+    )
+    .await?;
+    let mut map = parse_get(&out);
+    map.retain(|name, _| !name.contains('@'));
+    Ok(map)
 }
 
 pub async fn set(dataset: &str, prop: &str, value: &str) -> Result<()> {
-    zfs("set", dataset, &["set", &format!("{prop}={value}"), dataset]).await.map(|_| ())
+    zfs(
+        "set",
+        dataset,
+        &["set", &format!("{prop}={value}"), dataset],
+    )
+    .await
+    .map(|_| ())
 }
 
 pub async fn snapshot(snap: &str) -> Result<()> {
@@ -104,11 +156,19 @@ pub async fn clone(snap: &str, dataset: &str, props: &[(&str, &str)]) -> Result<
     args.extend(prop_args(props));
     args.push(snap.into());
     args.push(dataset.into());
-    zfs("clone", dataset, &args.iter().map(String::as_str).collect::<Vec<_>>()).await.map(|_| ())
+    zfs(
+        "clone",
+        dataset,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await
+    .map(|_| ())
 }
 
 pub async fn rollback(snap: &str) -> Result<()> {
-    zfs("rollback", snap, &["rollback", "-r", snap]).await.map(|_| ())
+    zfs("rollback", snap, &["rollback", "-r", snap])
+        .await
+        .map(|_| ())
 }
 
 /// Destroys a dataset (and its snapshots with `recursive`); a missing one is
@@ -122,11 +182,23 @@ pub async fn destroy(dataset: &str, recursive: bool) -> Result<()> {
         if !dataset.contains('@') {
             let _ = zfs("unmount", dataset, &["unmount", "-f", dataset]).await;
         }
-        let args: &[&str] = if recursive { &["destroy", "-r", dataset] } else { &["destroy", dataset] };
+        let args: &[&str] = if recursive {
+            &["destroy", "-r", dataset]
+        } else {
+            &["destroy", dataset]
+        };
         match zfs("destroy", dataset, args).await {
             Ok(_) | Err(ZfsError::NotFound(_)) => return Ok(()),
-            Err(ZfsError::Command { source, op, dataset: d }) if is_busy(&source) => {
-                last = Some(ZfsError::Command { source, op, dataset: d });
+            Err(ZfsError::Command {
+                source,
+                op,
+                dataset: d,
+            }) if is_busy(&source) => {
+                last = Some(ZfsError::Command {
+                    source,
+                    op,
+                    dataset: d,
+                });
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),
@@ -147,7 +219,9 @@ pub fn parse_get(out: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut map: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for line in out.lines() {
         let mut f = line.splitn(3, '\t');
-        let (Some(name), Some(prop), Some(value)) = (f.next(), f.next(), f.next()) else { continue };
+        let (Some(name), Some(prop), Some(value)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
         let entry = map.entry(name.to_string()).or_default();
         if value != "-" {
             entry.insert(prop.to_string(), value.to_string());
@@ -173,6 +247,9 @@ mod tests {
 
     #[test]
     fn properties_become_repeated_dash_o_arguments() {
-        assert_eq!(prop_args(&[("quota", "1G"), ("atime", "off")]), vec!["-o", "quota=1G", "-o", "atime=off"]);
+        assert_eq!(
+            prop_args(&[("quota", "1G"), ("atime", "off")]),
+            vec!["-o", "quota=1G", "-o", "atime=off"]
+        );
     }
 }

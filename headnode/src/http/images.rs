@@ -248,7 +248,7 @@ pub async fn image_file_get(
     f.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|e| Error::Internal(format!("seeking {}: {e}", path.display())))?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 * 1024);
+    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 1024 * 1024);
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

@@ -1,0 +1,231 @@
+//! A whole test "node": a file-backed zpool, a headnode, an agent that joined
+//! and was set up on that pool, the busybox image in the catalog, and a gRPC
+//! client to the agent carrying the control key.
+
+use std::time::Duration;
+
+use nereid_proto::v1 as pb;
+use nereid_proto::v1::agent_client::AgentClient;
+use serde_json::json;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::procs::{Agent, Headnode, HeadnodeOpts};
+use crate::zfs::TestPool;
+
+pub type Client = AgentClient<InterceptedService<Channel, ControlKey>>;
+
+#[derive(Clone)]
+pub struct ControlKey(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for ControlKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub struct TestNode {
+    pub agent: Agent,
+    pub headnode: Headnode,
+    pub server_id: String,
+    pub pool: TestPool,
+    pub image_id: String,
+    pub image_sha256: String,
+}
+
+impl TestNode {
+    /// Everything up; None (test skipped) where ZFS is unusable outside CI.
+    pub async fn start() -> Option<TestNode> {
+        if !crate::zfs::available() {
+            return None;
+        }
+        let pool = TestPool::create("1G");
+        let headnode = Headnode::start(HeadnodeOpts::default()).await;
+        let agent = Agent::start(&headnode.grpc_url, &headnode.join_token().await);
+        let server_id = agent.server_id().await;
+        let op = headnode.operator();
+        let (st, body) = op
+            .post(
+                &format!("/v1/servers/{server_id}/setup"),
+                &json!({"zpool": pool.name, "nic_tags": {"admin": "lo"}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{body}");
+        let (image_id, image_sha256) = upload_busybox(&headnode).await;
+        Some(TestNode {
+            agent,
+            headnode,
+            server_id,
+            pool,
+            image_id,
+            image_sha256,
+        })
+    }
+
+    pub async fn client(&self) -> Client {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.headnode.database_url)
+            .await
+            .unwrap();
+        let (address, key): (String, String) =
+            sqlx::query_as("SELECT agent_address, control_key FROM servers WHERE id = $1::uuid")
+                .bind(&self.server_id)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_lazy();
+        AgentClient::with_interceptor(ch, ControlKey(format!("Bearer {key}").parse().unwrap()))
+    }
+
+    /// The agent's address changes when it restarts on port 0: connect to
+    /// the port its log announces (once it listens).
+    pub async fn client_after_restart(&self) -> Client {
+        let port = self.agent_port_from_log().await;
+        let key = self.control_key().await;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        AgentClient::with_interceptor(ch, ControlKey(format!("Bearer {key}").parse().unwrap()))
+    }
+
+    async fn control_key(&self) -> String {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.headnode.database_url)
+            .await
+            .unwrap();
+        let (key,): (String,) =
+            sqlx::query_as("SELECT control_key FROM servers WHERE id = $1::uuid")
+                .bind(&self.server_id)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        key
+    }
+
+    async fn agent_port_from_log(&self) -> String {
+        crate::wait_for("the agent to listen", Duration::from_secs(30), || async {
+            let log = self.agent.proc.current_log();
+            let line = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("agent listening"))?
+                .to_string();
+            line.rsplit(':').next().map(|p| {
+                p.trim()
+                    .trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .to_string()
+            })
+        })
+        .await
+    }
+
+    pub fn image_url(&self) -> String {
+        format!(
+            "{}/v1/images/{}/file",
+            self.headnode.rest_url, self.image_id
+        )
+    }
+
+    /// EnsureImage until `ready`; returns the phases seen.
+    pub async fn ensure_image(&self, c: &mut Client) -> Result<Vec<String>, tonic::Status> {
+        ensure_image(c, &self.image_id, &self.image_url(), &self.image_sha256).await
+    }
+
+    pub fn spec(&self, hostname: &str) -> pb::InstanceSpec {
+        pb::InstanceSpec {
+            id: uuid::Uuid::new_v4().to_string(),
+            hostname: hostname.into(),
+            image_id: self.image_id.clone(),
+            brand: "container".into(),
+            memory_mb: 64,
+            swap_mb: 0,
+            cpu_cap: 100,
+            disk_mb: 256,
+            pids_limit: 256,
+            generation: 1,
+        }
+    }
+
+    /// The runc root of the agent (for `runc exec` in tests).
+    pub fn runc_root(&self) -> std::path::PathBuf {
+        self.agent.state.path().join("runc")
+    }
+
+    /// Datasets under the pool's instances/.
+    pub fn instance_datasets(&self) -> Vec<String> {
+        let out = std::process::Command::new("zfs")
+            .args(["list", "-H", "-o", "name", "-r", "-t", "filesystem"])
+            .arg(format!("{}/instances", self.pool.name))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+pub async fn ensure_image(
+    c: &mut Client,
+    id: &str,
+    url: &str,
+    sha256: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut stream = c
+        .ensure_image(pb::EnsureImageRequest {
+            image_id: id.into(),
+            url: url.into(),
+            sha256: sha256.into(),
+        })
+        .await?
+        .into_inner();
+    let mut phases = Vec::new();
+    while let Some(p) = stream.message().await? {
+        if phases.last() != Some(&p.phase) {
+            phases.push(p.phase.clone());
+        }
+    }
+    Ok(phases)
+}
+
+/// Builds the busybox sample image (cached under target/) and uploads it.
+pub async fn upload_busybox(h: &Headnode) -> (String, String) {
+    let out =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nereid-images/busybox");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/build.sh");
+    if !out.join("busybox.tar.gz").exists() {
+        let st = std::process::Command::new(script)
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let data = std::fs::read(out.join("busybox.tar.gz")).unwrap();
+    upload_file(h, "busybox", data).await
+}
+
+/// Creates an image with this content; returns (id, sha256).
+pub async fn upload_file(h: &Headnode, name: &str, data: Vec<u8>) -> (String, String) {
+    let op = h.operator();
+    let (st, img) = op
+        .post(
+            "/v1/images",
+            &json!({"name": name, "version": "1", "type": "container", "os": "linux"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{img}");
+    let id = img["id"].as_str().unwrap().to_string();
+    let (st, img) = op
+        .send(
+            op.request(reqwest::Method::PUT, &format!("/v1/images/{id}/file"))
+                .header("content-type", "application/octet-stream")
+                .body(data),
+        )
+        .await;
+    assert_eq!(st, 200, "{img}");
+    (id, img["file"]["sha256"].as_str().unwrap().to_string())
+}
