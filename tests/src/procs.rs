@@ -265,6 +265,30 @@ pub struct AgentOpts {
     pub env: Vec<(String, String)>,
 }
 
+fn spawn_agent(headnode_grpc: &str, opts: &AgentOpts, state: &Path) -> Proc {
+    // Later readers of the (appended) log look only past the last marker.
+    let log = state.join("agent.log");
+    if log.exists() {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        writeln!(f, "{RESTART_MARKER}").unwrap();
+    }
+    let mut cmd = Command::new(bin("nereid-agent"));
+    cmd.arg("--headnode")
+        .arg(headnode_grpc)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--listen", "127.0.0.1:0", "--machine-id", &opts.machine_id]);
+    if let Some(h) = &opts.hostname {
+        cmd.args(["--hostname", h]);
+    }
+    if let Some(t) = &opts.join_token {
+        cmd.args(["--join-token", t]);
+    }
+    cmd.envs(opts.env.iter().cloned());
+    Proc::spawn("agent", cmd, log)
+}
+
 /// Written into an agent's log before each restart.
 pub const RESTART_MARKER: &str = "--- nereid-tests: agent restarted ---";
 
@@ -296,27 +320,7 @@ impl Agent {
     }
 
     pub fn start_with(headnode_grpc: &str, opts: AgentOpts, state: TempDir) -> Agent {
-        // Later readers of the (appended) log look only past the last marker.
-        let log = state.path().join("agent.log");
-        if log.exists() {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-            writeln!(f, "{RESTART_MARKER}").unwrap();
-        }
-        let mut cmd = Command::new(bin("nereid-agent"));
-        cmd.arg("--headnode")
-            .arg(headnode_grpc)
-            .arg("--state-dir")
-            .arg(state.path())
-            .args(["--listen", "127.0.0.1:0", "--machine-id", &opts.machine_id]);
-        if let Some(h) = &opts.hostname {
-            cmd.args(["--hostname", h]);
-        }
-        if let Some(t) = &opts.join_token {
-            cmd.args(["--join-token", t]);
-        }
-        cmd.envs(opts.env.iter().cloned());
-        let proc = Proc::spawn("agent", cmd, state.path().join("agent.log"));
+        let proc = spawn_agent(headnode_grpc, &opts, state.path());
         Agent {
             proc,
             state,
@@ -324,6 +328,19 @@ impl Agent {
             machine_id: opts.machine_id,
             hostname: opts.hostname,
         }
+    }
+
+    /// Kills the agent (SIGKILL) and starts it again in place, with the same
+    /// state dir and this extra environment.
+    pub fn restart_in_place(&mut self, env: Vec<(String, String)>) {
+        self.proc.kill();
+        let opts = AgentOpts {
+            machine_id: self.machine_id.clone(),
+            hostname: self.hostname.clone(),
+            join_token: None,
+            env,
+        };
+        self.proc = spawn_agent(&self.headnode_grpc, &opts, self.state.path());
     }
 
     /// Kills the agent (SIGKILL) and starts it again with the same state dir.
@@ -343,28 +360,6 @@ impl Agent {
                 hostname,
                 join_token: None,
                 env: Vec::new(),
-            },
-            state,
-        )
-    }
-
-    /// Kills the agent (SIGKILL) and starts it again with the same state dir and `env`.
-    pub fn restart_with_env(self, env: Vec<(String, String)>) -> Agent {
-        let Agent {
-            mut proc,
-            state,
-            headnode_grpc,
-            machine_id,
-            hostname,
-        } = self;
-        proc.kill();
-        Agent::start_with(
-            &headnode_grpc,
-            AgentOpts {
-                machine_id,
-                hostname,
-                env,
-                join_token: None,
             },
             state,
         )

@@ -232,9 +232,8 @@ async fn an_agent_killed_at_each_step_of_ensure_instance_then_retried_makes_exac
         "ensure_instance:after_bundle",
         "ensure_instance:after_run",
     ] {
-        node.agent = node
-            .agent
-            .restart_with_env(vec![("NEREID_AGENT_FAULT".into(), point.into())]);
+        node.agent
+            .restart_in_place(vec![("NEREID_AGENT_FAULT".into(), point.into())]);
         let mut c = node.client_after_restart().await;
         let spec = node.spec("crashy");
         let id = spec.id.clone();
@@ -251,7 +250,7 @@ async fn an_agent_killed_at_each_step_of_ensure_instance_then_retried_makes_exac
             "{point}: {died}"
         );
 
-        node.agent = node.agent.restart_with_env(vec![]);
+        node.agent.restart_in_place(vec![]);
         let mut c = node.client_after_restart().await;
         let st = c
             .ensure_instance(pb::EnsureInstanceRequest {
@@ -319,7 +318,7 @@ async fn containers_survive_kill_9_of_the_agent_and_a_restart_lists_them_from_zf
     assert_eq!(running, 2);
 
     let restarted_at = Instant::now();
-    node.agent = node.agent.restart_with_env(vec![]);
+    node.agent.restart_in_place(vec![]);
     let mut c = node.client_after_restart().await;
     let list = c
         .list_instances(pb::ListInstancesRequest {})

@@ -123,13 +123,24 @@ async fn kvm() -> Option<Capability> {
     if !std::path::Path::new("/dev/kvm").exists() {
         return no("/dev/kvm does not exist");
     }
-    let dir = std::env::temp_dir().join(format!("nereid-kvm-probe-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir)
-        .and_then(|_| std::fs::write(dir.join("boot.img"), boot_sector()))
-    {
+    // The boot sector lives in a memfd the child inherits: nothing on disk,
+    // so a probe killed half-way leaves nothing behind.
+    let fd = match nix::sys::memfd::memfd_create(
+        c"nereid-kvm-probe",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return no(format!("memfd_create: {e}")),
+    };
+    let mut file = std::fs::File::from(fd);
+    if let Err(e) = std::io::Write::write_all(&mut file, &boot_sector()) {
         return no(format!("cannot write the probe image: {e}"));
     }
-    let drive = format!("file={},format=raw,if=ide", dir.join("boot.img").display());
+    let drive = format!(
+        "file=/proc/{}/fd/{},format=raw,if=ide",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&file)
+    );
     let args = [
         "-accel",
         "kvm",
@@ -147,7 +158,7 @@ async fn kvm() -> Option<Capability> {
         drive.as_str(),
     ];
     let result = cmd::run("qemu-system-x86_64", &args, Duration::from_secs(20)).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(file);
     match result {
         // Nested hosts (PVM) run a real-mode boot sector but not stock Linux
         // guests; they give themselves away by not offering the baseline vCPU.
