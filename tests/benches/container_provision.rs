@@ -1,0 +1,98 @@
+//! Benchmark (prints, asserts nothing): EnsureInstance -> running for the
+//! busybox container through the agent, against the same steps done by hand
+//! in one shell script (zfs clone, netns, config.json, runc run), medians and
+//! ratio; then the agent's resident memory when idle with 20 containers.
+//!
+//!   deploy/dev bench
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nereid_proto::v1 as pb;
+use nereid_tests::node::TestNode;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let runs: usize = std::env::var("NEREID_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let node = TestNode::start().await.expect("ZFS must be usable for this benchmark");
+    let mut c = node.client().await;
+    node.ensure_image(&mut c).await.unwrap();
+
+    // Through the agent.
+    let mut agent_times = Vec::new();
+    let mut template = String::new();
+    for i in 0..runs {
+        let spec = node.spec(&format!("bench{i}"));
+        let id = spec.id.clone();
+        let t = Instant::now();
+        let st = c.ensure_instance(pb::EnsureInstanceRequest { spec: Some(spec), start: true }).await.unwrap().into_inner();
+        agent_times.push(t.elapsed());
+        assert_eq!(st.state, "running");
+        if template.is_empty() {
+            template = std::fs::read_to_string(node.agent.state.path().join("bundles").join(&id).join("config.json")).unwrap().replace(&id, "@ID@");
+        }
+        c.delete_instance(pb::InstanceRef { id }).await.unwrap();
+    }
+
+    // By hand, the same steps in one script.
+    let snap = format!("{}/images/{}@final", node.pool.name, node.image_id);
+    let root = node.agent.state.path().join("bench-runc");
+    let bundles = node.agent.state.path().join("bench-bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    std::fs::write(bundles.join("template.json"), &template).unwrap();
+    let mut manual_times = Vec::new();
+    for _ in 0..runs {
+        let id = uuid::Uuid::new_v4().to_string();
+        let ds = format!("{}/instances/{id}", node.pool.name);
+        let script = format!(
+            "set -e
+             zfs clone -o quota=256M -o atime=off {snap} {ds}
+             ip netns add nrd-{id}
+             ip -n nrd-{id} link set lo up
+             mkdir -p {b}/{id}
+             sed 's/@ID@/{id}/g' {b}/template.json > {b}/{id}/config.json
+             runc --root {root} run -d --bundle {b}/{id} {id} </dev/null >{b}/{id}/log 2>&1",
+            b = bundles.display(),
+            root = root.display(),
+        );
+        let t = Instant::now();
+        let st = Command::new("bash").arg("-c").arg(&script).status().unwrap();
+        manual_times.push(t.elapsed());
+        assert!(st.success());
+        let cleanup = format!(
+            "runc --root {root} delete -f {id}; ip netns del nrd-{id}; zfs unmount -f {ds}; zfs destroy {ds}; \
+             for c in /sys/fs/cgroup/*/nereid/{id}; do rmdir $c 2>/dev/null; done; true",
+            root = root.display()
+        );
+        Command::new("bash").arg("-c").arg(&cleanup).status().unwrap();
+    }
+    let (a, m) = (median(agent_times), median(manual_times));
+    println!("EnsureInstance -> running, median of {runs}: agent {:.1} ms, by hand {:.1} ms, ratio {:.2} (goal <= 1.25)",
+        a.as_secs_f64() * 1e3, m.as_secs_f64() * 1e3, a.as_secs_f64() / m.as_secs_f64());
+
+    // Idle memory with 20 containers.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let spec = node.spec(&format!("idle{i}"));
+        ids.push(spec.id.clone());
+        c.ensure_instance(pb::EnsureInstanceRequest { spec: Some(spec), start: true }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss = rss_kib(node.agent.proc.pid());
+    println!("agent RSS idle with 20 containers: {:.1} MiB (goal < 20 MiB)", rss as f64 / 1024.0);
+    for id in ids {
+        c.delete_instance(pb::InstanceRef { id }).await.unwrap();
+    }
+}
