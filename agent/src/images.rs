@@ -130,7 +130,12 @@ impl Images {
             source,
         })?;
         let partial = self.downloads.join(format!("{id}.partial"));
-        self.download(id, url, &partial, &progress).await?;
+        // A partial file left by a crash is resumed; one that could not be
+        // completed after all retries is removed, so a failure leaves nothing.
+        if let Err(e) = self.download(id, url, &partial, &progress).await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
 
         progress(Progress::Verifying);
         let actual = file_sha256(&partial)
@@ -277,7 +282,16 @@ impl Images {
         let mut stream = resp.bytes_stream();
         let mut last_report = 0;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| DownloadFailure::Retry(e.to_string()))?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    // Keep what arrived: the next attempt resumes after it.
+                    file.flush()
+                        .await
+                        .map_err(|e| DownloadFailure::Fatal(e.to_string()))?;
+                    return Err(DownloadFailure::Retry(e.to_string()));
+                }
+            };
             file.write_all(&chunk).await.map_err(|e| {
                 DownloadFailure::Fatal(format!("writing {}: {e}", partial.display()))
             })?;

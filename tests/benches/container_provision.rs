@@ -19,14 +19,23 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::var("NEREID_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let node = TestNode::start().await.expect("ZFS must be usable for this benchmark");
+    let runs: usize = std::env::var("NEREID_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let node = TestNode::start()
+        .await
+        .expect("ZFS must be usable for this benchmark");
     let mut c = node.client().await;
     node.ensure_image(&mut c).await.unwrap();
 
@@ -37,11 +46,27 @@ async fn main() {
         let spec = node.spec(&format!("bench{i}"));
         let id = spec.id.clone();
         let t = Instant::now();
-        let st = c.ensure_instance(pb::EnsureInstanceRequest { spec: Some(spec), start: true }).await.unwrap().into_inner();
+        let st = c
+            .ensure_instance(pb::EnsureInstanceRequest {
+                spec: Some(spec),
+                start: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         agent_times.push(t.elapsed());
         assert_eq!(st.state, "running");
         if template.is_empty() {
-            template = std::fs::read_to_string(node.agent.state.path().join("bundles").join(&id).join("config.json")).unwrap().replace(&id, "@ID@");
+            template = std::fs::read_to_string(
+                node.agent
+                    .state
+                    .path()
+                    .join("bundles")
+                    .join(&id)
+                    .join("config.json"),
+            )
+            .unwrap()
+            .replace(&id, "@ID@");
         }
         c.delete_instance(pb::InstanceRef { id }).await.unwrap();
     }
@@ -68,7 +93,11 @@ async fn main() {
             root = root.display(),
         );
         let t = Instant::now();
-        let st = Command::new("bash").arg("-c").arg(&script).status().unwrap();
+        let st = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap();
         manual_times.push(t.elapsed());
         assert!(st.success());
         let cleanup = format!(
@@ -76,22 +105,38 @@ async fn main() {
              for c in /sys/fs/cgroup/*/nereid/{id}; do rmdir $c 2>/dev/null; done; true",
             root = root.display()
         );
-        Command::new("bash").arg("-c").arg(&cleanup).status().unwrap();
+        Command::new("bash")
+            .arg("-c")
+            .arg(&cleanup)
+            .status()
+            .unwrap();
     }
     let (a, m) = (median(agent_times), median(manual_times));
-    println!("EnsureInstance -> running, median of {runs}: agent {:.1} ms, by hand {:.1} ms, ratio {:.2} (goal <= 1.25)",
-        a.as_secs_f64() * 1e3, m.as_secs_f64() * 1e3, a.as_secs_f64() / m.as_secs_f64());
+    println!(
+        "EnsureInstance -> running, median of {runs}: agent {:.1} ms, by hand {:.1} ms, ratio {:.2} (goal <= 1.25)",
+        a.as_secs_f64() * 1e3,
+        m.as_secs_f64() * 1e3,
+        a.as_secs_f64() / m.as_secs_f64()
+    );
 
     // Idle memory with 20 containers.
     let mut ids = Vec::new();
     for i in 0..20 {
         let spec = node.spec(&format!("idle{i}"));
         ids.push(spec.id.clone());
-        c.ensure_instance(pb::EnsureInstanceRequest { spec: Some(spec), start: true }).await.unwrap();
+        c.ensure_instance(pb::EnsureInstanceRequest {
+            spec: Some(spec),
+            start: true,
+        })
+        .await
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = rss_kib(node.agent.proc.pid());
-    println!("agent RSS idle with 20 containers: {:.1} MiB (goal < 20 MiB)", rss as f64 / 1024.0);
+    println!(
+        "agent RSS idle with 20 containers: {:.1} MiB (goal < 20 MiB)",
+        rss as f64 / 1024.0
+    );
     for id in ids {
         c.delete_instance(pb::InstanceRef { id }).await.unwrap();
     }

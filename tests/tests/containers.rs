@@ -459,3 +459,122 @@ async fn concurrent_ensure_image_calls_download_the_image_once() {
     assert_eq!(gets, 1, "the file was downloaded {gets} times");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Serves `data` over HTTP/1.1: the first plain GET is cut after `cut` bytes;
+/// a GET with `Range: bytes=N-` gets 206 and the rest. Records Range headers.
+async fn flaky_server(
+    data: Vec<u8>,
+    cut: usize,
+    always_cut: bool,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/image", listener.local_addr().unwrap());
+    let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            let range = head
+                .lines()
+                .find_map(|l| l.strip_prefix("range: bytes="))
+                .and_then(|r| r.trim().strip_suffix('-'))
+                .and_then(|n| n.parse::<usize>().ok());
+            let (status, start) = match range {
+                Some(n) => {
+                    seen.lock().unwrap().push(format!("bytes={n}-"));
+                    (
+                        format!(
+                            "206 Partial Content\r\nContent-Range: bytes {n}-{}/{}",
+                            data.len() - 1,
+                            data.len()
+                        ),
+                        n,
+                    )
+                }
+                None => ("200 OK".to_string(), 0),
+            };
+            let body = &data[start..];
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            let send = if range.is_none() || always_cut {
+                &body[..cut.min(body.len()) / if range.is_some() { 2 } else { 1 }]
+            } else {
+                body
+            };
+            let _ = s.write_all(send).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    (url, ranges)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_image_download_resumes_with_range_and_a_hopeless_one_leaves_nothing() {
+    let Some(node) = TestNode::start().await else {
+        return;
+    };
+    let mut c = node.client().await;
+    let data = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/nereid-images/busybox/busybox.tar.gz"),
+    )
+    .unwrap();
+    let half = data.len() / 2;
+
+    let (url, ranges) = flaky_server(data.clone(), half, false).await;
+    let phases = ensure_image(&mut c, &node.image_id, &url, &node.image_sha256)
+        .await
+        .unwrap();
+    assert_eq!(phases.last().map(String::as_str), Some("ready"));
+    assert_eq!(
+        *ranges.lock().unwrap(),
+        vec![format!("bytes={half}-")],
+        "the second request resumed where the first was cut"
+    );
+
+    // A stream that is always cut: the call fails and leaves no file and no dataset.
+    let (url, _) = flaky_server(data, half, true).await;
+    let (other, sha) = upload_file(
+        &node.headnode,
+        "other",
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/nereid-images/busybox/busybox.tar.gz"),
+        )
+        .unwrap(),
+    )
+    .await;
+    let err = ensure_image(&mut c, &other, &url, &sha).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(
+        std::fs::read_dir(node.agent.state.path().join("downloads"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let out = Command::new("zfs")
+        .args(["list", "-H", "-o", "name"])
+        .arg(format!("{}/images/{other}", node.pool.name))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a dataset stayed");
+}

@@ -76,6 +76,7 @@ pub struct Containers {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: broadcast::Sender<Event>,
     memsw: bool,
+    parent_mountpoint: Arc<tokio::sync::OnceCell<PathBuf>>,
 }
 
 const SPEC_PROP: &str = "nereid:spec";
@@ -131,6 +132,7 @@ impl Containers {
             locks: Default::default(),
             events,
             memsw: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            parent_mountpoint: Default::default(),
         }
     }
 
@@ -204,48 +206,44 @@ impl Containers {
         let ds = self.dataset(&id);
         let mut undo = Undo::default();
         let result = async {
-            let spec = match self.recorded(&id).await? {
-                Some(old) if old.image_id != spec.image_id => {
-                    return Err(InstanceError::Conflict {
-                        id: id.clone(),
-                        message: format!("it exists with image {}", old.image_id),
-                    });
-                }
-                Some(old) if old.generation >= spec.generation => old,
-                Some(_) => {
-                    let json = serde_json::to_string(spec).expect("spec serializes");
-                    zfs::set(&ds, SPEC_PROP, &json).await?;
-                    zfs::set(&ds, GEN_PROP, &spec.generation.to_string()).await?;
-                    zfs::set(&ds, "quota", &format!("{}M", spec.disk_mb)).await?;
-                    spec.clone()
-                }
-                None => {
-                    if !zfs::exists(image_snapshot).await? {
-                        return Err(InstanceError::ImageMissing(spec.image_id.clone()));
-                    }
-                    zfs::ensure(&format!("{}/instances", self.pool), &[("atime", "off")]).await?;
-                    let json = serde_json::to_string(spec).expect("spec serializes");
-                    let quota = format!("{}M", spec.disk_mb);
-                    let generation = spec.generation.to_string();
-                    zfs::clone(
-                        image_snapshot,
-                        &ds,
-                        &[
-                            ("quota", &quota),
-                            ("readonly", "off"),
-                            ("atime", "off"),
-                            (SPEC_PROP, &json),
-                            (GEN_PROP, &generation),
-                        ],
-                    )
-                    .await?;
+            // The fresh path first, with as few host commands as possible: the
+            // clone itself says whether the instance exists or the image is missing.
+            self.ensure_parent().await?;
+            let json = serde_json::to_string(spec).expect("spec serializes");
+            let quota = format!("{}M", spec.disk_mb);
+            let generation = spec.generation.to_string();
+            let cloned = zfs::clone(
+                image_snapshot,
+                &ds,
+                &[
+                    ("quota", &quota),
+                    ("readonly", "off"),
+                    ("atime", "off"),
+                    (SPEC_PROP, &json),
+                    (GEN_PROP, &generation),
+                ],
+            )
+            .await;
+            let (spec, fresh) = match cloned {
+                Ok(()) => {
                     let d = ds.clone();
                     undo.push("destroy the instance dataset", move || async move {
                         let _ = zfs::destroy(&d, true).await;
                     });
                     crate::fault::point("ensure_instance:after_clone");
-                    spec.clone()
+                    (spec.clone(), true)
                 }
+                Err(ZfsError::NotFound(_)) if !zfs::exists(&ds).await? => {
+                    return Err(InstanceError::ImageMissing(spec.image_id.clone()));
+                }
+                Err(ZfsError::NotFound(_)) => (self.update_recorded(&id, spec).await?, false),
+                Err(ZfsError::Command {
+                    source: cmd::CmdError::Failed { ref stderr, .. },
+                    ..
+                }) if stderr.contains("already exists") => {
+                    (self.update_recorded(&id, spec).await?, false)
+                }
+                Err(e) => return Err(e.into()),
             };
             if !netns_path(&id).exists() {
                 cmd::run(
@@ -277,16 +275,20 @@ impl Containers {
             self.write_bundle(&spec).await?;
             crate::fault::point("ensure_instance:after_bundle");
             if start {
-                self.run(&spec, &mut undo).await?;
+                self.run(&spec, &mut undo, fresh).await?;
                 crate::fault::point("ensure_instance:after_run");
             }
-            Ok(spec)
+            Ok((spec, fresh))
         }
         .await;
         match result {
-            Ok(spec) => {
+            Ok((spec, fresh)) => {
                 undo.commit();
-                let inst = self.status_of(spec).await?;
+                let inst = if fresh {
+                    self.fresh_status(spec, start)
+                } else {
+                    self.status_of(spec).await?
+                };
                 self.emit(&inst.spec, inst.state);
                 Ok(inst)
             }
@@ -297,8 +299,63 @@ impl Containers {
         }
     }
 
+    /// Makes `<pool>/instances` once per agent process and remembers its mountpoint.
+    async fn ensure_parent(&self) -> Result<PathBuf, InstanceError> {
+        let parent = format!("{}/instances", self.pool);
+        let mnt = self
+            .parent_mountpoint
+            .get_or_try_init(|| async {
+                zfs::ensure(&parent, &[("atime", "off")]).await?;
+                zfs::mountpoint(&parent).await
+            })
+            .await?;
+        Ok(mnt.clone())
+    }
+
+    /// The existing instance's spec, updated if `spec` is a newer generation.
+    async fn update_recorded(
+        &self,
+        id: &str,
+        spec: &InstanceSpec,
+    ) -> Result<InstanceSpec, InstanceError> {
+        let ds = self.dataset(id);
+        match self.recorded(id).await? {
+            None => Err(InstanceError::Host {
+                id: id.into(),
+                what: "its dataset vanished while being ensured".into(),
+            }),
+            Some(old) if old.image_id != spec.image_id => Err(InstanceError::Conflict {
+                id: id.into(),
+                message: format!("it exists with image {}", old.image_id),
+            }),
+            Some(old) if old.generation >= spec.generation => Ok(old),
+            Some(_) => {
+                let json = serde_json::to_string(spec).expect("spec serializes");
+                zfs::set(&ds, SPEC_PROP, &json).await?;
+                zfs::set(&ds, GEN_PROP, &spec.generation.to_string()).await?;
+                zfs::set(&ds, "quota", &format!("{}M", spec.disk_mb)).await?;
+                Ok(spec.clone())
+            }
+        }
+    }
+
+    /// The state of an instance this call just made, without asking runc.
+    fn fresh_status(&self, spec: InstanceSpec, started: bool) -> Instance {
+        let pid = std::fs::read_to_string(self.bundle(&spec.id).join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        let state = if started {
+            State::Running
+        } else {
+            State::Stopped
+        };
+        Instance { spec, state, pid }
+    }
+
     async fn write_bundle(&self, spec: &InstanceSpec) -> Result<(), InstanceError> {
-        let rootfs = zfs::mountpoint(&self.dataset(&spec.id)).await?;
+        // Instance datasets inherit their mountpoint from <pool>/instances.
+        let rootfs = self.ensure_parent().await?.join(&spec.id);
         let config = oci::config(
             spec,
             &rootfs.display().to_string(),
@@ -326,9 +383,20 @@ impl Containers {
         Ok(())
     }
 
-    /// Starts the container unless it runs (a stopped one is deleted from runc first).
-    async fn run(&self, spec: &InstanceSpec, undo: &mut Undo) -> Result<(), InstanceError> {
-        match self.runc.status(&spec.id).await? {
+    /// Starts the container unless it runs (a stopped one is deleted from runc
+    /// first). A `fresh` instance has no runc state to look at.
+    async fn run(
+        &self,
+        spec: &InstanceSpec,
+        undo: &mut Undo,
+        fresh: bool,
+    ) -> Result<(), InstanceError> {
+        let status = if fresh {
+            None
+        } else {
+            self.runc.status(&spec.id).await?
+        };
+        match status {
             Some(Status::Running) => return Ok(()),
             Some(Status::Paused) => {
                 return Err(InstanceError::Conflict {
@@ -402,7 +470,7 @@ impl Containers {
             .ok_or_else(|| InstanceError::NotFound(id.into()))?;
         self.write_bundle(&spec).await?;
         let mut undo = Undo::default();
-        if let Err(e) = self.run(&spec, &mut undo).await {
+        if let Err(e) = self.run(&spec, &mut undo, false).await {
             undo.unwind().await;
             return Err(e);
         }
