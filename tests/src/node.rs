@@ -90,6 +90,20 @@ impl TestNode {
         AgentClient::with_interceptor(ch, ControlKey(format!("Bearer {key}").parse().unwrap()))
     }
 
+    /// The agent's gRPC address as the headnode has it.
+    pub async fn agent_address(&self) -> String {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.headnode.database_url)
+            .await
+            .unwrap();
+        let (address,): (String,) =
+            sqlx::query_as("SELECT agent_address FROM servers WHERE id = $1::uuid")
+                .bind(&self.server_id)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        address
+    }
+
     async fn control_key(&self) -> String {
         let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.headnode.database_url)
             .await
@@ -280,6 +294,12 @@ impl Drop for TestNode {
                 for c in controllers.flatten() {
                     let _ = std::fs::remove_dir(c.path().join("nereid").join(id));
                 }
+            }
+        }
+        // The shared parent goes once empty (fails harmlessly while others use it).
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let _ = std::fs::remove_dir(c.path().join("nereid"));
             }
         }
     }

@@ -64,6 +64,23 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
     // Idempotent: a second call finds it ready at once.
     assert_eq!(node.ensure_image(&mut c).await.unwrap(), vec!["ready"]);
 
+    // Calls without the control key are refused.
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", node.agent_address().await))
+            .unwrap()
+            .connect_lazy();
+    let mut anonymous = pb::agent_client::AgentClient::new(ch);
+    let refused = anonymous
+        .list_instances(pb::ListInstancesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let mut events = c
+        .watch_events(pb::WatchEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let spec = node.spec("web1");
     let id = spec.id.clone();
     let st = c
@@ -117,6 +134,22 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .unwrap()
         .into_inner();
     assert_eq!(stopped.state, "stopped");
+    // WatchEvents saw it run, then stop, with the spec's generation.
+    let mut seen = Vec::new();
+    while !seen.contains(&"stopped".to_string()) {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.id.as_str(), e.generation), (id.as_str(), 1));
+        seen.push(e.state);
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("running"),
+        "{seen:?}"
+    );
     let started = c
         .start_instance(pb::InstanceRef { id: id.clone() })
         .await
