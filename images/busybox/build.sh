@@ -50,6 +50,9 @@ printf 'busybox\n' >"$r/etc/hostname"
 : >"$r/etc/resolv.conf"
 printf 'NAME="Nereid busybox"\nID=busybox\nVERSION_ID=%s\n' "$bb_version" >"$r/etc/os-release"
 
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$r" -cf - . | gzip -n -9 >"$out/busybox.tar.gz"
-sed "s/@VERSION@/$bb_version/" "$here/manifest.json.in" >"$out/manifest.json"
+# Written beside and renamed: a reader never sees a half-written archive.
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$r" -cf - . | gzip -n -9 >"$out/.busybox.tar.gz.$$"
+mv -f "$out/.busybox.tar.gz.$$" "$out/busybox.tar.gz"
+sed "s/@VERSION@/$bb_version/" "$here/manifest.json.in" >"$out/.manifest.json.$$"
+mv -f "$out/.manifest.json.$$" "$out/manifest.json"
 echo "$out/busybox.tar.gz ($(stat -c %s "$out/busybox.tar.gz") bytes), $out/manifest.json"

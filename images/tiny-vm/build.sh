@@ -29,7 +29,10 @@ fi
 deb="$(ls "$out/cache/${pkg}"_*.deb 2>/dev/null | sed -n 1p || true)"
 if [ -z "$deb" ]; then
     echo "downloading $pkg" >&2
-    (cd "$out/cache" && chmod 777 . && apt-get download -q "$pkg" >/dev/null 2>&1)
+    dl="$(mktemp -d "$out/cache/.dl.XXXXXX")"
+    (cd "$dl" && chmod 777 . && apt-get download -q "$pkg" >/dev/null 2>&1)
+    mv -f "$dl"/*.deb "$out/cache/"
+    rmdir "$dl"
     deb="$(ls "$out/cache/${pkg}"_*.deb | sed -n 1p)"
 fi
 
@@ -96,7 +99,10 @@ mkdir -p "$b"
 cp "$work/pkg/boot/vmlinuz-$kver" "$b/vmlinuz"
 (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 --reproducible) | gzip -n -9 >"$b/initramfs.gz"
 printf 'console=ttyS0 panic=-1 quiet\n' >"$b/cmdline"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$b" -cf - . | gzip -n -9 >"$out/tiny-vm.tar.gz"
+# Written beside and renamed: a reader never sees a half-written archive.
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$b" -cf - . | gzip -n -9 >"$out/.tiny-vm.tar.gz.$$"
+mv -f "$out/.tiny-vm.tar.gz.$$" "$out/tiny-vm.tar.gz"
 version="$(dpkg-deb -f "$deb" Version | sed 's/[^0-9A-Za-z._-]/-/g')"
-sed "s/@VERSION@/$version/; s/@KERNEL@/$kver/" "$here/manifest.json.in" >"$out/manifest.json"
+sed "s/@VERSION@/$version/; s/@KERNEL@/$kver/" "$here/manifest.json.in" >"$out/.manifest.json.$$"
+mv -f "$out/.manifest.json.$$" "$out/manifest.json"
 echo "$out/tiny-vm.tar.gz ($(stat -c %s "$out/tiny-vm.tar.gz") bytes, kernel $kver), $out/manifest.json"

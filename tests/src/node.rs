@@ -210,13 +210,18 @@ pub async fn upload_busybox(h: &Headnode) -> (String, String) {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nereid-images/busybox");
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/build.sh");
-    if !out.join("busybox.tar.gz").exists() {
-        let st = std::process::Command::new(script)
-            .arg(&out)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+    {
+        // One build per test process; the script renames its output into place.
+        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _held = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        if !out.join("busybox.tar.gz").exists() {
+            let st = std::process::Command::new(script)
+                .arg(&out)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
     }
     let data = std::fs::read(out.join("busybox.tar.gz")).unwrap();
     upload_file(h, "busybox", data).await
