@@ -246,30 +246,12 @@ impl Containers {
                 Err(e) => return Err(e.into()),
             };
             if !netns_path(&id).exists() {
-                cmd::run(
-                    "ip",
-                    &["netns", "add", &netns_name(&id)],
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|e| InstanceError::Host {
-                    id: id.clone(),
-                    what: e.to_string(),
-                })?;
-                let n = netns_name(&id);
+                ip(&id, &["netns", "add", &netns_name(&id)]).await?;
+                let n = id.clone();
                 undo.push("delete the network namespace", move || async move {
-                    let _ = cmd::run("ip", &["netns", "del", &n], Duration::from_secs(10)).await;
+                    let _ = ip(&n, &["netns", "del", &netns_name(&n)]).await;
                 });
-                cmd::run(
-                    "ip",
-                    &["-n", &netns_name(&id), "link", "set", "lo", "up"],
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|e| InstanceError::Host {
-                    id: id.clone(),
-                    what: e.to_string(),
-                })?;
+                ip(&id, &["-n", &netns_name(&id), "link", "set", "lo", "up"]).await?;
                 crate::fault::point("ensure_instance:after_netns");
             }
             self.write_bundle(&spec).await?;
@@ -540,16 +522,7 @@ impl Containers {
         self.stop_locked(id, Duration::from_secs(5)).await?;
         self.runc.delete(id).await?;
         if netns_path(id).exists() {
-            cmd::run(
-                "ip",
-                &["netns", "del", &netns_name(id)],
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|e| InstanceError::Host {
-                id: id.into(),
-                what: e.to_string(),
-            })?;
+            ip(id, &["netns", "del", &netns_name(id)]).await?;
         }
         remove_cgroups(id);
         let _ = tokio::fs::remove_dir_all(self.bundle(id)).await;
@@ -577,6 +550,17 @@ impl Containers {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// Runs `ip` for an instance; a failure names the instance and the command.
+async fn ip(id: &str, args: &[&str]) -> Result<(), InstanceError> {
+    cmd::run("ip", args, Duration::from_secs(10))
+        .await
+        .map(|_| ())
+        .map_err(|e| InstanceError::Host {
+            id: id.into(),
+            what: e.to_string(),
+        })
 }
 
 /// runc removes the container's own cgroup; remove what is left of ours.
