@@ -110,17 +110,7 @@ async fn main() {
     );
 
     // Idle memory with 20 containers.
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        let spec = node.spec(&format!("idle{i}"));
-        ids.push(spec.id.clone());
-        c.ensure_instance(pb::EnsureInstanceRequest {
-            spec: Some(spec),
-            start: true,
-        })
-        .await
-        .unwrap();
-    }
+    let ids = node.start_instances(&mut c, "idle", 20).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = rss_kib(node.agent.proc.pid());
     println!(

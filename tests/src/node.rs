@@ -161,6 +161,22 @@ impl TestNode {
         }
     }
 
+    /// Starts `n` instances named `<prefix><i>`; returns their ids.
+    pub async fn start_instances(&self, c: &mut Client, prefix: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let spec = self.spec(&format!("{prefix}{i}"));
+            ids.push(spec.id.clone());
+            c.ensure_instance(pb::EnsureInstanceRequest {
+                spec: Some(spec),
+                start: true,
+            })
+            .await
+            .unwrap();
+        }
+        ids
+    }
+
     /// The runc root of the agent (for `runc exec` in tests).
     pub fn runc_root(&self) -> std::path::PathBuf {
         self.agent.state.path().join("runc")

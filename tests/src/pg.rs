@@ -5,7 +5,6 @@
 //! process: when the test process exits (normally, by panic or by a signal)
 //! the pipe closes, the shell stops PostgreSQL and removes the directory.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -15,6 +14,7 @@ use std::time::Duration;
 pub struct Cluster {
     pub port: u16,
     pub dir: PathBuf,
+    /// Held for the life of the process: its closing stops PostgreSQL.
     _guard: Mutex<std::process::ChildStdin>,
 }
 
@@ -119,13 +119,6 @@ impl Cluster {
 
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
-    }
-
-    /// Stops the cluster now (the guard pipe closes when the process exits anyway).
-    pub fn stop(&self) {
-        if let Ok(mut g) = self._guard.lock() {
-            let _ = g.write_all(b"\n");
-        }
     }
 }
 

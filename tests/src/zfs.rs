@@ -6,7 +6,9 @@ use tempfile::TempDir;
 
 pub struct TestPool {
     pub name: String,
-    _dir: TempDir,
+    /// The pool's file and mountpoint. Kept on disk if the pool cannot be
+    /// destroyed: removing a live zfs-fuse mountpoint wedges the pool.
+    dir: Option<TempDir>,
 }
 
 /// True if zfs works on this host (zfs-fuse running or kernel ZFS). In CI a
@@ -53,16 +55,20 @@ impl TestPool {
             "zpool create {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        TestPool { name, _dir: dir }
+        TestPool {
+            name,
+            dir: Some(dir),
+        }
     }
 }
 
 impl Drop for TestPool {
     fn drop(&mut self) {
         // A process that was just killed (an agent and its `zpool`/`zfs`
-        // children) can keep the pool busy for a moment: retry.
+        // children) can keep the pool busy a moment, and zfs-fuse can stall
+        // for seconds under load: retry for up to ~30 s.
         let mut last = String::new();
-        for _ in 0..50 {
+        for _ in 0..150 {
             let _ = Command::new("zfs")
                 .args(["unmount", "-f", &self.name])
                 .output();
@@ -80,8 +86,12 @@ impl Drop for TestPool {
             if exists.is_ok_and(|o| !o.status.success()) {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        eprintln!("zpool destroy {} kept failing: {last}", self.name);
+        let kept = self.dir.take().map(|d| d.keep());
+        eprintln!(
+            "zpool destroy {} kept failing ({last}); its files stay in {kept:?} for `zpool destroy -f {}`",
+            self.name, self.name
+        );
     }
 }

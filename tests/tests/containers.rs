@@ -316,17 +316,7 @@ async fn containers_survive_kill_9_of_the_agent_and_a_restart_lists_them_from_zf
     };
     let mut c = node.client().await;
     node.ensure_image(&mut c).await.unwrap();
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let spec = node.spec(&format!("keep{i}"));
-        ids.push(spec.id.clone());
-        c.ensure_instance(pb::EnsureInstanceRequest {
-            spec: Some(spec),
-            start: true,
-        })
-        .await
-        .unwrap();
-    }
+    let ids = node.start_instances(&mut c, "keep", 3).await;
     c.stop_instance(pb::StopInstanceRequest {
         id: ids[2].clone(),
         timeout_seconds: 5,
@@ -493,8 +483,9 @@ async fn concurrent_ensure_image_calls_download_the_image_once() {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
-/// Serves `data` over HTTP/1.1: the first plain GET is cut after `cut` bytes;
-/// a GET with `Range: bytes=N-` gets 206 and the rest. Records Range headers.
+/// Serves `data` over HTTP/1.1: a plain GET is cut after `cut` bytes; a GET
+/// with `Range: bytes=N-` gets 206 and the rest (or, with `always_cut`, half
+/// of it). Records the Range headers it saw.
 async fn flaky_server(
     data: Vec<u8>,
     cut: usize,
@@ -548,11 +539,14 @@ async fn flaky_server(
                     .as_bytes(),
                 )
                 .await;
-            let send = if range.is_none() || always_cut {
-                &body[..cut.min(body.len()) / if range.is_some() { 2 } else { 1 }]
-            } else {
-                body
+            // A plain GET is cut after `cut` bytes. A resumed GET gets the rest,
+            // or (always_cut) only half of the rest, so it never completes.
+            let sent = match (range, always_cut) {
+                (None, _) => cut.min(body.len()),
+                (Some(_), false) => body.len(),
+                (Some(_), true) => body.len() / 2,
             };
+            let send = &body[..sent];
             let _ = s.write_all(send).await;
             let _ = s.shutdown().await;
         }

@@ -535,17 +535,36 @@ impl Containers {
     }
 
     /// Reports instances whose container changed state by itself (exited, was
-    /// killed): compares runc's view every `every` with the last one.
+    /// killed). Only runc's view can change on its own, so only `runc list`
+    /// runs every `every`; the spec (for the event's generation) is read from
+    /// ZFS just for an instance whose state changed.
     pub async fn watch_runc(self, every: Duration) {
         let mut last: HashMap<String, State> = HashMap::new();
         loop {
-            if let Ok(list) = self.list().await {
-                for inst in list {
-                    let prev = last.insert(inst.spec.id.clone(), inst.state);
-                    if prev.is_some_and(|p| p != inst.state) {
-                        self.emit(&inst.spec, inst.state);
+            if let Ok(list) = self.runc.list().await {
+                let now: HashMap<String, State> = list
+                    .into_iter()
+                    .map(|(id, (status, _))| {
+                        (
+                            id,
+                            if status == Status::Running {
+                                State::Running
+                            } else {
+                                State::Stopped
+                            },
+                        )
+                    })
+                    .collect();
+                for (id, prev) in &last {
+                    // A container gone from runc is stopped (or deleted: then it has no spec).
+                    let state = now.get(id).copied().unwrap_or(State::Stopped);
+                    if state != *prev
+                        && let Ok(Some(spec)) = self.recorded(id).await
+                    {
+                        self.emit(&spec, state);
                     }
                 }
+                last = now;
             }
             tokio::time::sleep(every).await;
         }

@@ -100,16 +100,17 @@ pub fn page_limit(limit: Option<u32>) -> Result<i64> {
     Ok(l as i64)
 }
 
-/// Cuts a fetched `limit + 1` rows down to a page and its next token.
-pub fn into_page<T>(
+/// Cuts a fetched `limit + 1` rows down to a page; the next page token is
+/// `token_of` the last item kept (its id, or its address for IP listings).
+pub fn into_page<T, K: ToString>(
     mut rows: Vec<T>,
     limit: i64,
-    id_of: impl Fn(&T) -> uuid::Uuid,
+    token_of: impl Fn(&T) -> K,
 ) -> nereid_api::Page<T> {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next_page_token = if more {
-        rows.last().map(|r| id_of(r).to_string())
+        rows.last().map(|r| token_of(r).to_string())
     } else {
         None
     };

@@ -429,7 +429,7 @@ impl Datastore {
         limit: i64,
     ) -> Result<Page<NetworkIp>> {
         self.network_get(id, None).await?;
-        let mut rows: Vec<NetworkIp> = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<NetworkIp> = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {IP_COLUMNS} FROM network_ips WHERE network_id = $1 AND owner_type IS NOT NULL
                AND ($2::inet IS NULL OR network_ips.ip > $2::inet) ORDER BY network_ips.ip LIMIT $3"
         )))
@@ -441,16 +441,6 @@ impl Datastore {
         .into_iter()
         .map(NetworkIp::from)
         .collect();
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_page_token = if more {
-            rows.last().map(|r| r.ip.clone())
-        } else {
-            None
-        };
-        Ok(Page {
-            items: rows,
-            next_page_token,
-        })
+        Ok(into_page(rows, limit, |r| r.ip.clone()))
     }
 }
