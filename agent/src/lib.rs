@@ -7,6 +7,7 @@ pub mod config;
 pub mod fault;
 pub mod identity;
 pub mod images;
+pub mod net;
 pub mod registration;
 pub mod runtime;
 pub mod service;
@@ -74,7 +75,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let node = std::sync::Arc::new(std::sync::RwLock::new(None));
     if let Some(setup) = identity::load::<identity::Setup>(&flags.state_dir.join(SETUP_FILE))? {
         let runtime =
-            service::NodeRuntime::start(&setup.zpool, &flags.state_dir, &identity.node_credential);
+            service::NodeRuntime::start(&setup, &flags.state_dir, &identity.node_credential);
         match runtime.containers.list().await {
             Ok(list) => {
                 tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS and runc")

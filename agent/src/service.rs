@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::identity::{self, Setup};
 use crate::images::{ImageError, Images, Progress};
 use crate::runtime::container::{Containers, Instance, InstanceError};
-use crate::runtime::oci::InstanceSpec;
+use crate::runtime::oci::{InstanceSpec, Nic};
 use crate::sysinfo;
 
 /// What a set-up node runs instances with; absent until setup names the pool.
@@ -26,8 +26,9 @@ pub struct NodeRuntime {
 
 impl NodeRuntime {
     /// Builds the runtime for a pool and starts watching runc for state changes.
-    pub fn start(pool: &str, state_dir: &std::path::Path, credential: &str) -> NodeRuntime {
-        let containers = Containers::new(pool, state_dir);
+    pub fn start(setup: &Setup, state_dir: &std::path::Path, credential: &str) -> NodeRuntime {
+        let pool = setup.zpool.as_str();
+        let containers = Containers::new(pool, state_dir, setup.nic_tags.clone());
         tokio::spawn(containers.clone().watch_runc(Duration::from_secs(1)));
         NodeRuntime {
             images: Images::new(pool, state_dir, credential),
@@ -96,7 +97,72 @@ fn spec_from_pb(s: Option<pb::InstanceSpec>) -> Result<InstanceSpec, Status> {
             s.pids_limit
         },
         generation: s.generation,
+        nics: s
+            .nics
+            .into_iter()
+            .map(nic_from_pb)
+            .collect::<Result<Vec<_>, Status>>()?,
     })
+}
+
+fn nic_from_pb(n: pb::NicSpec) -> Result<Nic, Status> {
+    let addr = |field: &str, v: &str| {
+        v.parse::<std::net::Ipv4Addr>().map_err(|_| {
+            Status::invalid_argument(format!(
+                "nic {}: {field} {v:?} is not an IPv4 address",
+                n.network_id
+            ))
+        })
+    };
+    let mac_ok = n.mac.len() == 17
+        && n.mac
+            .split(':')
+            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+    if !mac_ok {
+        return Err(Status::invalid_argument(format!(
+            "nic {}: mac {:?} is malformed",
+            n.network_id, n.mac
+        )));
+    }
+    if n.prefix_len == 0 || n.prefix_len > 32 || !(576..=9000).contains(&n.mtu) {
+        return Err(Status::invalid_argument(format!(
+            "nic {}: prefix_len must be 1..=32 and mtu 576..=9000",
+            n.network_id
+        )));
+    }
+    Ok(Nic {
+        ip: addr("ip", &n.ip)?,
+        gateway: if n.gateway.is_empty() {
+            None
+        } else {
+            Some(addr("gateway", &n.gateway)?)
+        },
+        resolvers: n
+            .resolvers
+            .iter()
+            .map(|r| addr("resolver", r))
+            .collect::<Result<_, _>>()?,
+        prefix_len: n.prefix_len as u8,
+        vlan_id: n.vlan_id as u16,
+        mtu: n.mtu,
+        mac: n.mac.to_ascii_lowercase(),
+        network_id: n.network_id,
+        nic_tag: n.nic_tag,
+    })
+}
+
+fn nic_to_pb(n: &Nic) -> pb::NicSpec {
+    pb::NicSpec {
+        network_id: n.network_id.clone(),
+        nic_tag: n.nic_tag.clone(),
+        vlan_id: n.vlan_id.into(),
+        ip: n.ip.to_string(),
+        prefix_len: n.prefix_len.into(),
+        gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        resolvers: n.resolvers.iter().map(|r| r.to_string()).collect(),
+        mtu: n.mtu,
+        mac: n.mac.clone(),
+    }
 }
 
 fn spec_to_pb(s: &InstanceSpec) -> pb::InstanceSpec {
@@ -111,6 +177,7 @@ fn spec_to_pb(s: &InstanceSpec) -> pb::InstanceSpec {
         disk_mb: s.disk_mb,
         pids_limit: s.pids_limit,
         generation: s.generation,
+        nics: s.nics.iter().map(nic_to_pb).collect(),
     }
 }
 
@@ -194,7 +261,7 @@ impl Agent for AgentService {
             let mut node = self.node.write().expect("node lock");
             if node.is_none() {
                 *node = Some(NodeRuntime::start(
-                    &setup.zpool,
+                    &setup,
                     &self.state_dir,
                     &self.credential,
                 ));

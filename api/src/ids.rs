@@ -89,6 +89,14 @@ typed_id!(
     /// A network.
     NetworkId
 );
+typed_id!(
+    /// An instance (container or VM).
+    InstanceId
+);
+typed_id!(
+    /// A job: one run of a saga (provision, start, stop, reboot, destroy).
+    JobId
+);
 
 #[cfg(test)]
 mod tests {

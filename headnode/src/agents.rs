@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nereid_api::{ServerId, ServerSetup};
+use nereid_api::{ImageId, InstanceId, ServerId, ServerSetup};
+use nereid_proto::v1 as pb;
 use nereid_proto::v1::SetupRequest;
 use nereid_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::db::AgentTarget;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Default)]
@@ -78,8 +80,177 @@ impl AgentPool {
     }
 }
 
+impl AgentPool {
+    fn client(&self, t: &AgentTarget) -> Result<AgentClient<Channel>> {
+        Ok(AgentClient::new(self.channel(t.server, &t.address)?))
+    }
+
+    /// Pulls an image onto the node; returns once it is ready there.
+    pub async fn ensure_image(
+        &self,
+        t: &AgentTarget,
+        image: ImageId,
+        url: &str,
+        sha256: &str,
+    ) -> Result<()> {
+        let msg = pb::EnsureImageRequest {
+            image_id: image.to_string(),
+            url: url.to_string(),
+            sha256: sha256.to_string(),
+        };
+        let mut stream = self
+            .client(t)?
+            .ensure_image(self.request(msg, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "EnsureImage", st))?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(p)) if p.phase == "ready" => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Error::AgentUnavailable(format!(
+                        "the agent of server {} ended EnsureImage of {image} before it was ready",
+                        t.server
+                    )));
+                }
+                Err(st) => return Err(agent_error(t.server, &t.address, "EnsureImage", st)),
+            }
+        }
+    }
+
+    pub async fn ensure_instance(
+        &self,
+        t: &AgentTarget,
+        spec: pb::InstanceSpec,
+        start: bool,
+    ) -> Result<pb::InstanceStatus> {
+        let msg = pb::EnsureInstanceRequest {
+            spec: Some(spec),
+            start,
+        };
+        Ok(self
+            .client(t)?
+            .ensure_instance(self.request(msg, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "EnsureInstance", st))?
+            .into_inner())
+    }
+
+    pub async fn start_instance(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+    ) -> Result<pb::InstanceStatus> {
+        let msg = pb::InstanceRef { id: id.to_string() };
+        Ok(self
+            .client(t)?
+            .start_instance(self.request(msg, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "StartInstance", st))?
+            .into_inner())
+    }
+
+    pub async fn stop_instance(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+        reboot: bool,
+    ) -> Result<pb::InstanceStatus> {
+        let msg = pb::StopInstanceRequest {
+            id: id.to_string(),
+            timeout_seconds: 10,
+        };
+        let mut c = self.client(t)?;
+        let req = self.request(msg, &t.control_key);
+        let (call, r) = if reboot {
+            ("RebootInstance", c.reboot_instance(req).await)
+        } else {
+            ("StopInstance", c.stop_instance(req).await)
+        };
+        Ok(r.map_err(|st| agent_error(t.server, &t.address, call, st))?
+            .into_inner())
+    }
+
+    /// Removes the instance from the node; a missing one is fine.
+    pub async fn delete_instance(&self, t: &AgentTarget, id: InstanceId) -> Result<()> {
+        let msg = pb::InstanceRef { id: id.to_string() };
+        self.client(t)?
+            .delete_instance(self.request(msg, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "DeleteInstance", st))?;
+        Ok(())
+    }
+
+    /// The instance as the node has it; None when the node does not have it.
+    pub async fn get_instance(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+    ) -> Result<Option<pb::InstanceStatus>> {
+        let msg = pb::InstanceRef { id: id.to_string() };
+        match self
+            .client(t)?
+            .get_instance(self.request(msg, &t.control_key))
+            .await
+        {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(st) if st.code() == tonic::Code::NotFound => Ok(None),
+            Err(st) => Err(agent_error(t.server, &t.address, "GetInstance", st)),
+        }
+    }
+
+    pub async fn list_instances(&self, t: &AgentTarget) -> Result<Vec<pb::InstanceStatus>> {
+        Ok(self
+            .client(t)?
+            .list_instances(self.request(pb::ListInstancesRequest {}, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "ListInstances", st))?
+            .into_inner()
+            .instances)
+    }
+
+    /// The node's stream of state changes.
+    pub async fn watch_events(
+        &self,
+        t: &AgentTarget,
+    ) -> Result<tonic::Streaming<pb::InstanceEvent>> {
+        // No call timeout on a stream meant to stay open.
+        let ch = Endpoint::from_shared(format!("http://{}", t.address))
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "server {} has an invalid agent address: {e}",
+                    t.server
+                ))
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(AgentClient::new(ch)
+            .watch_events(self.request(pb::WatchEventsRequest {}, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "WatchEvents", st))?
+            .into_inner())
+    }
+}
+
 fn agent_error(id: ServerId, address: &str, call: &str, st: tonic::Status) -> Error {
-    Error::AgentUnavailable(format!(
+    use tonic::Code;
+    let refused = matches!(
+        st.code(),
+        Code::InvalidArgument
+            | Code::DataLoss
+            | Code::AlreadyExists
+            | Code::Unimplemented
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    );
+    let make = if refused {
+        Error::AgentRefused
+    } else {
+        Error::AgentUnavailable
+    };
+    make(format!(
         "the agent of server {id} at {address} failed {call}: {} ({:?})",
         st.message(),
         st.code()

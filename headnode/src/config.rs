@@ -39,6 +39,20 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "NEREID_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// The host agents use to reach the REST API (image downloads); default:
+    /// the REST listen address (127.0.0.1 when it listens on every address).
+    #[arg(long, env = "NEREID_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// How long a claimed job stays this headnode's without renewal, in ms;
+    /// a dead headnode's jobs are taken over after it.
+    #[arg(long, env = "NEREID_JOB_LEASE_MS")]
+    pub job_lease_ms: Option<u64>,
+    /// How many jobs this headnode works on at once.
+    #[arg(long, env = "NEREID_JOB_WORKERS")]
+    pub job_workers: Option<usize>,
+    /// How often the reconciler compares each node's instances with the database, in ms.
+    #[arg(long, env = "NEREID_RECONCILE_INTERVAL_MS")]
+    pub reconcile_interval_ms: Option<u64>,
 }
 
 /// The file form; every field optional.
@@ -55,6 +69,10 @@ struct FileConfig {
     max_image_bytes: Option<u64>,
     image_store: Option<PathBuf>,
     log_format: Option<String>,
+    advertise_host: Option<String>,
+    job_lease_ms: Option<u64>,
+    job_workers: Option<usize>,
+    reconcile_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +91,10 @@ pub struct Config {
     /// Where image files are stored (default: `<state_dir>/images`).
     pub image_store: PathBuf,
     pub log_format: LogFormat,
+    pub advertise_host: Option<String>,
+    pub job_lease: Duration,
+    pub job_workers: usize,
+    pub reconcile_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +155,28 @@ impl Config {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from("/var/lib/nereid/headnode"));
+        let job_lease_ms = flags.job_lease_ms.or(file.job_lease_ms).unwrap_or(15_000);
+        if !(500..=600_000).contains(&job_lease_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "job_lease_ms must be within 500..=600000, got {job_lease_ms}"
+            )));
+        }
+        let job_workers = flags.job_workers.or(file.job_workers).unwrap_or(32);
+        if !(1..=1024).contains(&job_workers) {
+            return Err(ConfigError::Invalid(format!(
+                "job_workers must be within 1..=1024, got {job_workers}"
+            )));
+        }
+        let reconcile_ms = flags
+            .reconcile_interval_ms
+            .or(file.reconcile_interval_ms)
+            .unwrap_or(10_000)
+            .max(100);
         Ok(Config {
+            advertise_host: flags.advertise_host.clone().or(file.advertise_host),
+            job_lease: Duration::from_millis(job_lease_ms),
+            job_workers,
+            reconcile_interval: Duration::from_millis(reconcile_ms),
             image_store: file.image_store.unwrap_or_else(|| state_dir.join("images")),
             max_image_bytes: file.max_image_bytes.unwrap_or(64 << 30),
             database_url,

@@ -42,8 +42,13 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("{0}")]
     AgentUnavailable(String),
+    /// The agent answered that the request cannot succeed (a retry will not help).
+    #[error("{0}")]
+    AgentRefused(String),
     #[error("{0}")]
     Exhausted(String),
+    #[error("no server can take this instance: {0}")]
+    InsufficientCapacity(String),
     #[error("{0}")]
     RangeNotSatisfiable(String),
     #[error("database error")]
@@ -85,8 +90,13 @@ impl Error {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
             ),
-            Error::AgentUnavailable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::AgentUnavailable),
+            Error::AgentUnavailable(_) | Error::AgentRefused(_) => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::AgentUnavailable)
+            }
             Error::Exhausted(_) => (StatusCode::CONFLICT, ErrorCode::Exhausted),
+            Error::InsufficientCapacity(_) => {
+                (StatusCode::CONFLICT, ErrorCode::InsufficientCapacity)
+            }
             Error::RangeNotSatisfiable(_) => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::RangeNotSatisfiable,

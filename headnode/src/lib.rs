@@ -9,9 +9,13 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod imagestore;
+pub mod instances;
 pub mod ipam;
+pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod reconciler;
+pub mod scheduler;
 pub mod secrets;
 pub mod setup;
 pub mod validate;
@@ -35,6 +39,9 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     pub agents: agents::AgentPool,
     pub images: imagestore::ImageStore,
+    pub jobs: jobs::Runner,
+    /// The REST API's base URL as agents reach it (image downloads).
+    pub public_url: Arc<String>,
 }
 
 /// The file in the state dir holding the first operator's token (mode 0600).
@@ -66,13 +73,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let images = imagestore::ImageStore::open(&config.image_store)
         .with_context(|| format!("opening the image store {}", config.image_store.display()))?;
     sweep_image_store(&db, &images).await?;
-    let state = AppState {
-        images,
-        db,
-        config: Arc::new(config.clone()),
-        metrics: Arc::new(metrics::Metrics::default()),
-        agents: agents::AgentPool::default(),
-    };
 
     let rest = tokio::net::TcpListener::bind(config.rest_listen)
         .await
@@ -82,6 +82,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the gRPC API to {}", config.grpc_listen))?;
     let rest_addr = rest.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
+    let public_host = match &config.advertise_host {
+        Some(h) => h.clone(),
+        None if rest_addr.ip().is_unspecified() => "127.0.0.1".to_string(),
+        None => rest_addr.ip().to_string(),
+    };
+    let state = AppState {
+        images,
+        db,
+        config: Arc::new(config.clone()),
+        metrics: Arc::new(metrics::Metrics::default()),
+        agents: agents::AgentPool::default(),
+        jobs: jobs::Runner::new(),
+        public_url: Arc::new(format!("http://{public_host}:{}", rest_addr.port())),
+    };
+    tokio::spawn(state.jobs.clone().run(state.clone()));
+    tokio::spawn(reconciler::run(state.clone()));
     write_run_file(&config.state_dir.join(RUN_FILE), rest_addr, grpc_addr)?;
     tracing::info!(%rest_addr, %grpc_addr, "headnode listening");
 

@@ -158,6 +158,7 @@ impl TestNode {
             disk_mb: 256,
             pids_limit: 256,
             generation: 1,
+            nics: vec![],
         }
     }
 

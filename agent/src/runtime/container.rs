@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 use super::oci::{self, InstanceSpec};
 use super::runc::{Runc, RuncError, Status};
 use super::undo::Undo;
-use crate::cmd;
 use crate::storage::zfs::{self, ZfsError};
+use crate::{cmd, net};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -76,6 +76,8 @@ pub struct Containers {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: broadcast::Sender<Event>,
     memsw: bool,
+    /// nic tag -> interface on this node (from the setup).
+    nic_tags: Arc<std::collections::BTreeMap<String, String>>,
     parent_mountpoint: Arc<tokio::sync::OnceCell<PathBuf>>,
 }
 
@@ -123,7 +125,11 @@ fn check_spec(spec: &InstanceSpec) -> Result<(), InstanceError> {
 }
 
 impl Containers {
-    pub fn new(pool: &str, state_dir: &Path) -> Containers {
+    pub fn new(
+        pool: &str,
+        state_dir: &Path,
+        nic_tags: std::collections::BTreeMap<String, String>,
+    ) -> Containers {
         let (events, _) = broadcast::channel(1024);
         Containers {
             pool: pool.to_string(),
@@ -132,6 +138,7 @@ impl Containers {
             locks: Default::default(),
             events,
             memsw: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            nic_tags: Arc::new(nic_tags),
             parent_mountpoint: Default::default(),
         }
     }
@@ -245,14 +252,13 @@ impl Containers {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if !netns_path(&id).exists() {
-                ip(&id, &["netns", "add", &netns_name(&id)]).await?;
-                let n = id.clone();
-                undo.push("delete the network namespace", move || async move {
-                    let _ = ip(&n, &["netns", "del", &netns_name(&n)]).await;
-                });
-                ip(&id, &["-n", &netns_name(&id), "link", "set", "lo", "up"]).await?;
-                crate::fault::point("ensure_instance:after_netns");
+            self.ensure_netns(&spec, &mut undo).await?;
+            if fresh {
+                let rootfs = self.ensure_parent().await?.join(&id);
+                net::write_resolv_conf(&rootfs, &spec.nics).map_err(|e| InstanceError::Host {
+                    id: id.clone(),
+                    what: e.to_string(),
+                })?;
             }
             self.write_bundle(&spec).await?;
             crate::fault::point("ensure_instance:after_bundle");
@@ -279,6 +285,41 @@ impl Containers {
                 Err(e)
             }
         }
+    }
+
+    /// Makes the instance's network namespace exist with its NICs plumbed
+    /// (after a crash or a host reboot too).
+    async fn ensure_netns(
+        &self,
+        spec: &InstanceSpec,
+        undo: &mut Undo,
+    ) -> Result<(), InstanceError> {
+        let id = &spec.id;
+        let created = !netns_path(id).exists();
+        if created {
+            ip(id, &["netns", "add", &netns_name(id)]).await?;
+            let (n, count) = (id.clone(), spec.nics.len());
+            undo.push("delete the network namespace", move || async move {
+                let _ = ip(&n, &["netns", "del", &netns_name(&n)]).await;
+                net::unplumb(&n, count).await;
+            });
+            ip(id, &["-n", &netns_name(id), "link", "set", "lo", "up"]).await?;
+            crate::fault::point("ensure_instance:after_netns");
+        }
+        let missing = (0..spec.nics.len()).any(|i| {
+            !Path::new("/sys/class/net")
+                .join(net::host_veth_name(id, i))
+                .exists()
+        });
+        if created || missing {
+            net::plumb(id, &netns_name(id), &spec.nics, &self.nic_tags)
+                .await
+                .map_err(|e| InstanceError::Host {
+                    id: id.clone(),
+                    what: e.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     /// Makes `<pool>/instances` once per agent process and remembers its mountpoint.
@@ -450,8 +491,12 @@ impl Containers {
             .recorded(id)
             .await?
             .ok_or_else(|| InstanceError::NotFound(id.into()))?;
-        self.write_bundle(&spec).await?;
         let mut undo = Undo::default();
+        if let Err(e) = self.ensure_netns(&spec, &mut undo).await {
+            undo.unwind().await;
+            return Err(e);
+        }
+        self.write_bundle(&spec).await?;
         if let Err(e) = self.run(&spec, &mut undo, false).await {
             undo.unwind().await;
             return Err(e);
@@ -524,6 +569,7 @@ impl Containers {
         if netns_path(id).exists() {
             ip(id, &["netns", "del", &netns_name(id)]).await?;
         }
+        net::unplumb(id, spec.as_ref().map(|s| s.nics.len()).unwrap_or(0)).await;
         remove_cgroups(id);
         let _ = tokio::fs::remove_dir_all(self.bundle(id)).await;
         zfs::destroy(&self.dataset(id), true).await?;

@@ -23,6 +23,26 @@ pub struct InstanceSpec {
     /// The headnode's version of this spec; newer wins.
     #[serde(default)]
     pub generation: u64,
+    /// In order; the first is the primary NIC.
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+}
+
+/// A NIC of an instance (see `net`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Nic {
+    pub network_id: String,
+    pub nic_tag: String,
+    #[serde(default)]
+    pub vlan_id: u16,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub resolvers: Vec<std::net::Ipv4Addr>,
+    pub mtu: u32,
+    pub mac: String,
 }
 
 fn default_pids() -> i64 {
@@ -117,6 +137,7 @@ mod tests {
             disk_mb: 1024,
             pids_limit: 100,
             generation: 1,
+            nics: vec![],
         }
     }
 

@@ -6,6 +6,8 @@
 
 mod accounts;
 mod images;
+mod instances;
+mod jobs;
 mod join_tokens;
 mod networks;
 mod packages;
@@ -13,6 +15,8 @@ mod servers;
 mod tokens;
 
 pub use images::ImageFilter;
+pub use instances::{AgentTarget, Created, InstanceFilter, NewInstance, NicPlan};
+pub use jobs::NewJob;
 pub use join_tokens::JoinTokenRefusal;
 pub use networks::NewNetwork;
 pub use packages::PackageFilter;
@@ -45,7 +49,7 @@ impl Datastore {
         let deadline = tokio::time::Instant::now() + wait;
         let pool = loop {
             match PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(40)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts.clone())
                 .await

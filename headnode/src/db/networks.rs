@@ -269,6 +269,23 @@ impl Datastore {
         .ok_or_else(|| Error::not_found("network", id))
     }
 
+    pub async fn network_get_by_name(
+        &self,
+        name: &str,
+        usable_by: Option<AccountId>,
+    ) -> Result<Network> {
+        sqlx::query_as::<_, NetworkRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {NETWORK_COLUMNS} FROM networks WHERE name = $1
+               AND ($2::uuid IS NULL OR cardinality(owners) = 0 OR $2 = ANY(owners))"
+        )))
+        .bind(name)
+        .bind(usable_by.map(|a| a.as_uuid()))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(Network::from)
+        .ok_or_else(|| Error::not_found("network", name))
+    }
+
     pub async fn network_list(
         &self,
         usable_by: Option<AccountId>,

@@ -66,7 +66,7 @@ impl ServerRow {
 }
 
 /// The servers with their derived status; `$1` is the heartbeat deadline in seconds.
-const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sysinfo, setup, usage, agent_address,
+pub(super) const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sysinfo, setup, usage, agent_address,
         agent_version, last_heartbeat, created_at,
         CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1) THEN 'unknown'
              WHEN setup_state = 'setup' THEN 'running'

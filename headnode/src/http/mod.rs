@@ -8,6 +8,7 @@
 pub(crate) mod accounts;
 mod extract;
 pub(crate) mod images;
+pub(crate) mod instances;
 pub(crate) mod networks;
 pub(crate) mod packages;
 pub(crate) mod servers;
@@ -111,6 +112,22 @@ pub fn router(state: AppState) -> Router {
             "/v1/networks/{id}/ips/{ip}",
             axum::routing::delete(networks::network_ip_free),
         )
+        .route(
+            "/v1/instances",
+            get(instances::instance_list).post(instances::instance_create),
+        )
+        .route(
+            "/v1/instances/{id}",
+            get(instances::instance_get).delete(instances::instance_delete),
+        )
+        .route("/v1/instances/{id}/start", post(instances::instance_start))
+        .route("/v1/instances/{id}/stop", post(instances::instance_stop))
+        .route(
+            "/v1/instances/{id}/reboot",
+            post(instances::instance_reboot),
+        )
+        .route("/v1/jobs", get(instances::job_list))
+        .route("/v1/jobs/{id}", get(instances::job_get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -1,0 +1,229 @@
+//! Instance networking on untagged networks: one bridge per network
+//! (`nb<12 hex of the network id>`) attached to the interface the server's nic
+//! tag maps to, and per NIC a veth pair whose host end (`nv<12 hex of the
+//! instance id><index>`) is a port of that bridge and whose other end is
+//! `eth<index>` in the instance's network namespace.
+//!
+//! Every operation is idempotent (a retry after a crash converges). The
+//! kernel is driven through iproute2's `ip`, which speaks netlink; see
+//! docs/decisions.md. It must never touch an interface it did not name
+//! (`nb*`, `nv*`) other than enslaving the nic tag's uplink to a bridge.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cmd;
+use crate::runtime::oci::Nic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("nic tag {0:?} is not mapped to an interface on this node (see `nereid server setup`)")]
+    UnknownNicTag(String),
+    #[error(
+        "network {network}: VLAN {vlan} needs 802.1Q support, which this agent does not provide yet"
+    )]
+    Vlan { network: String, vlan: u16 },
+    #[error(transparent)]
+    Cmd(#[from] cmd::CmdError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The last 12 hex digits of a UUID (the random part of a UUIDv7).
+fn tail12(uuid: &str) -> String {
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    hex[hex.len().saturating_sub(12)..].to_string()
+}
+
+pub fn bridge_name(network_id: &str) -> String {
+    format!("nb{}", tail12(network_id))
+}
+
+/// The host end of an instance's NIC `idx` (15 characters at most).
+pub fn host_veth_name(instance_id: &str, idx: usize) -> String {
+    format!("nv{}{}", tail12(instance_id), idx % 10)
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+const T: Duration = Duration::from_secs(10);
+
+async fn ip(args: &[&str]) -> Result<(), NetError> {
+    cmd::run("ip", args, T).await?;
+    Ok(())
+}
+
+/// Serialises bridge creation on this node (two instances on one new network).
+static BRIDGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Makes the network's bridge exist, up, with the nic tag's uplink as a port.
+pub async fn ensure_bridge(
+    nic: &Nic,
+    nic_tags: &BTreeMap<String, String>,
+) -> Result<String, NetError> {
+    if nic.vlan_id != 0 {
+        return Err(NetError::Vlan {
+            network: nic.network_id.clone(),
+            vlan: nic.vlan_id,
+        });
+    }
+    let uplink = nic_tags
+        .get(&nic.nic_tag)
+        .ok_or_else(|| NetError::UnknownNicTag(nic.nic_tag.clone()))?;
+    let br = bridge_name(&nic.network_id);
+    let _held = BRIDGES.lock().await;
+    let mtu = nic.mtu.to_string();
+    if !link_exists(&br) {
+        ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"]).await?;
+    }
+    let master = std::fs::read_link(Path::new("/sys/class/net").join(uplink).join("master"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if master.as_deref() != Some(br.as_str()) {
+        ip(&["link", "set", uplink, "master", &br, "up"]).await?;
+    }
+    ip(&["link", "set", &br, "up"]).await?;
+    Ok(br)
+}
+
+/// Plumbs every NIC of an instance into its namespace `netns`: bridge, veth,
+/// MAC, address, default route via the primary NIC's gateway. Idempotent: a
+/// host end left by an interrupted run is replaced.
+pub async fn plumb(
+    instance_id: &str,
+    netns: &str,
+    nics: &[Nic],
+    nic_tags: &BTreeMap<String, String>,
+) -> Result<(), NetError> {
+    for (idx, nic) in nics.iter().enumerate() {
+        let br = ensure_bridge(nic, nic_tags).await?;
+        let host = host_veth_name(instance_id, idx);
+        let guest = format!("eth{idx}");
+        let mtu = nic.mtu.to_string();
+        if link_exists(&host) {
+            ip(&["link", "del", &host]).await?;
+        }
+        ip(&[
+            "link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", &guest, "netns",
+            netns, "mtu", &mtu, "address", &nic.mac,
+        ])
+        .await?;
+        ip(&["link", "set", &host, "master", &br, "up"]).await?;
+        let addr = format!("{}/{}", nic.ip, nic.prefix_len);
+        ip(&["-n", netns, "addr", "replace", &addr, "dev", &guest]).await?;
+        ip(&["-n", netns, "link", "set", &guest, "up"]).await?;
+        if idx == 0
+            && let Some(gw) = nic.gateway
+        {
+            ip(&[
+                "-n",
+                netns,
+                "route",
+                "replace",
+                "default",
+                "via",
+                &gw.to_string(),
+                "dev",
+                &guest,
+            ])
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the host ends of an instance's NICs (deleting the namespace
+/// removes them too; this covers a namespace that is already gone).
+pub async fn unplumb(instance_id: &str, nics: usize) {
+    for idx in 0..nics {
+        let host = host_veth_name(instance_id, idx);
+        if link_exists(&host) {
+            let _ = ip(&["link", "del", &host]).await;
+        }
+    }
+}
+
+/// `/etc/resolv.conf` of the instance's root filesystem, from the primary
+/// NIC's resolvers. Replaces whatever is there, a symlink included, without
+/// following it.
+pub fn write_resolv_conf(rootfs: &Path, nics: &[Nic]) -> Result<(), NetError> {
+    let Some(primary) = nics.first() else {
+        return Ok(());
+    };
+    if primary.resolvers.is_empty() {
+        return Ok(());
+    }
+    let etc = rootfs.join("etc");
+    let path = etc.join("resolv.conf");
+    let err = |source| NetError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if std::fs::symlink_metadata(&etc).is_ok_and(|m| !m.is_dir()) {
+        // An image whose /etc is a link: leave it alone rather than follow it.
+        return Ok(());
+    }
+    std::fs::create_dir_all(&etc).map_err(err)?;
+    let body: String = primary
+        .resolvers
+        .iter()
+        .map(|r| format!("nameserver {r}\n"))
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(body.as_bytes()).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_the_kernel_limit_and_differ_per_nic() {
+        let id = "0192f0c4-5b7e-7c3a-9d4e-1a2b3c4d5e6f";
+        assert_eq!(bridge_name(id), "nb1a2b3c4d5e6f");
+        assert_eq!(host_veth_name(id, 0), "nv1a2b3c4d5e6f0");
+        assert_ne!(host_veth_name(id, 0), host_veth_name(id, 1));
+        assert!(host_veth_name(id, 9).len() <= 15);
+    }
+
+    #[test]
+    fn resolv_conf_replaces_a_symlink_without_following_it() {
+        let root = std::env::temp_dir().join(format!("nereid-net-test-{}", std::process::id()));
+        let outside = root.join("outside");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc/resolv.conf")).unwrap();
+        let nic = Nic {
+            network_id: "n".into(),
+            nic_tag: "admin".into(),
+            vlan_id: 0,
+            ip: "10.0.0.5".parse().unwrap(),
+            prefix_len: 24,
+            gateway: None,
+            resolvers: vec!["10.0.0.53".parse().unwrap()],
+            mtu: 1500,
+            mac: "92:00:00:00:00:01".into(),
+        };
+        write_resolv_conf(&root, &[nic]).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
+            "nameserver 10.0.0.53\n"
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

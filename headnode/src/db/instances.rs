@@ -1,0 +1,690 @@
+//! Instances, their NICs and the capacity they hold on servers.
+//!
+//! Capacity is taken by a conditional update of the server row (so racing
+//! placements cannot over-commit) and given back by flipping the instance's
+//! `capacity_held` in the same transaction (so it is given back once).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use nereid_api::{
+    AccountId, ImageId, Instance, InstanceId, InstanceNic, InstanceState, JobId, NetworkId,
+    PackageId, Page, ServerId, ServerSetup, ServerStatus, Sysinfo,
+};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Datastore;
+use super::jobs::NewJob;
+use crate::error::{Error, Result};
+use crate::scheduler::{Candidate, Rejection};
+
+/// What `POST /v1/instances` records, with its IDs chosen up front.
+pub struct NewInstance {
+    pub id: InstanceId,
+    pub owner: AccountId,
+    pub alias: String,
+    pub brand: String,
+    pub image_id: ImageId,
+    pub package_id: PackageId,
+    pub ram_mb: u64,
+    pub disk_mb: u64,
+    pub vcpus: u32,
+    pub networks: Vec<NetworkId>,
+    pub tags: BTreeMap<String, serde_json::Value>,
+    pub metadata: BTreeMap<String, String>,
+    pub firewall_enabled: bool,
+    pub idempotency_key: Option<String>,
+}
+
+/// How a create ended.
+pub enum Created {
+    /// Placed on a server, with its provision job queued.
+    New(Instance, JobId),
+    /// The idempotency key was used before: the first instance and its job.
+    Replayed(Instance, JobId),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct InstanceFilter {
+    pub owner: Option<AccountId>,
+    pub state: Option<InstanceState>,
+    pub server: Option<ServerId>,
+    pub alias: Option<String>,
+    /// `key` or `key=value` (string values).
+    pub tag: Option<(String, Option<String>)>,
+}
+
+/// An instance's NIC with what the agent needs to plumb it.
+#[derive(Debug, Clone)]
+pub struct NicPlan {
+    pub idx: u32,
+    pub network_id: NetworkId,
+    pub nic_tag: String,
+    pub vlan_id: u16,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<String>,
+    pub resolvers: Vec<String>,
+    pub mtu: u32,
+    pub mac: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct InstanceRow {
+    id: Uuid,
+    owner: Uuid,
+    alias: String,
+    brand: String,
+    image_id: Uuid,
+    package_id: Uuid,
+    server_id: Option<Uuid>,
+    state: String,
+    ram_mb: i64,
+    disk_mb: i64,
+    vcpus: i32,
+    networks: Vec<Uuid>,
+    tags: Json<BTreeMap<String, serde_json::Value>>,
+    metadata: Json<BTreeMap<String, String>>,
+    firewall_enabled: bool,
+    error: Option<String>,
+    job_id: Option<Uuid>,
+    nics: Json<Vec<InstanceNic>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl InstanceRow {
+    fn into_api(self) -> Result<Instance> {
+        let state = InstanceState::parse(&self.state).ok_or_else(|| {
+            Error::Internal(format!("instance {} has state {:?}", self.id, self.state))
+        })?;
+        Ok(Instance {
+            id: self.id.into(),
+            owner: self.owner.into(),
+            alias: self.alias,
+            brand: self.brand,
+            image_id: self.image_id.into(),
+            package_id: self.package_id.into(),
+            server_id: self.server_id.map(Into::into),
+            state,
+            memory_mb: self.ram_mb as u64,
+            disk_mb: self.disk_mb as u64,
+            vcpus: self.vcpus as u32,
+            networks: self.networks.into_iter().map(Into::into).collect(),
+            nics: self.nics.0,
+            tags: self.tags.0,
+            metadata: self.metadata.0,
+            firewall_enabled: self.firewall_enabled,
+            error: self.error,
+            job_id: self.job_id.map(Into::into),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const SELECT: &str = "SELECT i.id, i.owner, i.alias, i.brand, i.image_id, i.package_id, i.server_id, i.state,
+        i.ram_mb, i.disk_mb, i.vcpus, i.networks, i.tags, i.metadata, i.firewall_enabled, i.error,
+        (SELECT j.id FROM jobs j WHERE j.instance_id = i.id ORDER BY j.created_at DESC LIMIT 1) AS job_id,
+        COALESCE((SELECT jsonb_agg(jsonb_build_object('network_id', n.network_id, 'ip', host(n.ip),
+                    'prefix_len', masklen(w.subnet), 'gateway', host(w.gateway), 'mac', n.mac,
+                    'primary', n.idx = 0) ORDER BY n.idx)
+                  FROM instance_nics n JOIN networks w ON w.id = n.network_id
+                  WHERE n.instance_id = i.id), '[]'::jsonb) AS nics,
+        i.created_at, i.updated_at
+    FROM instances i";
+
+#[derive(sqlx::FromRow)]
+struct CandidateRow {
+    id: Uuid,
+    status: String,
+    reserved: bool,
+    sysinfo: Json<Sysinfo>,
+    setup: Option<Json<ServerSetup>>,
+    used_ram_mb: i64,
+    used_disk_mb: i64,
+    used_vcpus: i32,
+    overprovision_ram: f32,
+    overprovision_disk: f32,
+    overprovision_cpu: f32,
+    owner_aliases: Vec<String>,
+}
+
+impl CandidateRow {
+    fn into_candidate(self) -> Candidate {
+        let setup = self.setup.map(|s| s.0).unwrap_or_default();
+        let pool_bytes = self
+            .sysinfo
+            .zpools
+            .iter()
+            .find(|z| z.name == setup.zpool)
+            .map(|z| z.size_bytes)
+            .unwrap_or(0);
+        Candidate {
+            id: self.id.into(),
+            status: ServerStatus::parse(&self.status).unwrap_or(ServerStatus::Unknown),
+            reserved: self.reserved,
+            ram_total_mb: ((self.sysinfo.memory_bytes >> 20) as f64 * self.overprovision_ram as f64)
+                as u64,
+            disk_total_mb: ((pool_bytes >> 20) as f64 * self.overprovision_disk as f64) as u64,
+            vcpus_total: (self.sysinfo.cpu_count as f64 * self.overprovision_cpu as f64) as u32,
+            ram_used_mb: self.used_ram_mb as u64,
+            disk_used_mb: self.used_disk_mb as u64,
+            vcpus_used: self.used_vcpus as u32,
+            nic_tags: setup.nic_tags.keys().cloned().collect(),
+            capabilities: self
+                .sysinfo
+                .capabilities
+                .iter()
+                .filter(|(_, c)| c.available)
+                .map(|(k, _)| k.clone())
+                .collect(),
+            traits: setup.traits.clone(),
+            owner_aliases: self.owner_aliases,
+        }
+    }
+}
+
+/// A MAC address in the locally administered range, from the instance id and NIC index.
+fn mac_for(id: InstanceId, idx: u32) -> String {
+    let b = id.as_uuid().into_bytes();
+    // 0x92: locally administered, unicast. The last bytes of a UUIDv7 are random.
+    format!(
+        "92:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15] ^ (idx as u8)
+    )
+}
+
+impl Datastore {
+    /// The servers as the scheduler sees them, with `owner`'s instance aliases on each.
+    pub async fn scheduler_candidates(&self, owner: AccountId) -> Result<Vec<Candidate>> {
+        let rows = sqlx::query_as::<_, CandidateRow>(AssertSqlSafe(format!(
+            "SELECT s.id, s.status, s.reserved, s.sysinfo, s.setup, v.used_ram_mb, v.used_disk_mb, v.used_vcpus,
+                    v.overprovision_ram, v.overprovision_disk, v.overprovision_cpu,
+                    ARRAY(SELECT alias FROM instances i WHERE i.server_id = s.id AND i.owner = $2
+                          AND i.state <> 'deleted') AS owner_aliases
+             FROM {} JOIN servers v ON v.id = s.id",
+            super::servers::SERVERS
+        )))
+        .bind(self.heartbeat_deadline.as_secs_f64())
+        .bind(owner.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(CandidateRow::into_candidate).collect())
+    }
+
+    /// Records a new instance, places it on the first server of `ranked`
+    /// that still has room (a conditional update per try), and queues its
+    /// provision job; all in one transaction, so a 409 leaves nothing.
+    pub async fn instance_create(
+        &self,
+        new: &NewInstance,
+        ranked: &[Candidate],
+        job: &NewJob,
+    ) -> Result<Created> {
+        if let Some(key) = &new.idempotency_key
+            && let Some(found) = self.instance_by_idempotency_key(new.owner, key).await?
+        {
+            return Ok(found);
+        }
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO instances (id, owner, alias, brand, image_id, package_id, state, ram_mb, disk_mb,
+                    vcpus, tags, metadata, firewall_enabled, networks, idempotency_key)
+             VALUES ($1, $2, $3, $4, $5, $6, 'provisioning', $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(new.id.as_uuid())
+        .bind(new.owner.as_uuid())
+        .bind(&new.alias)
+        .bind(&new.brand)
+        .bind(new.image_id.as_uuid())
+        .bind(new.package_id.as_uuid())
+        .bind(new.ram_mb as i64)
+        .bind(new.disk_mb as i64)
+        .bind(new.vcpus as i32)
+        .bind(Json(&new.tags))
+        .bind(Json(&new.metadata))
+        .bind(new.firewall_enabled)
+        .bind(new.networks.iter().map(|n| n.as_uuid()).collect::<Vec<_>>())
+        .bind(new.idempotency_key.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if super::is_unique_violation(&e, "instances_alias_idx") {
+                Error::Conflict(format!("you already have an instance named {:?}", new.alias))
+            } else {
+                e.into()
+            }
+        })?;
+        if inserted.rows_affected() == 0 {
+            // A concurrent request with the same key won.
+            drop(tx);
+            let key = new.idempotency_key.as_deref().unwrap_or_default();
+            return self
+                .instance_by_idempotency_key(new.owner, key)
+                .await?
+                .ok_or_else(|| Error::Internal("an idempotency key vanished".into()));
+        }
+        let mut placed = None;
+        for c in ranked {
+            if reserve(&mut tx, c, new).await? {
+                placed = Some(c.id);
+                break;
+            }
+        }
+        let Some(server) = placed else {
+            let mut r = Rejection {
+                servers: ranked.len(),
+                ..Default::default()
+            };
+            r.reasons
+                .insert("filled up by concurrent placements".into(), ranked.len());
+            return Err(Error::InsufficientCapacity(r.to_string()));
+        };
+        sqlx::query("UPDATE instances SET server_id = $2, capacity_held = true WHERE id = $1")
+            .bind(new.id.as_uuid())
+            .bind(server.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE packages SET used = true WHERE id = $1 AND NOT used")
+            .bind(new.package_id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        super::jobs::insert(&mut tx, job).await?;
+        tx.commit().await?;
+        Ok(Created::New(self.instance_get(new.id, None).await?, job.id))
+    }
+
+    async fn instance_by_idempotency_key(
+        &self,
+        owner: AccountId,
+        key: &str,
+    ) -> Result<Option<Created>> {
+        let row = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE i.owner = $1 AND i.idempotency_key = $2"
+        )))
+        .bind(owner.as_uuid())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let first_job: (Uuid,) = sqlx::query_as(
+            "SELECT id FROM jobs WHERE instance_id = $1 ORDER BY created_at LIMIT 1",
+        )
+        .bind(row.id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(Created::Replayed(row.into_api()?, first_job.0.into())))
+    }
+
+    /// One instance; with `owner`, another account's instance is NotFound.
+    /// Deleted instances stay readable.
+    pub async fn instance_get(&self, id: InstanceId, owner: Option<AccountId>) -> Result<Instance> {
+        sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE i.id = $1 AND ($2::uuid IS NULL OR i.owner = $2)"
+        )))
+        .bind(id.as_uuid())
+        .bind(owner.map(|o| o.as_uuid()))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::not_found("instance", id))?
+        .into_api()
+    }
+
+    /// Instances, oldest first; deleted ones only when `state=deleted` is asked.
+    pub async fn instance_list(
+        &self,
+        f: &InstanceFilter,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Instance>> {
+        let (tag_key, tag_value) = match &f.tag {
+            Some((k, v)) => (Some(k.as_str()), v.as_deref()),
+            None => (None, None),
+        };
+        let rows = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
+            "{SELECT} WHERE ($1::uuid IS NULL OR i.owner = $1)
+               AND (CASE WHEN $2::text IS NULL THEN i.state <> 'deleted' ELSE i.state = $2 END)
+               AND ($3::uuid IS NULL OR i.server_id = $3)
+               AND ($4::text IS NULL OR i.alias = $4)
+               AND ($5::text IS NULL OR (i.tags ? $5 AND ($6::text IS NULL OR i.tags->>$5 = $6)))
+               AND ($7::uuid IS NULL OR i.id > $7)
+             ORDER BY i.id LIMIT $8"
+        )))
+        .bind(f.owner.map(|o| o.as_uuid()))
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.server.map(|s| s.as_uuid()))
+        .bind(f.alias.as_deref())
+        .bind(tag_key)
+        .bind(tag_value)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows
+            .into_iter()
+            .map(InstanceRow::into_api)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(super::into_page(items, limit, |i| i.id.as_uuid()))
+    }
+
+    /// Sets the state (and bumps `updated_at`); `from` limits the states it may leave.
+    pub async fn instance_set_state(
+        &self,
+        id: InstanceId,
+        to: InstanceState,
+        from: &[InstanceState],
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let done = sqlx::query(
+            "UPDATE instances SET state = $2, error = COALESCE($4, error), updated_at = now(),
+                    deleted_at = CASE WHEN $2 = 'deleted' THEN now() ELSE deleted_at END
+             WHERE id = $1 AND (cardinality($3::text[]) = 0 OR state = ANY($3))",
+        )
+        .bind(id.as_uuid())
+        .bind(to.as_str())
+        .bind(&from)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A state a node reported, applied when it is about the generation the
+    /// database has (or newer) and no job is working on the instance.
+    pub async fn instance_apply_report(
+        &self,
+        server: ServerId,
+        id: InstanceId,
+        state: InstanceState,
+        generation: u64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE instances i SET state = $3, updated_at = now()
+             WHERE i.id = $1 AND i.server_id = $2 AND i.generation <= $4 AND i.state <> $3
+               AND i.state IN ('running', 'stopped', 'unknown')
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
+                               AND j.state IN ('queued', 'running', 'unwinding'))",
+        )
+        .bind(id.as_uuid())
+        .bind(server.as_uuid())
+        .bind(state.as_str())
+        .bind(generation as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The settled instances the database places on `server`: (id, state, generation).
+    pub async fn instances_settled_on(
+        &self,
+        server: ServerId,
+    ) -> Result<Vec<(InstanceId, InstanceState, u64)>> {
+        let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+            "SELECT i.id, i.state, i.generation FROM instances i
+             WHERE i.server_id = $1 AND i.state IN ('running', 'stopped', 'unknown')
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
+                               AND j.state IN ('queued', 'running', 'unwinding'))",
+        )
+        .bind(server.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, s, g)| Some((id.into(), InstanceState::parse(&s)?, g as u64)))
+            .collect())
+    }
+
+    /// Marks `unknown` the settled instances of servers whose heartbeats stopped.
+    pub async fn instances_mark_unknown_on_lost_servers(&self) -> Result<u64> {
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE instances i SET state = 'unknown', updated_at = now()
+             FROM {} WHERE s.id = i.server_id AND s.status = 'unknown'
+               AND i.state IN ('running', 'stopped')
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
+                               AND j.state IN ('queued', 'running', 'unwinding'))",
+            super::servers::SERVERS
+        )))
+        .bind(self.heartbeat_deadline.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Gives the instance's capacity back to its server, once.
+    pub async fn instance_release_capacity(&self, id: InstanceId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<(Uuid, i64, i64, i32)> = sqlx::query_as(
+            "UPDATE instances SET capacity_held = false WHERE id = $1 AND capacity_held
+             RETURNING server_id, ram_mb, disk_mb, vcpus",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((server, ram, disk, vcpus)) = held {
+            sqlx::query(
+                "UPDATE servers SET used_ram_mb = used_ram_mb - $2, used_disk_mb = used_disk_mb - $3,
+                        used_vcpus = used_vcpus - $4 WHERE id = $1",
+            )
+            .bind(server)
+            .bind(ram)
+            .bind(disk)
+            .bind(vcpus)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives every address of the instance back to its network (NIC rows first).
+    pub async fn instance_free_nics(&self, id: InstanceId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM instance_nics WHERE instance_id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE network_ips SET owner_type = NULL, owner_id = NULL, updated_at = now()
+             WHERE owner_type = 'instance' AND owner_id = $1 AND in_range",
+        )
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM network_ips WHERE owner_type = 'instance' AND owner_id = $1 AND NOT in_range",
+        )
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Allocates an address on each of the instance's networks that has no
+    /// NIC yet (one transaction per NIC: the address and the NIC row together),
+    /// and returns every NIC with what the agent needs.
+    pub async fn instance_allocate_nics(&self, id: InstanceId) -> Result<Vec<NicPlan>> {
+        let (networks,): (Vec<Uuid>,) =
+            sqlx::query_as("SELECT networks FROM instances WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_one(&self.pool)
+                .await?;
+        for (idx, net) in networks.iter().enumerate() {
+            let mut tx = self.pool.begin().await?;
+            let exists: Option<(i32,)> =
+                sqlx::query_as("SELECT idx FROM instance_nics WHERE instance_id = $1 AND idx = $2")
+                    .bind(id.as_uuid())
+                    .bind(idx as i32)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_some() {
+                continue;
+            }
+            let ip: Option<(String,)> = sqlx::query_as(
+                "UPDATE network_ips SET owner_type = 'instance', owner_id = $2, updated_at = now()
+                 WHERE (network_id, ip) = (
+                     SELECT network_id, ip FROM network_ips
+                     WHERE network_id = $1 AND owner_type IS NULL AND in_range
+                     ORDER BY ip LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING host(ip)",
+            )
+            .bind(net)
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((ip,)) = ip else {
+                return Err(Error::Exhausted(format!(
+                    "network {net} has no free address left in its provision range"
+                )));
+            };
+            sqlx::query(
+                "INSERT INTO instance_nics (instance_id, idx, network_id, ip, mac) VALUES ($1, $2, $3, $4::inet, $5)",
+            )
+            .bind(id.as_uuid())
+            .bind(idx as i32)
+            .bind(net)
+            .bind(&ip)
+            .bind(mac_for(id, idx as u32))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        self.instance_nic_plans(id).await
+    }
+
+    pub async fn instance_nic_plans(&self, id: InstanceId) -> Result<Vec<NicPlan>> {
+        type Row = (
+            i32,
+            Uuid,
+            String,
+            i32,
+            String,
+            i32,
+            Option<String>,
+            Vec<String>,
+            i32,
+            String,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT n.idx, n.network_id, w.nic_tag, w.vlan_id, host(n.ip), masklen(w.subnet), host(w.gateway),
+                    ARRAY(SELECT host(r) FROM unnest(w.resolvers) r), w.mtu, n.mac
+             FROM instance_nics n JOIN networks w ON w.id = n.network_id
+             WHERE n.instance_id = $1 ORDER BY n.idx",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(NicPlan {
+                    idx: r.0 as u32,
+                    network_id: r.1.into(),
+                    nic_tag: r.2,
+                    vlan_id: r.3 as u16,
+                    ip: r.4.parse().map_err(|_| {
+                        Error::Internal(format!("instance {id} has a NIC with address {:?}", r.4))
+                    })?,
+                    prefix_len: r.5 as u8,
+                    gateway: r.6,
+                    resolvers: r.7,
+                    mtu: r.8 as u32,
+                    mac: r.9,
+                })
+            })
+            .collect()
+    }
+
+    /// The server an instance is on, with what it takes to call its agent.
+    pub async fn instance_placement(&self, id: InstanceId) -> Result<Option<AgentTarget>> {
+        let row: Option<(Uuid, String, String, Option<Json<ServerSetup>>)> = sqlx::query_as(
+            "SELECT s.id, s.agent_address, s.control_key, s.setup FROM instances i
+             JOIN servers s ON s.id = i.server_id WHERE i.id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id, address, control_key, setup)| AgentTarget {
+            server: id.into(),
+            address,
+            control_key,
+            setup: setup.map(|s| s.0).unwrap_or_default(),
+        }))
+    }
+
+    /// Every set-up server's agent (for the reconciler).
+    pub async fn agent_targets(&self) -> Result<Vec<AgentTarget>> {
+        let rows: Vec<(Uuid, String, String, Option<Json<ServerSetup>>)> = sqlx::query_as(
+            "SELECT id, agent_address, control_key, setup FROM servers WHERE setup_state = 'setup'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, address, control_key, setup)| AgentTarget {
+                server: id.into(),
+                address,
+                control_key,
+                setup: setup.map(|s| s.0).unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+/// How to reach the agent of a server.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    pub server: ServerId,
+    pub address: String,
+    pub control_key: String,
+    pub setup: ServerSetup,
+}
+
+/// Takes the instance's capacity on `c` if it still fits (decided by the row's
+/// current values, not the snapshot's).
+async fn reserve(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &Candidate,
+    new: &NewInstance,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE servers SET used_ram_mb = used_ram_mb + $2, used_disk_mb = used_disk_mb + $3,
+                used_vcpus = used_vcpus + $4
+         WHERE id = $1 AND NOT reserved AND setup_state = 'setup'
+           AND used_ram_mb + $2 <= $5 AND used_disk_mb + $3 <= $6 AND used_vcpus + $4 <= $7",
+    )
+    .bind(c.id.as_uuid())
+    .bind(new.ram_mb as i64)
+    .bind(new.disk_mb as i64)
+    .bind(new.vcpus as i32)
+    .bind(c.ram_total_mb as i64)
+    .bind(c.disk_total_mb as i64)
+    .bind(c.vcpus_total as i32)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_locally_administered_unicast_and_differ_per_nic() {
+        let id = InstanceId::new();
+        let a = mac_for(id, 0);
+        let b = mac_for(id, 1);
+        assert_ne!(a, b);
+        assert!(a.starts_with("92:"));
+        assert_eq!(a.len(), 17);
+    }
+}

@@ -1,0 +1,279 @@
+//! Jobs: the durable state of sagas. A worker claims a job with
+//! `FOR UPDATE SKIP LOCKED` and holds it with a lease; every write of a
+//! running job is guarded by that lease, so a headnode that lost its lease
+//! (it stalled, another took over) can no longer change the job.
+
+use chrono::{DateTime, Utc};
+use nereid_api::{AccountId, InstanceId, Job, JobId, JobState, JobStep, Page};
+use sqlx::types::Json;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Datastore;
+use crate::error::{Error, Result};
+
+pub struct NewJob {
+    pub id: JobId,
+    pub kind: &'static str,
+    pub instance_id: InstanceId,
+    pub owner: AccountId,
+    pub steps: Vec<JobStep>,
+    pub params: serde_json::Value,
+    pub request_id: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    kind: String,
+    instance_id: Uuid,
+    owner: Uuid,
+    state: String,
+    steps: Json<Vec<JobStep>>,
+    attempts: i32,
+    error: Option<String>,
+    request_id: String,
+    params: Json<serde_json::Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    fn into_api(self) -> Result<(Job, serde_json::Value)> {
+        let state = JobState::parse(&self.state).ok_or_else(|| {
+            Error::Internal(format!("job {} has state {:?}", self.id, self.state))
+        })?;
+        Ok((
+            Job {
+                id: self.id.into(),
+                kind: self.kind,
+                instance_id: self.instance_id.into(),
+                owner: self.owner.into(),
+                state,
+                steps: self.steps.0,
+                attempts: self.attempts as u32,
+                error: self.error,
+                request_id: self.request_id,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+                finished_at: self.finished_at,
+            },
+            self.params.0,
+        ))
+    }
+}
+
+const COLUMNS: &str =
+    "id, kind, instance_id, owner, state, steps, attempts, error, request_id, params,
+    created_at, updated_at, finished_at";
+
+/// A job claimed by this headnode, with its parameters.
+pub struct Claimed {
+    pub job: Job,
+    pub params: serde_json::Value,
+}
+
+pub(super) async fn insert(tx: &mut Transaction<'_, Postgres>, job: &NewJob) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, instance_id, owner, steps, params, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(job.id.as_uuid())
+    .bind(job.kind)
+    .bind(job.instance_id.as_uuid())
+    .bind(job.owner.as_uuid())
+    .bind(Json(&job.steps))
+    .bind(Json(&job.params))
+    .bind(&job.request_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| {
+        if super::is_unique_violation(&e, "jobs_one_active_per_instance") {
+            Error::Conflict(format!(
+                "instance {} has a job in progress; wait for it to finish",
+                job.instance_id
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(())
+}
+
+impl Datastore {
+    /// Queues a job on an existing instance, moving the instance to `state`
+    /// when it is in one of `from` (409 otherwise, or when a job runs).
+    pub async fn job_queue_action(
+        &self,
+        job: &NewJob,
+        from: &[nereid_api::InstanceState],
+        to: nereid_api::InstanceState,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let from_s: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let current: Option<(String,)> =
+            sqlx::query_as("SELECT state FROM instances WHERE id = $1 FOR UPDATE")
+                .bind(job.instance_id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((current,)) = current else {
+            return Err(Error::not_found("instance", job.instance_id));
+        };
+        if !from_s.contains(&current.as_str()) {
+            return Err(Error::Conflict(format!(
+                "instance {} is {current}; {} needs it to be {}",
+                job.instance_id,
+                job.kind,
+                from_s.join(" or ")
+            )));
+        }
+        insert(&mut tx, job).await?;
+        sqlx::query("UPDATE instances SET state = $2, updated_at = now() WHERE id = $1")
+            .bind(job.instance_id.as_uuid())
+            .bind(to.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn job_get(&self, id: JobId, owner: Option<AccountId>) -> Result<Job> {
+        sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2)"
+        )))
+        .bind(id.as_uuid())
+        .bind(owner.map(|o| o.as_uuid()))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::not_found("job", id))?
+        .into_api()
+        .map(|(j, _)| j)
+    }
+
+    pub async fn job_list(
+        &self,
+        owner: Option<AccountId>,
+        instance: Option<InstanceId>,
+        state: Option<JobState>,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Page<Job>> {
+        let rows = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM jobs WHERE ($1::uuid IS NULL OR owner = $1)
+               AND ($2::uuid IS NULL OR instance_id = $2) AND ($3::text IS NULL OR state = $3)
+               AND ($4::uuid IS NULL OR id > $4) ORDER BY id LIMIT $5"
+        )))
+        .bind(owner.map(|o| o.as_uuid()))
+        .bind(instance.map(|i| i.as_uuid()))
+        .bind(state.map(|s| s.as_str()))
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let jobs = rows
+            .into_iter()
+            .map(|r| r.into_api().map(|(j, _)| j))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(super::into_page(jobs, limit, |j| j.id.as_uuid()))
+    }
+
+    /// Claims the oldest runnable job: queued, or left by a headnode whose
+    /// lease ran out. Takes the lease for `lease` from now.
+    pub async fn job_claim(
+        &self,
+        worker: Uuid,
+        lease: std::time::Duration,
+    ) -> Result<Option<Claimed>> {
+        let row = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'running' ELSE state END,
+                    lease_owner = $1, lease_until = now() + make_interval(secs => $2),
+                    attempts = attempts + 1, updated_at = now()
+             WHERE id = (SELECT id FROM jobs
+                         WHERE run_after <= now() AND (state = 'queued'
+                            OR (state IN ('running', 'unwinding') AND lease_until < now()))
+                         ORDER BY run_after, created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING {COLUMNS}"
+        )))
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.into_api().map(|(job, params)| Claimed { job, params }))
+            .transpose()
+    }
+
+    /// Extends the lease; false when this worker no longer holds it.
+    pub async fn job_renew(
+        &self,
+        id: JobId,
+        worker: Uuid,
+        lease: std::time::Duration,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
+             WHERE id = $1 AND lease_owner = $2 AND state IN ('running', 'unwinding')",
+        )
+        .bind(id.as_uuid())
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Writes the step log and state of a job this worker holds; false when
+    /// the lease is lost.
+    pub async fn job_save(
+        &self,
+        id: JobId,
+        worker: Uuid,
+        state: JobState,
+        steps: &[JobStep],
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $3, steps = $4, error = $5, updated_at = now(),
+                    finished_at = CASE WHEN $3 IN ('succeeded', 'failed') THEN now() END,
+                    lease_owner = CASE WHEN $3 IN ('succeeded', 'failed') THEN NULL ELSE lease_owner END
+             WHERE id = $1 AND lease_owner = $2 AND state IN ('running', 'unwinding')",
+        )
+        .bind(id.as_uuid())
+        .bind(worker)
+        .bind(state.as_str())
+        .bind(Json(steps))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Lets a job wait (a transient failure): another claim may take it after `delay`.
+    pub async fn job_defer(
+        &self,
+        id: JobId,
+        worker: Uuid,
+        delay: std::time::Duration,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET run_after = now() + make_interval(secs => $3), lease_until = now()
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(worker)
+        .bind(delay.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts unfinished jobs (for metrics and tests).
+    pub async fn job_count_unfinished(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'unwinding')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+}

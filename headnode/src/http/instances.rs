@@ -1,0 +1,169 @@
+//! /v1/instances and /v1/jobs.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use nereid_api::{
+    AccountId, ErrorBody, Instance, InstanceAccepted, InstanceCreate, InstanceId, InstanceState,
+    Job, JobId, JobState, Page, ServerId,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use crate::AppState;
+use crate::db::{InstanceFilter, page_limit, parse_page_token};
+use crate::error::{Error, Result};
+use crate::instances;
+
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = InstanceCreate,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried create with the same key returns the first instance (200)")),
+    responses((status = 202, body = InstanceAccepted), (status = 200, body = InstanceAccepted),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn instance_create(
+    State(s): State<AppState>,
+    p: Principal,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<InstanceCreate>,
+) -> Result<(StatusCode, Json<InstanceAccepted>)> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Error::invalid("Idempotency-Key", "must be printable ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (accepted, new) = instances::create(&s, p, req, key).await?;
+    let status = if new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(accepted)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceListParams {
+    /// One state; `deleted` lists deleted instances, which are hidden otherwise.
+    pub state: Option<String>,
+    /// Operators only: one account's instances.
+    pub owner: Option<AccountId>,
+    pub server: Option<ServerId>,
+    pub alias: Option<String>,
+    /// `key` or `key=value`.
+    pub tag: Option<String>,
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(InstanceListParams),
+    responses((status = 200, body = Page<Instance>), (status = 400, body = ErrorBody)))]
+pub async fn instance_list(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<InstanceListParams>,
+) -> Result<Json<Page<Instance>>> {
+    let limit = page_limit(q.limit)?;
+    let after = parse_page_token(q.page_token.as_deref())?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|st| {
+            InstanceState::parse(st)
+                .ok_or_else(|| Error::invalid("state", format!("{st:?} is not an instance state")))
+        })
+        .transpose()?;
+    let owner = match p.owner_scope() {
+        Some(me) => Some(me),
+        None => q.owner,
+    };
+    let filter = InstanceFilter {
+        owner,
+        state,
+        server: q.server,
+        alias: q.alias,
+        tag: q.tag.map(|t| match t.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (t, None),
+        }),
+    };
+    Ok(Json(s.db.instance_list(&filter, after, limit).await?))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
+pub async fn instance_get(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> Result<Json<Instance>> {
+    Ok(Json(s.db.instance_get(id, p.owner_scope()).await?))
+}
+
+macro_rules! action {
+    ($fn:ident, $path:literal, $kind:literal, $method:ident) => {
+        #[utoipa::path($method, path = $path, tag = "instances", params(("id" = InstanceId, Path)),
+            responses((status = 202, body = InstanceAccepted), (status = 404, body = ErrorBody),
+                (status = 409, body = ErrorBody)))]
+        pub async fn $fn(
+            State(s): State<AppState>,
+            p: Principal,
+            ApiPath(id): ApiPath<InstanceId>,
+        ) -> Result<(StatusCode, Json<InstanceAccepted>)> {
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(instances::act(&s, p, id, $kind).await?),
+            ))
+        }
+    };
+}
+
+action!(instance_start, "/v1/instances/{id}/start", "start", post);
+action!(instance_stop, "/v1/instances/{id}/stop", "stop", post);
+action!(instance_reboot, "/v1/instances/{id}/reboot", "reboot", post);
+action!(instance_delete, "/v1/instances/{id}", "destroy", delete);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobListParams {
+    pub instance: Option<InstanceId>,
+    /// queued, running, unwinding, succeeded or failed.
+    pub state: Option<String>,
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobListParams),
+    responses((status = 200, body = Page<Job>), (status = 400, body = ErrorBody)))]
+pub async fn job_list(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<JobListParams>,
+) -> Result<Json<Page<Job>>> {
+    let limit = page_limit(q.limit)?;
+    let after = parse_page_token(q.page_token.as_deref())?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|st| {
+            JobState::parse(st)
+                .ok_or_else(|| Error::invalid("state", format!("{st:?} is not a job state")))
+        })
+        .transpose()?;
+    Ok(Json(
+        s.db.job_list(p.owner_scope(), q.instance, state, after, limit)
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = JobId, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn job_get(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<JobId>,
+) -> Result<Json<Job>> {
+    Ok(Json(s.db.job_get(id, p.owner_scope()).await?))
+}

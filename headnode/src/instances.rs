@@ -1,0 +1,287 @@
+//! The app logic of instances: turning a create request into a placed
+//! instance with its provision job (resolving image, package and networks by
+//! id or name, validating, scheduling), and queueing the jobs of actions.
+//!
+//! It must never call an agent: jobs do that. Races (capacity, aliases,
+//! idempotency keys, one job per instance) are decided by the database.
+
+use std::collections::BTreeSet;
+
+use nereid_api::{
+    AccountId, Image, ImageState, ImageType, InstanceAccepted, InstanceCreate, InstanceId,
+    InstanceState, NetworkId, Package,
+};
+
+use crate::AppState;
+use crate::db::{Created, ImageFilter, NewInstance, PackageFilter};
+use crate::error::{Error, Result};
+use crate::http::Principal;
+use crate::scheduler::{self, Affinity};
+
+const MAX_NICS: usize = 8;
+const MAX_TAGS: usize = 64;
+const MAX_METADATA_BYTES: usize = 64 * 1024;
+
+/// An alias is also the host name: 1-63 of [a-zA-Z0-9-], not starting with '-'.
+fn check_alias(alias: &str) -> Result<()> {
+    let ok = !alias.is_empty()
+        && alias.len() <= 63
+        && !alias.starts_with('-')
+        && alias.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "alias",
+            format!(
+                "{:?} must be 1-63 letters, digits or '-' (it is the host name), not starting with '-'",
+                crate::validate::truncate(alias)
+            ),
+        ))
+    }
+}
+
+fn check_idempotency_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid(
+            "Idempotency-Key",
+            "must be 1-128 printable ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+/// An image by id or name (the newest active version), visible to `owner`.
+async fn resolve_image(s: &AppState, owner: AccountId, r: &str) -> Result<Image> {
+    let image = match r.parse() {
+        Ok(id) => s.db.image_get(id, Some(owner)).await?,
+        Err(_) => {
+            let f = ImageFilter {
+                name: Some(r.to_string()),
+                state: Some(ImageState::Active),
+                visible_to: Some(owner),
+                ..Default::default()
+            };
+            s.db.image_list(&f, None, 1000)
+                .await?
+                .items
+                .pop()
+                .ok_or_else(|| Error::invalid("image", format!("no active image named {r:?}")))?
+        }
+    };
+    if image.state != ImageState::Active {
+        return Err(Error::invalid(
+            "image",
+            format!(
+                "image {} is {:?}; only active images can be used",
+                image.id, image.state
+            ),
+        ));
+    }
+    Ok(image)
+}
+
+/// A package by id or name (the newest active version), usable by `owner`.
+async fn resolve_package(s: &AppState, owner: AccountId, r: &str) -> Result<Package> {
+    let package = match r.parse() {
+        Ok(id) => s.db.package_get(id, Some(owner)).await?,
+        Err(_) => {
+            let f = PackageFilter {
+                name: Some(r.to_string()),
+                active: Some(true),
+                usable_by: Some(owner),
+                ..Default::default()
+            };
+            s.db.package_list(&f, None, 1000)
+                .await?
+                .items
+                .pop()
+                .ok_or_else(|| {
+                    Error::invalid("package", format!("no active package named {r:?}"))
+                })?
+        }
+    };
+    if !package.active {
+        return Err(Error::invalid(
+            "package",
+            format!("package {} is not active", package.id),
+        ));
+    }
+    Ok(package)
+}
+
+/// Validates and places a create request, then records it with its job.
+pub async fn create(
+    s: &AppState,
+    p: Principal,
+    req: InstanceCreate,
+    idempotency_key: Option<String>,
+) -> Result<(InstanceAccepted, bool)> {
+    let owner = match req.owner {
+        Some(o) if o != p.account_id => {
+            p.require_operator()?;
+            s.db.accounts_exist("owner", &[o]).await?;
+            o
+        }
+        _ => p.account_id,
+    };
+    if let Some(k) = &idempotency_key {
+        check_idempotency_key(k)?;
+    }
+    let id = InstanceId::new();
+    let alias = req
+        .alias
+        .clone()
+        .unwrap_or_else(|| id.to_string()[..8].to_string());
+    check_alias(&alias)?;
+    if req.networks.len() > MAX_NICS {
+        return Err(Error::invalid(
+            "networks",
+            format!("at most {MAX_NICS} networks"),
+        ));
+    }
+    if req.tags.len() > MAX_TAGS || req.tags.keys().any(|k| k.is_empty() || k.len() > 128) {
+        return Err(Error::invalid(
+            "tags",
+            format!("at most {MAX_TAGS} tags with keys of 1-128 characters"),
+        ));
+    }
+    if let Some((k, _)) = req
+        .tags
+        .iter()
+        .find(|(_, v)| v.is_object() || v.is_array() || v.is_null())
+    {
+        return Err(Error::invalid(
+            "tags",
+            format!("tag {k:?} must be a string, number or boolean"),
+        ));
+    }
+    let meta_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if meta_bytes > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_BYTES} bytes in all"),
+        ));
+    }
+    let affinity = req
+        .affinity
+        .iter()
+        .map(|a| Affinity::parse(a).map_err(|e| Error::invalid("affinity", e)))
+        .collect::<Result<Vec<_>>>()?;
+
+    let image = resolve_image(s, owner, &req.image).await?;
+    let package = resolve_package(s, owner, &req.package).await?;
+    if image.image_type != ImageType::Container || package.brand != "container" {
+        return Err(Error::invalid(
+            "package",
+            format!(
+                "image {} is a {:?} image and package {} has brand {}; this headnode provisions container images with container packages",
+                image.id, image.image_type, package.id, package.brand
+            ),
+        ));
+    }
+    if let Some(min) = image.requirements.min_ram_mb
+        && package.memory_mb < min
+    {
+        return Err(Error::invalid(
+            "package",
+            format!(
+                "image {} needs at least {min} MiB of memory; package {} has {}",
+                image.id, package.name, package.memory_mb
+            ),
+        ));
+    }
+    let mut networks: Vec<NetworkId> = Vec::new();
+    let mut nic_tags = BTreeSet::new();
+    for r in &req.networks {
+        let net = match r.parse::<NetworkId>() {
+            Ok(nid) => s.db.network_get(nid, Some(owner)).await,
+            Err(_) => s.db.network_get_by_name(r, Some(owner)).await,
+        }
+        .map_err(|_| Error::invalid("networks", format!("no network {r:?} you may use")))?;
+        if networks.contains(&net.id) {
+            return Err(Error::invalid(
+                "networks",
+                format!("network {r:?} is listed twice"),
+            ));
+        }
+        if net.vlan_id != 0 || net.vni.is_some() {
+            return Err(Error::invalid(
+                "networks",
+                format!(
+                    "network {} is tagged (VLAN or fabric); only untagged networks can be used yet",
+                    net.name
+                ),
+            ));
+        }
+        nic_tags.insert(net.nic_tag.clone());
+        networks.push(net.id);
+    }
+
+    let request = scheduler::Request {
+        ram_mb: package.memory_mb,
+        disk_mb: package.disk_mb,
+        vcpus: package.vcpus,
+        capability: "runc".into(),
+        nic_tags,
+        traits: package.traits.clone(),
+        affinity,
+    };
+    let candidates = s.db.scheduler_candidates(owner).await?;
+    let ranked_ids = scheduler::rank(&request, &candidates, rand::random::<u64>)
+        .map_err(|r| Error::InsufficientCapacity(r.to_string()))?;
+    let ranked: Vec<_> = ranked_ids
+        .iter()
+        .filter_map(|id| candidates.iter().find(|c| c.id == *id).cloned())
+        .collect();
+
+    let new = NewInstance {
+        id,
+        owner,
+        alias,
+        brand: package.brand.clone(),
+        image_id: image.id,
+        package_id: package.id,
+        ram_mb: package.memory_mb,
+        disk_mb: package.disk_mb,
+        vcpus: package.vcpus,
+        networks,
+        tags: req.tags,
+        metadata: req.metadata,
+        firewall_enabled: req.firewall_enabled,
+        idempotency_key,
+    };
+    let job = crate::jobs::new_job("provision", id, owner, crate::jobs::provision_steps());
+    match s.db.instance_create(&new, &ranked, &job).await? {
+        Created::New(instance, job_id) => {
+            s.jobs.wake();
+            Ok((InstanceAccepted { instance, job_id }, true))
+        }
+        Created::Replayed(instance, job_id) => Ok((InstanceAccepted { instance, job_id }, false)),
+    }
+}
+
+/// Queues start, stop, reboot or destroy.
+pub async fn act(
+    s: &AppState,
+    p: Principal,
+    id: InstanceId,
+    kind: &'static str,
+) -> Result<InstanceAccepted> {
+    use InstanceState::*;
+    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    let (from, to): (&[InstanceState], InstanceState) = match kind {
+        "start" => (&[Stopped, Running], inst.state),
+        "stop" => (&[Running, Stopped], Stopping),
+        "reboot" => (&[Running], Running),
+        "destroy" => (&[Running, Stopped, Failed, Unknown], Deleting),
+        _ => return Err(Error::Internal(format!("unknown action {kind}"))),
+    };
+    let job = crate::jobs::new_job(kind, id, inst.owner, 0);
+    s.db.job_queue_action(&job, from, to).await?;
+    s.jobs.wake();
+    Ok(InstanceAccepted {
+        instance: s.db.instance_get(id, None).await?,
+        job_id: job.id,
+    })
+}

@@ -1,0 +1,389 @@
+//! Durable jobs: the saga runner. Workers claim jobs from PostgreSQL with
+//! `FOR UPDATE SKIP LOCKED` and a lease they renew while they work; a job
+//! whose lease ran out (its headnode died or stalled) is claimed again by any
+//! headnode and resumes at its first step not recorded as done. Every step is
+//! idempotent and has an undo; a step that fails for good unwinds the steps
+//! before it, newest first, and the undos resume after a crash too.
+//!
+//! It must never hold a database transaction across an agent call, and never
+//! write to a job whose lease it lost.
+
+mod lifecycle;
+mod provision;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use nereid_api::{Job, JobState, JobStep, StepState};
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::Error;
+
+pub use provision::provision_steps;
+
+/// What a step's failure means for the job.
+#[derive(Debug)]
+pub enum StepError {
+    /// Worth another attempt (a node or the database did not answer).
+    Retry(String),
+    /// Cannot succeed: unwind.
+    Fail(String),
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> StepError {
+        match e {
+            Error::AgentUnavailable(m) => StepError::Retry(m),
+            Error::Database(ref d) => StepError::Retry(format!("database: {d}")),
+            other => StepError::Fail(other.to_string()),
+        }
+    }
+}
+
+pub type StepResult = Result<(), StepError>;
+type StepFn = for<'a> fn(&'a Ctx) -> BoxFuture<'a, StepResult>;
+
+/// One step of a saga.
+pub struct Step {
+    pub name: &'static str,
+    pub forward: StepFn,
+    pub undo: Option<StepFn>,
+}
+
+/// What a step works with.
+pub struct Ctx {
+    pub state: AppState,
+    pub job: Job,
+}
+
+/// The steps of a kind of job, and what to do when it fails for good.
+struct Saga {
+    steps: &'static [Step],
+    on_failure: for<'a> fn(&'a Ctx, &'a str) -> BoxFuture<'a, StepResult>,
+}
+
+fn saga(kind: &str) -> Option<Saga> {
+    Some(match kind {
+        "provision" => provision::SAGA,
+        "destroy" => lifecycle::DESTROY,
+        "start" => lifecycle::START,
+        "stop" => lifecycle::STOP,
+        "reboot" => lifecycle::REBOOT,
+        _ => return None,
+    })
+}
+
+/// The fresh step log of a kind of job (the first `done` steps already done).
+pub fn step_log(kind: &str, done: usize) -> Vec<JobStep> {
+    let now = Utc::now();
+    saga(kind)
+        .map(|s| s.steps)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| JobStep {
+            name: s.name.to_string(),
+            state: if i < done {
+                StepState::Done
+            } else {
+                StepState::Pending
+            },
+            attempts: u32::from(i < done),
+            error: None,
+            started_at: (i < done).then_some(now),
+            finished_at: (i < done).then_some(now),
+        })
+        .collect()
+}
+
+/// A forward step gets this many attempts before the job unwinds.
+const MAX_ATTEMPTS: u32 = 6;
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64 << attempt.min(5))
+}
+
+/// The headnode's job workers. `wake` after queueing a job to start it at once.
+#[derive(Clone)]
+pub struct Runner {
+    notify: Arc<Notify>,
+}
+
+impl Runner {
+    pub fn new() -> Runner {
+        Runner {
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Claims and runs jobs until the process ends.
+    pub async fn run(self, state: AppState) {
+        let worker = Uuid::new_v4();
+        let slots = Arc::new(Semaphore::new(state.config.job_workers));
+        tracing::info!(%worker, workers = state.config.job_workers, "job runner started");
+        loop {
+            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+            match state.db.job_claim(worker, state.config.job_lease).await {
+                Ok(Some(claimed)) => {
+                    let state = state.clone();
+                    // Another free slot may find more work at once.
+                    self.notify.notify_one();
+                    tokio::spawn(async move {
+                        run_job(state, worker, claimed.job).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = self.notify.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!("claiming a job failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner::new()
+    }
+}
+
+/// Runs one claimed job while renewing its lease; stops when the lease is lost.
+async fn run_job(state: AppState, worker: Uuid, job: Job) {
+    let id = job.id;
+    let lease = state.config.job_lease;
+    let span = tracing::info_span!("job", job = %id, kind = %job.kind, instance = %job.instance_id, request_id = %job.request_id);
+    let _enter = span.clone();
+    let renew = {
+        let db = state.db.clone();
+        async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match db.job_renew(id, worker, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!("renewing the lease of job {id} failed: {e}"),
+                }
+            }
+        }
+    };
+    let request_id = job.request_id.clone();
+    let drive = crate::error::REQUEST_ID.scope(
+        request_id,
+        Driver {
+            ctx: Ctx { state, job },
+            worker,
+        }
+        .drive(),
+    );
+    tokio::select! {
+        _ = drive => {}
+        _ = renew => tracing::warn!(parent: &span, "lost the lease of job {id}; another headnode has it"),
+    }
+}
+
+struct Driver {
+    ctx: Ctx,
+    worker: Uuid,
+}
+
+/// Why driving stopped early.
+enum Stop {
+    LeaseLost,
+    Deferred,
+}
+
+impl Driver {
+    async fn save(&mut self, state: JobState, error: Option<&str>) -> Result<(), Stop> {
+        match self
+            .ctx
+            .state
+            .db
+            .job_save(
+                self.ctx.job.id,
+                self.worker,
+                state,
+                &self.ctx.job.steps,
+                error,
+            )
+            .await
+        {
+            Ok(true) => {
+                self.ctx.job.state = state;
+                Ok(())
+            }
+            Ok(false) => Err(Stop::LeaseLost),
+            Err(e) => {
+                // The database is away: leave the job to be claimed again.
+                tracing::warn!("saving job {} failed: {e}", self.ctx.job.id);
+                Err(Stop::Deferred)
+            }
+        }
+    }
+
+    async fn drive(mut self) {
+        let Some(saga) = saga(&self.ctx.job.kind) else {
+            let _ = self.save(JobState::Failed, Some("unknown job kind")).await;
+            return;
+        };
+        if self.ctx.job.steps.len() != saga.steps.len() {
+            let _ = self
+                .save(
+                    JobState::Failed,
+                    Some("the step log does not match the saga"),
+                )
+                .await;
+            return;
+        }
+        let outcome = if self.ctx.job.state == JobState::Unwinding {
+            let error = self.ctx.job.error.clone().unwrap_or_default();
+            self.unwind(&saga, &error).await
+        } else {
+            self.forward(&saga).await
+        };
+        match outcome {
+            Ok(()) | Err(Stop::LeaseLost) => {}
+            Err(Stop::Deferred) => {
+                let _ = self
+                    .ctx
+                    .state
+                    .db
+                    .job_defer(self.ctx.job.id, self.worker, Duration::from_secs(2))
+                    .await;
+            }
+        }
+    }
+
+    async fn forward(&mut self, saga: &Saga) -> Result<(), Stop> {
+        let kind = self.ctx.job.kind.clone();
+        for (i, step) in saga.steps.iter().enumerate() {
+            if self.ctx.job.steps[i].state == StepState::Done {
+                continue;
+            }
+            loop {
+                {
+                    let s = &mut self.ctx.job.steps[i];
+                    s.state = StepState::Running;
+                    s.attempts += 1;
+                    s.started_at.get_or_insert_with(Utc::now);
+                }
+                self.save(JobState::Running, None).await?;
+                fault_point(&kind, step.name, "before");
+                let result = (step.forward)(&self.ctx).await;
+                let attempts = self.ctx.job.steps[i].attempts;
+                match result {
+                    Ok(()) => {
+                        fault_point(&kind, step.name, "after");
+                        let s = &mut self.ctx.job.steps[i];
+                        s.state = StepState::Done;
+                        s.error = None;
+                        s.finished_at = Some(Utc::now());
+                        self.save(JobState::Running, None).await?;
+                        break;
+                    }
+                    Err(StepError::Retry(m)) if attempts < MAX_ATTEMPTS => {
+                        tracing::info!(step = step.name, attempts, "step failed, retrying: {m}");
+                        self.ctx.job.steps[i].error = Some(m);
+                        self.save(JobState::Running, None).await?;
+                        tokio::time::sleep(backoff(attempts)).await;
+                    }
+                    Err(StepError::Retry(m)) | Err(StepError::Fail(m)) => {
+                        let error = format!("{}: {m}", step.name);
+                        tracing::warn!("job failed at {error}; unwinding");
+                        let s = &mut self.ctx.job.steps[i];
+                        s.state = StepState::Failed;
+                        s.error = Some(m);
+                        s.finished_at = Some(Utc::now());
+                        self.save(JobState::Unwinding, Some(&error)).await?;
+                        return self.unwind(saga, &error).await;
+                    }
+                }
+            }
+        }
+        self.save(JobState::Succeeded, None).await?;
+        tracing::info!("job succeeded");
+        Ok(())
+    }
+
+    /// Runs the undo of every step that did (or may have done) something,
+    /// newest first, then the saga's failure handler.
+    async fn unwind(&mut self, saga: &Saga, error: &str) -> Result<(), Stop> {
+        for (i, step) in saga.steps.iter().enumerate().rev() {
+            let st = self.ctx.job.steps[i].state;
+            if !matches!(st, StepState::Done | StepState::Failed | StepState::Running) {
+                continue;
+            }
+            let Some(undo) = step.undo else { continue };
+            let mut tries = 0;
+            loop {
+                match undo(&self.ctx).await {
+                    Ok(()) => break,
+                    Err(StepError::Retry(m)) | Err(StepError::Fail(m)) => {
+                        tries += 1;
+                        tracing::warn!(step = step.name, tries, "undo failed: {m}");
+                        if tries >= MAX_ATTEMPTS {
+                            // Nothing may leak: come back to it later.
+                            return Err(Stop::Deferred);
+                        }
+                        tokio::time::sleep(backoff(tries)).await;
+                    }
+                }
+            }
+            fault_point(&self.ctx.job.kind.clone(), step.name, "undone");
+            self.ctx.job.steps[i].state = StepState::Undone;
+            self.save(JobState::Unwinding, Some(error)).await?;
+        }
+        if let Err(e) = (saga.on_failure)(&self.ctx, error).await {
+            tracing::warn!("the failure handler failed: {e:?}");
+            return Err(Stop::Deferred);
+        }
+        self.save(JobState::Failed, Some(error)).await?;
+        Ok(())
+    }
+}
+
+/// Crash tests: `NEREID_HEADNODE_FAULT=<kind>:<step>:<before|after|undone>`
+/// kills the headnode with SIGKILL at that point. Unset in production.
+fn fault_point(kind: &str, step: &str, when: &str) {
+    if let Ok(f) = std::env::var("NEREID_HEADNODE_FAULT")
+        && f == format!("{kind}:{step}:{when}")
+    {
+        eprintln!("fault injection: SIGKILL at {f}");
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Queues a job whose first `done` steps are already done (in the caller's
+/// transaction) and returns its record.
+pub fn new_job(
+    kind: &'static str,
+    instance: nereid_api::InstanceId,
+    owner: nereid_api::AccountId,
+    done: usize,
+) -> crate::db::NewJob {
+    crate::db::NewJob {
+        id: nereid_api::JobId::new(),
+        kind,
+        instance_id: instance,
+        owner,
+        steps: step_log(kind, done),
+        params: serde_json::json!({}),
+        request_id: crate::error::current_request_id(),
+    }
+}

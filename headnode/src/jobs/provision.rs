@@ -1,0 +1,192 @@
+//! The provision saga: reserve capacity -> allocate NICs and IPs -> ensure
+//! the image on the node -> ensure the instance -> wait for running -> mark
+//! running. Capacity is reserved when the job is created (so a request that
+//! cannot be placed is a 409 at once); its step is recorded done then.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use nereid_api::InstanceState;
+use nereid_proto::v1 as pb;
+
+use super::{Ctx, Saga, Step, StepError, StepResult};
+use crate::db::AgentTarget;
+
+/// How many provision steps the create request does itself (reserve capacity).
+pub fn provision_steps() -> usize {
+    1
+}
+
+pub(super) const SAGA: Saga = Saga {
+    steps: &[
+        Step {
+            name: "reserve_capacity",
+            forward: |_| async { Ok(()) }.boxed(),
+            undo: Some(|c| release_capacity(c).boxed()),
+        },
+        Step {
+            name: "allocate_nics",
+            forward: |c| allocate_nics(c).boxed(),
+            undo: Some(|c| free_nics(c).boxed()),
+        },
+        Step {
+            name: "ensure_image",
+            forward: |c| ensure_image(c).boxed(),
+            undo: None,
+        },
+        Step {
+            name: "ensure_instance",
+            forward: |c| ensure_instance(c).boxed(),
+            undo: Some(|c| delete_on_node(c).boxed()),
+        },
+        Step {
+            name: "wait_running",
+            forward: |c| wait_running(c).boxed(),
+            undo: None,
+        },
+        Step {
+            name: "mark_running",
+            forward: |c| mark_running(c).boxed(),
+            undo: None,
+        },
+    ],
+    on_failure: |c, e| mark_failed(c, e).boxed(),
+};
+
+/// The agent of the instance's server.
+pub(super) async fn target(c: &Ctx) -> Result<AgentTarget, StepError> {
+    c.state
+        .db
+        .instance_placement(c.job.instance_id)
+        .await?
+        .ok_or_else(|| StepError::Fail("the instance is not placed on a server".into()))
+}
+
+pub(super) async fn release_capacity(c: &Ctx) -> StepResult {
+    Ok(c.state
+        .db
+        .instance_release_capacity(c.job.instance_id)
+        .await?)
+}
+
+async fn allocate_nics(c: &Ctx) -> StepResult {
+    c.state.db.instance_allocate_nics(c.job.instance_id).await?;
+    Ok(())
+}
+
+pub(super) async fn free_nics(c: &Ctx) -> StepResult {
+    Ok(c.state.db.instance_free_nics(c.job.instance_id).await?)
+}
+
+async fn ensure_image(c: &Ctx) -> StepResult {
+    let inst = c.state.db.instance_get(c.job.instance_id, None).await?;
+    let image = c.state.db.image_get(inst.image_id, None).await?;
+    let url = format!("{}/v1/images/{}/file", c.state.public_url, image.id);
+    let sha256 = image
+        .file
+        .map(|f| f.sha256)
+        .ok_or_else(|| StepError::Fail(format!("image {} has no file", image.id)))?;
+    let t = target(c).await?;
+    c.state
+        .agents
+        .ensure_image(&t, image.id, &url, &sha256)
+        .await?;
+    Ok(())
+}
+
+/// The spec the node runs: sizes from the package, NICs from the database.
+pub(super) async fn instance_spec(c: &Ctx) -> Result<pb::InstanceSpec, StepError> {
+    let db = &c.state.db;
+    let inst = db.instance_get(c.job.instance_id, None).await?;
+    let package = db.package_get(inst.package_id, None).await?;
+    let nics = db.instance_nic_plans(inst.id).await?;
+    Ok(pb::InstanceSpec {
+        id: inst.id.to_string(),
+        hostname: inst.alias.clone(),
+        image_id: inst.image_id.to_string(),
+        brand: inst.brand.clone(),
+        memory_mb: package.memory_mb,
+        swap_mb: package.swap_mb,
+        cpu_cap: package.cpu_cap,
+        disk_mb: package.disk_mb,
+        pids_limit: 0,
+        generation: 1,
+        nics: nics
+            .into_iter()
+            .map(|n| pb::NicSpec {
+                network_id: n.network_id.to_string(),
+                nic_tag: n.nic_tag,
+                vlan_id: n.vlan_id.into(),
+                ip: n.ip.to_string(),
+                prefix_len: n.prefix_len.into(),
+                gateway: n.gateway.unwrap_or_default(),
+                resolvers: n.resolvers,
+                mtu: n.mtu,
+                mac: n.mac,
+            })
+            .collect(),
+    })
+}
+
+async fn ensure_instance(c: &Ctx) -> StepResult {
+    let spec = instance_spec(c).await?;
+    let t = target(c).await?;
+    c.state.agents.ensure_instance(&t, spec, true).await?;
+    Ok(())
+}
+
+pub(super) async fn delete_on_node(c: &Ctx) -> StepResult {
+    match c.state.db.instance_placement(c.job.instance_id).await? {
+        Some(t) => Ok(c
+            .state
+            .agents
+            .delete_instance(&t, c.job.instance_id)
+            .await?),
+        None => Ok(()),
+    }
+}
+
+/// Until the node reports the instance running (EnsureInstance with start
+/// answers once it runs, so this is normally one call).
+async fn wait_running(c: &Ctx) -> StepResult {
+    let t = target(c).await?;
+    for _ in 0..60 {
+        match c.state.agents.get_instance(&t, c.job.instance_id).await? {
+            Some(s) if s.state == "running" => return Ok(()),
+            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            None => {
+                return Err(StepError::Fail(
+                    "the node does not have the instance it just made".into(),
+                ));
+            }
+        }
+    }
+    Err(StepError::Retry(
+        "the instance did not reach running within 30 s".into(),
+    ))
+}
+
+async fn mark_running(c: &Ctx) -> StepResult {
+    c.state
+        .db
+        .instance_set_state(
+            c.job.instance_id,
+            InstanceState::Running,
+            &[InstanceState::Provisioning],
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+fn mark_failed<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult> {
+    async move {
+        c.state
+            .db
+            .instance_set_state(c.job.instance_id, InstanceState::Failed, &[], Some(error))
+            .await?;
+        Ok(())
+    }
+    .boxed()
+}
