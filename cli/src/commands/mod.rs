@@ -2,6 +2,7 @@
 
 mod account;
 mod image;
+mod instance;
 mod network;
 mod package;
 mod server;
@@ -33,6 +34,12 @@ pub enum Command {
     /// Networks and their addresses.
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Instances (containers): create, list, start, stop, reboot, delete.
+    #[command(subcommand)]
+    Instance(instance::InstanceCmd),
+    /// Jobs: the steps of provisioning and other instance work.
+    #[command(subcommand)]
+    Job(instance::JobCmd),
 }
 
 pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
@@ -44,6 +51,8 @@ pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
         Command::Package(p) => package::run(c, fmt, p).await,
         Command::Nictag(t) => network::run_nictag(c, fmt, t).await,
         Command::Network(n) => network::run(c, fmt, n).await,
+        Command::Instance(i) => instance::run(c, fmt, i).await,
+        Command::Job(j) => instance::run_job(c, fmt, j).await,
     }
 }
 

@@ -1,0 +1,425 @@
+//! `nereid instance ...` and `nereid job ...`
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use nereid_api::{Instance, InstanceAccepted, InstanceCreate, Job, JobState, StepState};
+use reqwest::Method;
+
+use super::{key_value, time};
+use crate::client::Client;
+use crate::output::{self, Format};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum InstanceCmd {
+    /// List instances (deleted ones only with --state deleted).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        alias: Option<String>,
+        /// KEY or KEY=VALUE.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Operators: one account's instances.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show one instance.
+    Get { id: String },
+    /// Create an instance; with --wait, follow its job until it runs.
+    Create {
+        /// Image id or name.
+        #[arg(long)]
+        image: String,
+        /// Package id or name.
+        #[arg(long)]
+        package: String,
+        /// Network id or name, repeatable; the first is the primary NIC.
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        /// Also the host name.
+        #[arg(long)]
+        alias: Option<String>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "tag", value_parser = key_value)]
+        tags: Vec<(String, String)>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "metadata", value_parser = key_value)]
+        metadata: Vec<(String, String)>,
+        /// e.g. instance!=web* (hard) or instance==~db* (soft), repeatable.
+        #[arg(long)]
+        affinity: Vec<String>,
+        #[arg(long)]
+        firewall: bool,
+        /// Operators: create it for this account.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Makes a retried create return the first instance.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start a stopped instance.
+    Start {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop an instance (SIGTERM, then SIGKILL after 10 s).
+    Stop {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop and start an instance.
+    Reboot {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete an instance and everything it holds.
+    Delete {
+        id: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum JobCmd {
+    /// List jobs, oldest first.
+    List {
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show a job with its steps.
+    Get {
+        id: String,
+        /// Follow it until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// An instance id, or an alias of the caller's (resolved through the list).
+async fn resolve(c: &Client, r: &str) -> anyhow::Result<String> {
+    if uuid::Uuid::parse_str(r).is_ok() {
+        return Ok(r.to_string());
+    }
+    let found: Vec<Instance> = c
+        .list_all("/v1/instances", &[("alias", r.to_string())])
+        .await?;
+    match found.as_slice() {
+        [one] => Ok(one.id.to_string()),
+        [] => bail!("no instance with id or alias {r:?}"),
+        _ => bail!("{} instances are named {r:?}; use an id", found.len()),
+    }
+}
+
+pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()> {
+    match cmd {
+        InstanceCmd::List {
+            state,
+            server,
+            alias,
+            tag,
+            owner,
+        } => {
+            let mut q = Vec::new();
+            for (k, v) in [
+                ("state", state),
+                ("server", server),
+                ("alias", alias),
+                ("tag", tag),
+                ("owner", owner),
+            ] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            let items: Vec<Instance> = c.list_all("/v1/instances", &q).await?;
+            match fmt {
+                Format::Json => output::json(&items),
+                Format::Table => output::table(
+                    &["ID", "ALIAS", "STATE", "IP", "MEMORY", "SERVER", "CREATED"],
+                    items
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                i.id.to_string(),
+                                i.alias.clone(),
+                                i.state.to_string(),
+                                i.nics.first().map(|n| n.ip.clone()).unwrap_or("-".into()),
+                                output::bytes(i.memory_mb << 20),
+                                i.server_id
+                                    .map(|s| s.to_string()[..8].to_string())
+                                    .unwrap_or("-".into()),
+                                time(&Some(i.created_at)),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+            Ok(())
+        }
+        InstanceCmd::Get { id } => {
+            let id = resolve(c, &id).await?;
+            show(fmt, &c.get(&format!("/v1/instances/{id}"), &[]).await?);
+            Ok(())
+        }
+        InstanceCmd::Create {
+            image,
+            package,
+            networks,
+            alias,
+            tags,
+            metadata,
+            affinity,
+            firewall,
+            owner,
+            idempotency_key,
+            wait,
+        } => {
+            let body = InstanceCreate {
+                alias,
+                image,
+                package,
+                networks,
+                tags: tags
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+                metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                firewall_enabled: firewall,
+                affinity,
+                owner: owner.map(|o| o.parse()).transpose()?,
+            };
+            let mut req = c.request(Method::POST, "/v1/instances").json(&body);
+            if let Some(k) = idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+            let accepted: InstanceAccepted = c.execute_json(req).await?;
+            finish(c, fmt, accepted, wait).await
+        }
+        InstanceCmd::Start { id, wait } => act(c, fmt, &id, "start", Method::POST, wait).await,
+        InstanceCmd::Stop { id, wait } => act(c, fmt, &id, "stop", Method::POST, wait).await,
+        InstanceCmd::Reboot { id, wait } => act(c, fmt, &id, "reboot", Method::POST, wait).await,
+        InstanceCmd::Delete { id, wait } => act(c, fmt, &id, "", Method::DELETE, wait).await,
+    }
+}
+
+async fn act(
+    c: &Client,
+    fmt: Format,
+    id: &str,
+    verb: &str,
+    method: Method,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let id = resolve(c, id).await?;
+    let path = if verb.is_empty() {
+        format!("/v1/instances/{id}")
+    } else {
+        format!("/v1/instances/{id}/{verb}")
+    };
+    let accepted: InstanceAccepted = c.execute_json(c.request(method, &path)).await?;
+    finish(c, fmt, accepted, wait).await
+}
+
+/// Prints what was accepted, or follows its job and prints the outcome.
+async fn finish(
+    c: &Client,
+    fmt: Format,
+    accepted: InstanceAccepted,
+    wait: bool,
+) -> anyhow::Result<()> {
+    if !wait {
+        if fmt == Format::Json {
+            output::json(&accepted);
+        } else {
+            println!(
+                "instance {} ({}) is {}; job {}",
+                accepted.instance.id,
+                accepted.instance.alias,
+                accepted.instance.state,
+                accepted.job_id
+            );
+        }
+        return Ok(());
+    }
+    let job = follow(c, &accepted.job_id.to_string(), fmt == Format::Table).await?;
+    let inst: Instance = c
+        .get(&format!("/v1/instances/{}", accepted.instance.id), &[])
+        .await?;
+    show(fmt, &inst);
+    if job.state == JobState::Failed {
+        bail!(
+            "job {} failed: {}",
+            job.id,
+            job.error.unwrap_or_else(|| "no reason given".into())
+        );
+    }
+    Ok(())
+}
+
+/// Polls a job until it ends; with `live`, prints each step as it changes (to stderr).
+async fn follow(c: &Client, id: &str, live: bool) -> anyhow::Result<Job> {
+    let started = Instant::now();
+    let mut seen: Vec<(StepState, u32)> = Vec::new();
+    loop {
+        let job: Job = c.get(&format!("/v1/jobs/{id}"), &[]).await?;
+        if live {
+            seen.resize(job.steps.len(), (StepState::Pending, 0));
+            for (i, s) in job.steps.iter().enumerate() {
+                if seen[i] != (s.state, s.attempts) {
+                    seen[i] = (s.state, s.attempts);
+                    let mark = match s.state {
+                        StepState::Pending => continue,
+                        StepState::Running => "..",
+                        StepState::Done => "ok",
+                        StepState::Failed => "!!",
+                        StepState::Undone => "<-",
+                    };
+                    let retry = if s.attempts > 1 {
+                        format!(" (attempt {})", s.attempts)
+                    } else {
+                        String::new()
+                    };
+                    let err = s
+                        .error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "[{:>6.2}s] {mark} {} {}{retry}{err}",
+                        started.elapsed().as_secs_f64(),
+                        job.kind,
+                        s.name
+                    );
+                }
+            }
+        }
+        if job.state.is_finished() {
+            if live {
+                eprintln!(
+                    "[{:>6.2}s] job {} {}",
+                    started.elapsed().as_secs_f64(),
+                    job.kind,
+                    job.state.as_str()
+                );
+            }
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
+    match cmd {
+        JobCmd::List { instance, state } => {
+            let mut q = Vec::new();
+            if let Some(i) = instance {
+                q.push(("instance", resolve(c, &i).await?));
+            }
+            if let Some(s) = state {
+                q.push(("state", s));
+            }
+            let jobs: Vec<Job> = c.list_all("/v1/jobs", &q).await?;
+            match fmt {
+                Format::Json => output::json(&jobs),
+                Format::Table => output::table(
+                    &["ID", "KIND", "INSTANCE", "STATE", "ATTEMPTS", "CREATED", "ERROR"],
+                    jobs.iter()
+                        .map(|j| {
+                            vec![
+                                j.id.to_string(),
+                                j.kind.clone(),
+                                j.instance_id.to_string(),
+                                j.state.as_str().to_string(),
+                                j.attempts.to_string(),
+                                time(&Some(j.created_at)),
+                                j.error.clone().unwrap_or_else(|| "-".into()),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        JobCmd::Get { id, wait } => {
+            let job = if wait {
+                follow(c, &id, fmt == Format::Table).await?
+            } else {
+                c.get(&format!("/v1/jobs/{id}"), &[]).await?
+            };
+            match fmt {
+                Format::Json => output::json(&job),
+                Format::Table => {
+                    output::fields(vec![
+                        ("id", job.id.to_string()),
+                        ("kind", job.kind.clone()),
+                        ("instance", job.instance_id.to_string()),
+                        ("state", job.state.as_str().to_string()),
+                        ("attempts", job.attempts.to_string()),
+                        ("error", job.error.clone().unwrap_or_else(|| "-".into())),
+                        ("created", time(&Some(job.created_at))),
+                        ("finished", time(&job.finished_at)),
+                    ]);
+                    println!();
+                    output::table(
+                        &["STEP", "STATE", "ATTEMPTS", "STARTED", "FINISHED", "ERROR"],
+                        job.steps
+                            .iter()
+                            .map(|s| {
+                                vec![
+                                    s.name.clone(),
+                                    format!("{:?}", s.state).to_lowercase(),
+                                    s.attempts.to_string(),
+                                    time(&s.started_at),
+                                    time(&s.finished_at),
+                                    s.error.clone().unwrap_or_else(|| "-".into()),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(fmt: Format, i: &Instance) {
+    if fmt == Format::Json {
+        return output::json(i);
+    }
+    let nics = i
+        .nics
+        .iter()
+        .map(|n| format!("{}/{} ({}, network {})", n.ip, n.prefix_len, n.mac, n.network_id))
+        .collect::<Vec<_>>()
+        .join("; ");
+    output::fields(vec![
+        ("id", i.id.to_string()),
+        ("alias", i.alias.clone()),
+        ("state", i.state.to_string()),
+        ("brand", i.brand.clone()),
+        ("image", i.image_id.to_string()),
+        ("package", i.package_id.to_string()),
+        (
+            "server",
+            i.server_id.map(|s| s.to_string()).unwrap_or("-".into()),
+        ),
+        ("memory", output::bytes(i.memory_mb << 20)),
+        ("disk", output::bytes(i.disk_mb << 20)),
+        ("nics", if nics.is_empty() { "-".into() } else { nics }),
+        ("error", i.error.clone().unwrap_or_else(|| "-".into())),
+        ("created", time(&Some(i.created_at))),
+    ]);
+}
