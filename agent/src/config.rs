@@ -43,6 +43,10 @@ pub struct Flags {
     /// Report this hostname instead of the host's.
     #[arg(long, env = "NEREID_AGENT_HOSTNAME")]
     pub hostname: Option<String>,
+    /// Offer instances this much memory (MiB) instead of all the host has:
+    /// keeps some for the host, or makes small test nodes on a big machine.
+    #[arg(long, env = "NEREID_AGENT_MEMORY_MB")]
+    pub memory_mb: Option<u64>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "NEREID_AGENT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

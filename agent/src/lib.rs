@@ -34,6 +34,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let overrides = sysinfo::Overrides {
         machine_id: flags.machine_id.clone(),
         hostname: flags.hostname.clone(),
+        memory_mb: flags.memory_mb,
     };
 
     let listener = tokio::net::TcpListener::bind(flags.listen)

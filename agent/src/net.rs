@@ -49,8 +49,24 @@ pub fn host_veth_name(instance_id: &str, idx: usize) -> String {
     format!("nv{}{}", tail12(instance_id), idx % 10)
 }
 
-fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+/// Whether a link of this name exists in the agent's network namespace
+/// (asked of the kernel, not of /sys, which shows the namespace it was mounted in).
+pub fn link_exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+/// The bridge (or other master) a link is a port of.
+async fn master_of(name: &str) -> Option<String> {
+    let out = cmd::run("ip", &["-o", "link", "show", "dev", name], T)
+        .await
+        .ok()?;
+    let mut words = out.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "master" {
+            return words.next().map(str::to_string);
+        }
+    }
+    None
 }
 
 const T: Duration = Duration::from_secs(10);
@@ -83,10 +99,7 @@ pub async fn ensure_bridge(
     if !link_exists(&br) {
         ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"]).await?;
     }
-    let master = std::fs::read_link(Path::new("/sys/class/net").join(uplink).join("master"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    if master.as_deref() != Some(br.as_str()) {
+    if master_of(uplink).await.as_deref() != Some(br.as_str()) {
         ip(&["link", "set", uplink, "master", &br, "up"]).await?;
     }
     ip(&["link", "set", &br, "up"]).await?;

@@ -227,14 +227,6 @@ pub async fn create(
         traits: package.traits.clone(),
         affinity,
     };
-    let candidates = s.db.scheduler_candidates(owner).await?;
-    let ranked_ids = scheduler::rank(&request, &candidates, rand::random::<u64>)
-        .map_err(|r| Error::InsufficientCapacity(r.to_string()))?;
-    let ranked: Vec<_> = ranked_ids
-        .iter()
-        .filter_map(|id| candidates.iter().find(|c| c.id == *id).cloned())
-        .collect();
-
     let new = NewInstance {
         id,
         owner,
@@ -252,7 +244,25 @@ pub async fn create(
         idempotency_key,
     };
     let job = crate::jobs::new_job("provision", id, owner, crate::jobs::provision_steps());
-    match s.db.instance_create(&new, &ranked, &job).await? {
+    // Rank on a snapshot; the database's conditional update decides. When
+    // concurrent placements took every ranked server, rank again on fresh
+    // numbers: the 409 then says what each server lacks now.
+    let mut attempt = 0;
+    let created = loop {
+        attempt += 1;
+        let candidates = s.db.scheduler_candidates(owner).await?;
+        let ranked_ids = scheduler::rank(&request, &candidates, rand::random::<u64>)
+            .map_err(|r| Error::InsufficientCapacity(r.to_string()))?;
+        let ranked: Vec<_> = ranked_ids
+            .iter()
+            .filter_map(|id| candidates.iter().find(|c| c.id == *id).cloned())
+            .collect();
+        match s.db.instance_create(&new, &ranked, &job).await {
+            Err(Error::InsufficientCapacity(_)) if attempt < 5 => continue,
+            other => break other?,
+        }
+    };
+    match created {
         Created::New(instance, job_id) => {
             s.jobs.wake();
             Ok((InstanceAccepted { instance, job_id }, true))

@@ -8,6 +8,7 @@
 //! however it exits.
 
 pub mod api;
+pub mod datacenter;
 pub mod node;
 pub mod pg;
 pub mod procs;

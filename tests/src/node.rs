@@ -268,61 +268,73 @@ pub async fn upload_file(h: &Headnode, name: &str, data: Vec<u8>) -> (String, St
 
 impl Drop for TestNode {
     /// Removes what the agent's instances hold on the host even when a test
-    /// failed half-way: containers (they outlive a killed agent by design),
-    /// network namespaces and cgroups. The pool goes after, with its field.
+    /// failed half-way. The pool goes after, with its field.
     fn drop(&mut self) {
-        use std::process::Command;
-        let root = self.runc_root();
-        let mut ids: Vec<String> = self
-            .instance_datasets()
-            .iter()
-            .filter_map(|d| d.rsplit('/').next().map(str::to_string))
-            .collect();
-        if let Ok(out) = Command::new("runc")
+        clean_instances(&self.runc_root(), &self.pool.name);
+    }
+}
+
+/// Removes what a node's instances hold on the host: containers (they
+/// outlive a killed agent by design), network namespaces and cgroups.
+pub fn clean_instances(runc_root: &std::path::Path, pool: &str) {
+    use std::process::Command;
+    let root = runc_root;
+    let mut ids: Vec<String> = Command::new("zfs")
+        .args(["list", "-H", "-o", "name", "-r", "-t", "filesystem"])
+        .arg(format!("{pool}/instances"))
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .skip(1)
+                .filter_map(|d| d.rsplit('/').next().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(out) = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"])
+        .output()
+    {
+        ids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    ids.sort();
+    ids.dedup();
+    for id in &ids {
+        let _ = Command::new("runc")
             .arg("--root")
-            .arg(&root)
-            .args(["list", "-q"])
-            .output()
+            .arg(root)
+            .args(["delete", "-f", id])
+            .output();
+        // A container whose runc state is gone: kill what is left in its cgroup.
+        if let Ok(procs) =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/nereid/{id}/cgroup.procs"))
         {
-            ids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_string),
-            );
-        }
-        ids.sort();
-        ids.dedup();
-        for id in &ids {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "-f", id])
-                .output();
-            // A container whose runc state is gone: kill what is left in its cgroup.
-            if let Ok(procs) =
-                std::fs::read_to_string(format!("/sys/fs/cgroup/pids/nereid/{id}/cgroup.procs"))
-            {
-                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &format!("nrd-{id}")])
-                .output();
-            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-                for c in controllers.flatten() {
-                    let _ = std::fs::remove_dir(c.path().join("nereid").join(id));
-                }
+            for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
-        // The shared parent goes once empty (fails harmlessly while others use it).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &format!("nrd-{id}")])
+            .output();
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join("nereid"));
+                let _ = std::fs::remove_dir(c.path().join("nereid").join(id));
             }
+        }
+    }
+    // The shared parent goes once empty (fails harmlessly while others use it).
+    if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in controllers.flatten() {
+            let _ = std::fs::remove_dir(c.path().join("nereid"));
         }
     }
 }

@@ -158,12 +158,23 @@ impl Drop for Proc {
 #[derive(Debug, Clone)]
 pub struct HeadnodeOpts {
     pub heartbeat_interval_ms: u64,
+    /// Where REST and gRPC listen (port 0 picks free ports; a restart keeps them).
+    pub rest_listen: String,
+    pub grpc_listen: String,
+    /// Extra flags, e.g. `--job-lease-ms 1500`.
+    pub args: Vec<String>,
+    /// Extra environment (e.g. NEREID_HEADNODE_FAULT for crash tests).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for HeadnodeOpts {
     fn default() -> Self {
         HeadnodeOpts {
             heartbeat_interval_ms: 5000,
+            rest_listen: "127.0.0.1:0".into(),
+            grpc_listen: "127.0.0.1:0".into(),
+            args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -201,14 +212,16 @@ impl Headnode {
             .arg(&database_url)
             .args([
                 "--rest-listen",
-                "127.0.0.1:0",
+                &opts.rest_listen,
                 "--grpc-listen",
-                "127.0.0.1:0",
+                &opts.grpc_listen,
             ])
             .arg("--state-dir")
             .arg(state.path())
             .arg("--heartbeat-interval-ms")
-            .arg(opts.heartbeat_interval_ms.to_string());
+            .arg(opts.heartbeat_interval_ms.to_string())
+            .args(&opts.args)
+            .envs(opts.env.iter().cloned());
         let proc = Proc::spawn("headnode", cmd, state.path().join("headnode.log"));
         let mut h = Headnode {
             proc,
@@ -235,14 +248,24 @@ impl Headnode {
 
     /// Kills the process with SIGKILL and starts it again on the same database and state dir.
     pub async fn restart(self) -> Headnode {
+        let opts = self.opts.clone();
+        self.restart_with(opts).await
+    }
+
+    /// Kills the process with SIGKILL (if it still runs) and starts it again
+    /// on the same database, state dir and ports, with `opts`.
+    pub async fn restart_with(self, mut opts: HeadnodeOpts) -> Headnode {
         let Headnode {
             mut proc,
             state,
             database_url,
-            opts,
+            rest_url,
+            grpc_url,
             ..
         } = self;
         proc.kill();
+        opts.rest_listen = rest_url.trim_start_matches("http://").to_string();
+        opts.grpc_listen = grpc_url.trim_start_matches("http://").to_string();
         Headnode::start_on(database_url, state, opts).await
     }
 
@@ -275,6 +298,12 @@ pub struct AgentOpts {
     pub join_token: Option<String>,
     /// Extra environment (e.g. NEREID_AGENT_FAULT for crash tests).
     pub env: Vec<(String, String)>,
+    /// Run inside this network namespace (`nsenter --net`).
+    pub netns: Option<String>,
+    /// Where the agent listens; default 127.0.0.1:0.
+    pub listen: Option<String>,
+    /// `--memory-mb`: the memory the node offers.
+    pub memory_mb: Option<u64>,
 }
 
 fn spawn_agent(headnode_grpc: &str, opts: &AgentOpts, state: &Path) -> Proc {
@@ -285,12 +314,27 @@ fn spawn_agent(headnode_grpc: &str, opts: &AgentOpts, state: &Path) -> Proc {
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         writeln!(f, "{RESTART_MARKER}").unwrap();
     }
-    let mut cmd = Command::new(bin("nereid-agent"));
+    let mut cmd = match &opts.netns {
+        // Only the network namespace changes (not the mount namespace, as with
+        // `ip netns exec`): the namespaces and mounts the agent makes are the host's.
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(bin("nereid-agent"));
+            c
+        }
+        None => Command::new(bin("nereid-agent")),
+    };
+    let listen = opts.listen.as_deref().unwrap_or("127.0.0.1:0");
     cmd.arg("--headnode")
         .arg(headnode_grpc)
         .arg("--state-dir")
         .arg(state)
-        .args(["--listen", "127.0.0.1:0", "--machine-id", &opts.machine_id]);
+        .args(["--listen", listen, "--machine-id", &opts.machine_id]);
+    if let Some(mb) = opts.memory_mb {
+        cmd.args(["--memory-mb", &mb.to_string()]);
+    }
     if let Some(h) = &opts.hostname {
         cmd.args(["--hostname", h]);
     }
@@ -309,18 +353,20 @@ pub struct Agent {
     pub state: TempDir,
     pub headnode_grpc: String,
     pub machine_id: String,
-    pub hostname: Option<String>,
+    /// What it was started with (restarts keep it, minus the join token).
+    pub opts: AgentOpts,
 }
 
 impl Agent {
     /// Starts an agent that joins with `join_token` under a unique machine id.
     pub fn start(headnode_grpc: &str, join_token: &str) -> Agent {
-        let opts = AgentOpts {
-            machine_id: format!("test-{}", uuid::Uuid::new_v4().simple()),
-            hostname: None,
-            join_token: Some(join_token.into()),
-            env: Vec::new(),
-        };
+        Agent::start_opts(headnode_grpc, join_token, AgentOpts::default())
+    }
+
+    /// Like `start`, with these options (machine id and join token are set here).
+    pub fn start_opts(headnode_grpc: &str, join_token: &str, mut opts: AgentOpts) -> Agent {
+        opts.machine_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        opts.join_token = Some(join_token.into());
         Agent::start_with(
             headnode_grpc,
             opts,
@@ -337,20 +383,21 @@ impl Agent {
             proc,
             state,
             headnode_grpc: headnode_grpc.into(),
-            machine_id: opts.machine_id,
-            hostname: opts.hostname,
+            machine_id: opts.machine_id.clone(),
+            opts: AgentOpts {
+                join_token: None,
+                ..opts
+            },
         }
     }
 
     /// Kills the agent (SIGKILL) and starts it again in place, with the same
-    /// state dir and this extra environment.
+    /// state dir and options, and this extra environment.
     pub fn restart_in_place(&mut self, env: Vec<(String, String)>) {
         self.proc.kill();
         let opts = AgentOpts {
-            machine_id: self.machine_id.clone(),
-            hostname: self.hostname.clone(),
-            join_token: None,
             env,
+            ..self.opts.clone()
         };
         self.proc = spawn_agent(&self.headnode_grpc, &opts, self.state.path());
     }
@@ -361,17 +408,15 @@ impl Agent {
             mut proc,
             state,
             headnode_grpc,
-            machine_id,
-            hostname,
+            opts,
+            ..
         } = self;
         proc.kill();
         Agent::start_with(
             &headnode_grpc,
             AgentOpts {
-                machine_id,
-                hostname,
-                join_token: None,
                 env: Vec::new(),
+                ..opts
             },
             state,
         )

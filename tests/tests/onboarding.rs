@@ -213,7 +213,7 @@ async fn reused_expired_and_unknown_join_tokens_are_refused_and_record_nothing()
         machine_id: first.machine_id.clone(),
         hostname: None,
         join_token: Some(fresh.clone()),
-        env: Vec::new(),
+        ..Default::default()
     };
     let mut dup = Agent::start_with(&h.grpc_url, dup_opts, tempfile::tempdir().unwrap());
     assert!(

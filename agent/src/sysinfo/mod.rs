@@ -17,6 +17,8 @@ use crate::storage::zpool;
 pub struct Overrides {
     pub machine_id: Option<String>,
     pub hostname: Option<String>,
+    /// Memory to offer instead of MemTotal.
+    pub memory_mb: Option<u64>,
 }
 
 fn read(path: &str) -> String {
@@ -49,7 +51,10 @@ pub async fn collect(o: &Overrides) -> pb::Sysinfo {
         machine_id,
         cpu_model,
         cpu_count,
-        memory_bytes: parse::meminfo(&read("/proc/meminfo"), "MemTotal").unwrap_or(0),
+        memory_bytes: match o.memory_mb {
+            Some(mb) => mb << 20,
+            None => parse::meminfo(&read("/proc/meminfo"), "MemTotal").unwrap_or(0),
+        },
         disks: disks(),
         zpools: zpools().await,
         nics: nics(),
@@ -177,5 +182,5 @@ pub fn interface_exists(name: &str) -> bool {
         && !name.contains('/')
         && name != "."
         && name != ".."
-        && Path::new("/sys/class/net").join(name).exists()
+        && nix::net::if_::if_nametoindex(name).is_ok()
 }

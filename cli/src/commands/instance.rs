@@ -335,7 +335,9 @@ pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()>
             match fmt {
                 Format::Json => output::json(&jobs),
                 Format::Table => output::table(
-                    &["ID", "KIND", "INSTANCE", "STATE", "ATTEMPTS", "CREATED", "ERROR"],
+                    &[
+                        "ID", "KIND", "INSTANCE", "STATE", "ATTEMPTS", "CREATED", "ERROR",
+                    ],
                     jobs.iter()
                         .map(|j| {
                             vec![
@@ -402,7 +404,12 @@ fn show(fmt: Format, i: &Instance) {
     let nics = i
         .nics
         .iter()
-        .map(|n| format!("{}/{} ({}, network {})", n.ip, n.prefix_len, n.mac, n.network_id))
+        .map(|n| {
+            format!(
+                "{}/{} ({}, network {})",
+                n.ip, n.prefix_len, n.mac, n.network_id
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ");
     output::fields(vec![
