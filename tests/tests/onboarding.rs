@@ -122,6 +122,7 @@ async fn join_then_setup_makes_the_server_running_with_real_sysinfo() {
 async fn missed_heartbeats_turn_a_server_unknown_and_resumed_ones_bring_it_back() {
     let h = Headnode::start(HeadnodeOpts {
         heartbeat_interval_ms: 300,
+        ..Default::default()
     })
     .await;
     let agent = Agent::start(&h.grpc_url, &h.join_token().await);
@@ -240,6 +241,7 @@ async fn reused_expired_and_unknown_join_tokens_are_refused_and_record_nothing()
 async fn reserve_unreserve_and_delete_a_server() {
     let h = Headnode::start(HeadnodeOpts {
         heartbeat_interval_ms: 300,
+        ..Default::default()
     })
     .await;
     let agent = Agent::start(&h.grpc_url, &h.join_token().await);
