@@ -33,13 +33,27 @@ impl CmdError {
 
 /// Runs `program args...`, returns stdout; non-zero exit is an error.
 pub async fn run(program: &str, args: &[&str], timeout: Duration) -> Result<String, CmdError> {
+    run_with_input(program, args, None, timeout).await
+}
+
+/// Like [`run`], writing `input` to the program's stdin (e.g. `ip -batch -`).
+pub async fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+    timeout: Duration,
+) -> Result<String, CmdError> {
     let cmd = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
-    let child = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -48,6 +62,11 @@ pub async fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Stri
             cmd: cmd.clone(),
             source,
         })?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt;
+        // A program that exits early closes its stdin; its exit status tells why.
+        let _ = stdin.write_all(data.as_bytes()).await;
+    }
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(r) => r.map_err(|source| CmdError::Spawn {
             cmd: cmd.clone(),

@@ -70,6 +70,10 @@ pub struct Images {
     credential: Arc<String>,
     http: reqwest::Client,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Images this process has seen ready (`@final` exists): a repeated
+    /// EnsureImage answers without a `zfs` command. `forget` drops one whose
+    /// snapshot turned out missing.
+    ready: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 const ATTEMPTS: u32 = 5;
@@ -85,7 +89,13 @@ impl Images {
                 .build()
                 .expect("http client"),
             locks: Default::default(),
+            ready: Default::default(),
         }
+    }
+
+    /// Forgets that an image was ready (its snapshot is gone).
+    pub fn forget(&self, id: &str) {
+        self.ready.lock().expect("ready set").remove(id);
     }
 
     pub fn dataset(&self, id: &str) -> String {
@@ -118,9 +128,14 @@ impl Images {
         progress: impl Fn(Progress),
     ) -> Result<(), ImageError> {
         uuid_like(id)?;
+        if self.ready.lock().expect("ready set").contains(id) {
+            progress(Progress::Ready);
+            return Ok(());
+        }
         let lock = self.lock(id);
         let _held = lock.lock().await;
         if self.is_ready(id).await? {
+            self.ready.lock().expect("ready set").insert(id.to_string());
             progress(Progress::Ready);
             return Ok(());
         }
@@ -161,6 +176,7 @@ impl Images {
             let _ = zfs::destroy(&self.dataset(id), true).await;
         }
         result?;
+        self.ready.lock().expect("ready set").insert(id.to_string());
         progress(Progress::Ready);
         Ok(())
     }

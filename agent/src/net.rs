@@ -76,8 +76,10 @@ async fn ip(args: &[&str]) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Serialises bridge creation on this node (two instances on one new network).
-static BRIDGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serialises bridge creation on this node (two instances on one new
+/// network), and remembers the bridges found complete in this process.
+static BRIDGES: tokio::sync::Mutex<Option<std::collections::HashSet<String>>> =
+    tokio::sync::Mutex::const_new(None);
 
 /// Makes the network's bridge exist, up, with the nic tag's uplink as a port.
 pub async fn ensure_bridge(
@@ -94,7 +96,11 @@ pub async fn ensure_bridge(
         .get(&nic.nic_tag)
         .ok_or_else(|| NetError::UnknownNicTag(nic.nic_tag.clone()))?;
     let br = bridge_name(&nic.network_id);
-    let _held = BRIDGES.lock().await;
+    let mut known = BRIDGES.lock().await;
+    let known = known.get_or_insert_with(Default::default);
+    if known.contains(&br) && link_exists(&br) {
+        return Ok(br);
+    }
     let mtu = nic.mtu.to_string();
     if !link_exists(&br) {
         ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"]).await?;
@@ -103,53 +109,62 @@ pub async fn ensure_bridge(
         ip(&["link", "set", uplink, "master", &br, "up"]).await?;
     }
     ip(&["link", "set", &br, "up"]).await?;
+    known.insert(br.clone());
     Ok(br)
 }
 
-/// Plumbs every NIC of an instance into its namespace `netns`: bridge, veth,
-/// MAC, address, default route via the primary NIC's gateway. Idempotent: a
-/// host end left by an interrupted run is replaced.
+/// Runs `ip [-n netns] -batch -` with these command lines.
+async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), NetError> {
+    let mut args = Vec::new();
+    if let Some(ns) = netns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-batch", "-"]);
+    let input = lines.join("\n") + "\n";
+    cmd::run_with_input("ip", &args, Some(&input), T).await?;
+    Ok(())
+}
+
+/// Plumbs every NIC of an instance into its namespace `netns` (and sets its
+/// loopback up): bridge, veth, MAC, address, default route via the primary
+/// NIC's gateway. Two `ip -batch` runs, one on each side. Idempotent: host
+/// ends left by an interrupted run are replaced.
 pub async fn plumb(
     instance_id: &str,
     netns: &str,
     nics: &[Nic],
     nic_tags: &BTreeMap<String, String>,
 ) -> Result<(), NetError> {
+    let mut host = Vec::new();
+    let mut guest = vec!["link set lo up".to_string()];
     for (idx, nic) in nics.iter().enumerate() {
         let br = ensure_bridge(nic, nic_tags).await?;
-        let host = host_veth_name(instance_id, idx);
-        let guest = format!("eth{idx}");
-        let mtu = nic.mtu.to_string();
-        if link_exists(&host) {
-            ip(&["link", "del", &host]).await?;
+        let h = host_veth_name(instance_id, idx);
+        let g = format!("eth{idx}");
+        let mtu = nic.mtu;
+        if link_exists(&h) {
+            host.push(format!("link del {h}"));
         }
-        ip(&[
-            "link", "add", &host, "mtu", &mtu, "type", "veth", "peer", "name", &guest, "netns",
-            netns, "mtu", &mtu, "address", &nic.mac,
-        ])
-        .await?;
-        ip(&["link", "set", &host, "master", &br, "up"]).await?;
-        let addr = format!("{}/{}", nic.ip, nic.prefix_len);
-        ip(&["-n", netns, "addr", "replace", &addr, "dev", &guest]).await?;
-        ip(&["-n", netns, "link", "set", &guest, "up"]).await?;
+        host.push(format!(
+            "link add {h} mtu {mtu} type veth peer name {g} netns {netns} mtu {mtu} address {}",
+            nic.mac
+        ));
+        host.push(format!("link set {h} master {br} up"));
+        guest.push(format!(
+            "addr replace {}/{} dev {g}",
+            nic.ip, nic.prefix_len
+        ));
+        guest.push(format!("link set {g} up"));
         if idx == 0
             && let Some(gw) = nic.gateway
         {
-            ip(&[
-                "-n",
-                netns,
-                "route",
-                "replace",
-                "default",
-                "via",
-                &gw.to_string(),
-                "dev",
-                &guest,
-            ])
-            .await?;
+            guest.push(format!("route replace default via {gw} dev {g}"));
         }
     }
-    Ok(())
+    if !host.is_empty() {
+        ip_batch(None, &host).await?;
+    }
+    ip_batch(Some(netns), &guest).await
 }
 
 /// Removes the host ends of an instance's NICs (deleting the namespace

@@ -339,11 +339,25 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let spec = spec_from_pb(req.spec)?;
         let snapshot = node.images.snapshot(&spec.image_id);
-        let inst = node
-            .containers
-            .ensure(&spec, &snapshot, req.start)
+        // The work goes on if the caller hangs up (a timeout, a headnode
+        // restart): a half-made instance would wait for the retry otherwise.
+        let work = {
+            let node = node.clone();
+            let spec = spec.clone();
+            tokio::spawn(async move { node.containers.ensure(&spec, &snapshot, req.start).await })
+        };
+        let result = work
             .await
-            .map_err(instance_status)?;
+            .map_err(|e| Status::internal(format!("EnsureInstance panicked: {e}")))?;
+        let inst = match result {
+            Ok(i) => i,
+            Err(e) => {
+                if matches!(e, InstanceError::ImageMissing(_)) {
+                    node.images.forget(&spec.image_id);
+                }
+                return Err(instance_status(e));
+            }
+        };
         Ok(Response::new(status_to_pb(&inst)))
     }
 

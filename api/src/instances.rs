@@ -85,6 +85,8 @@ pub struct Instance {
     pub state: InstanceState,
     pub memory_mb: u64,
     pub disk_mb: u64,
+    /// The virtual CPUs it holds on its server (VMs); containers share the
+    /// server's CPUs under their package's cpu_cap and hold none.
     pub vcpus: u32,
     /// The networks asked for, in order; `nics` fills in as they are allocated.
     pub networks: Vec<NetworkId>,

@@ -22,6 +22,9 @@ pub struct AgentPool {
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Calls that do real work on the node (pulls, clones, container starts)
+/// queue there behind each other in a burst; they get longer.
+const WORK_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl AgentPool {
     fn channel(&self, id: ServerId, address: &str) -> Result<Channel> {
@@ -38,7 +41,8 @@ impl AgentPool {
                 ))
             })?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(CALL_TIMEOUT)
+            // The bound of any call; shorter deadlines travel as grpc-timeout.
+            .timeout(WORK_TIMEOUT)
             .connect_lazy();
         map.insert(id, (address.to_string(), ch.clone()));
         Ok(ch)
@@ -49,7 +53,12 @@ impl AgentPool {
     }
 
     fn request<T>(&self, msg: T, control_key: &str) -> tonic::Request<T> {
+        self.request_within(msg, control_key, CALL_TIMEOUT)
+    }
+
+    fn request_within<T>(&self, msg: T, control_key: &str, timeout: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
+        req.set_timeout(timeout);
         if let Ok(v) = format!("Bearer {control_key}").parse() {
             req.metadata_mut().insert(nereid_proto::AUTHORIZATION, v);
         }
@@ -100,7 +109,7 @@ impl AgentPool {
         };
         let mut stream = self
             .client(t)?
-            .ensure_image(self.request(msg, &t.control_key))
+            .ensure_image(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "EnsureImage", st))?
             .into_inner();
@@ -131,7 +140,7 @@ impl AgentPool {
         };
         Ok(self
             .client(t)?
-            .ensure_instance(self.request(msg, &t.control_key))
+            .ensure_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "EnsureInstance", st))?
             .into_inner())
@@ -145,7 +154,7 @@ impl AgentPool {
         let msg = pb::InstanceRef { id: id.to_string() };
         Ok(self
             .client(t)?
-            .start_instance(self.request(msg, &t.control_key))
+            .start_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "StartInstance", st))?
             .into_inner())
@@ -162,7 +171,7 @@ impl AgentPool {
             timeout_seconds: 10,
         };
         let mut c = self.client(t)?;
-        let req = self.request(msg, &t.control_key);
+        let req = self.request_within(msg, &t.control_key, WORK_TIMEOUT);
         let (call, r) = if reboot {
             ("RebootInstance", c.reboot_instance(req).await)
         } else {
@@ -176,7 +185,7 @@ impl AgentPool {
     pub async fn delete_instance(&self, t: &AgentTarget, id: InstanceId) -> Result<()> {
         let msg = pb::InstanceRef { id: id.to_string() };
         self.client(t)?
-            .delete_instance(self.request(msg, &t.control_key))
+            .delete_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "DeleteInstance", st))?;
         Ok(())

@@ -218,10 +218,16 @@ pub async fn create(
         networks.push(net.id);
     }
 
+    // Containers share the CPUs under their cpu_cap; only VMs hold vCPUs.
+    let vcpus = if package.brand == "kvm" {
+        package.vcpus
+    } else {
+        0
+    };
     let request = scheduler::Request {
         ram_mb: package.memory_mb,
         disk_mb: package.disk_mb,
-        vcpus: package.vcpus,
+        vcpus,
         capability: "runc".into(),
         nic_tags,
         traits: package.traits.clone(),
@@ -236,12 +242,13 @@ pub async fn create(
         package_id: package.id,
         ram_mb: package.memory_mb,
         disk_mb: package.disk_mb,
-        vcpus: package.vcpus,
+        vcpus,
         networks,
         tags: req.tags,
         metadata: req.metadata,
         firewall_enabled: req.firewall_enabled,
         idempotency_key,
+        package_used: package.used,
     };
     let job = crate::jobs::new_job("provision", id, owner, crate::jobs::provision_steps());
     // Rank on a snapshot; the database's conditional update decides. When

@@ -252,39 +252,70 @@ async fn the_cli_creates_an_instance_with_wait_shows_its_job_and_deletes_it() {
     let out = nereid(
         h,
         &[
-            "instance", "create", "--image", "busybox", "--package", "small", "--network", "net",
-            "--alias", "cli1", "--wait",
+            "instance",
+            "create",
+            "--image",
+            "busybox",
+            "--package",
+            "small",
+            "--network",
+            "net",
+            "--alias",
+            "cli1",
+            "--wait",
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
     // The live view names every step as it ends; the result is the running instance.
-    for step in ["allocate_nics", "ensure_image", "ensure_instance", "mark_running"] {
+    for step in [
+        "allocate_nics",
+        "ensure_image",
+        "ensure_instance",
+        "mark_running",
+    ] {
         assert!(stderr.contains(&format!("ok provision {step}")), "{stderr}");
     }
     assert!(stderr.contains("job provision succeeded"), "{stderr}");
-    assert!(stdout.contains("running") && stdout.contains(&dc.data_net), "{stdout}");
+    assert!(
+        stdout.contains("running") && stdout.contains(&dc.data_net),
+        "{stdout}"
+    );
 
     let out = nereid(h, &["instance", "list", "-o", "json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["alias"], "cli1");
     let out = nereid(h, &["job", "list"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("provision") && table.contains("succeeded"), "{table}");
+    assert!(
+        table.contains("provision") && table.contains("succeeded"),
+        "{table}"
+    );
 
     // Aliases work where ids do; a second start of a running instance is fine,
     // a wrong one is one line with the API's code.
     let out = nereid(h, &["instance", "stop", "cli1", "--wait", "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let inst: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(inst["state"], "stopped");
     let out = nereid(h, &["instance", "reboot", "cli1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Conflict") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("Conflict") && err.lines().count() == 1,
+        "{err}"
+    );
 
     let out = nereid(h, &["instance", "delete", "cli1", "--wait"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dc.assert_nothing_held().await;
 }

@@ -303,7 +303,6 @@ impl Containers {
                 let _ = ip(&n, &["netns", "del", &netns_name(&n)]).await;
                 net::unplumb(&n, count).await;
             });
-            ip(id, &["-n", &netns_name(id), "link", "set", "lo", "up"]).await?;
             crate::fault::point("ensure_instance:after_netns");
         }
         let missing = (0..spec.nics.len()).any(|i| {

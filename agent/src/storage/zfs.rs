@@ -36,7 +36,18 @@ fn is_busy(e: &CmdError) -> bool {
     matches!(e, CmdError::Failed { stderr, .. } if stderr.contains("busy"))
 }
 
+/// How many `zfs` commands run at once. A burst of provisions must queue
+/// here: zfs-fuse wedges (its callers hang in the kernel for minutes) when
+/// dozens of clones and mounts hit it together, and OpenZFS serialises them
+/// in its transaction groups anyway.
+const CONCURRENT_COMMANDS: usize = 4;
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_COMMANDS);
+
 async fn zfs(op: &'static str, dataset: &str, args: &[&str]) -> Result<String> {
+    let _slot = SLOTS
+        .acquire()
+        .await
+        .expect("the zfs semaphore is never closed");
     cmd::run("zfs", args, TIMEOUT).await.map_err(|source| {
         if is_missing(&source) {
             ZfsError::NotFound(dataset.to_string())

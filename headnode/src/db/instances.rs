@@ -37,6 +37,8 @@ pub struct NewInstance {
     pub metadata: BTreeMap<String, String>,
     pub firewall_enabled: bool,
     pub idempotency_key: Option<String>,
+    /// Whether the package is already marked used (skips a write).
+    pub package_used: bool,
 }
 
 /// How a create ended.
@@ -273,14 +275,22 @@ impl Datastore {
                 .await?
                 .ok_or_else(|| Error::Internal("an idempotency key vanished".into()));
         }
-        let mut placed = None;
+        if !new.package_used {
+            sqlx::query("UPDATE packages SET used = true WHERE id = $1 AND NOT used")
+                .bind(new.package_id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+        }
+        super::jobs::insert(&mut tx, job).await?;
+        // Last, so the server row stays locked only from here to the commit.
+        let mut placed = false;
         for c in ranked {
             if reserve(&mut tx, c, new).await? {
-                placed = Some(c.id);
+                placed = true;
                 break;
             }
         }
-        let Some(server) = placed else {
+        if !placed {
             let mut r = Rejection {
                 servers: ranked.len(),
                 ..Default::default()
@@ -288,17 +298,7 @@ impl Datastore {
             r.reasons
                 .insert("filled up by concurrent placements".into(), ranked.len());
             return Err(Error::InsufficientCapacity(r.to_string()));
-        };
-        sqlx::query("UPDATE instances SET server_id = $2, capacity_held = true WHERE id = $1")
-            .bind(new.id.as_uuid())
-            .bind(server.as_uuid())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE packages SET used = true WHERE id = $1 AND NOT used")
-            .bind(new.package_id.as_uuid())
-            .execute(&mut *tx)
-            .await?;
-        super::jobs::insert(&mut tx, job).await?;
+        }
         tx.commit().await?;
         Ok(Created::New(self.instance_get(new.id, None).await?, job.id))
     }
@@ -650,17 +650,21 @@ pub struct AgentTarget {
 }
 
 /// Takes the instance's capacity on `c` if it still fits (decided by the row's
-/// current values, not the snapshot's).
+/// current values, not the snapshot's) and places the instance there, in one
+/// statement.
 async fn reserve(
     tx: &mut Transaction<'_, Postgres>,
     c: &Candidate,
     new: &NewInstance,
 ) -> Result<bool> {
     let done = sqlx::query(
-        "UPDATE servers SET used_ram_mb = used_ram_mb + $2, used_disk_mb = used_disk_mb + $3,
-                used_vcpus = used_vcpus + $4
-         WHERE id = $1 AND NOT reserved AND setup_state = 'setup'
-           AND used_ram_mb + $2 <= $5 AND used_disk_mb + $3 <= $6 AND used_vcpus + $4 <= $7",
+        "WITH r AS (
+             UPDATE servers SET used_ram_mb = used_ram_mb + $2, used_disk_mb = used_disk_mb + $3,
+                    used_vcpus = used_vcpus + $4
+             WHERE id = $1 AND NOT reserved AND setup_state = 'setup'
+               AND used_ram_mb + $2 <= $5 AND used_disk_mb + $3 <= $6 AND used_vcpus + $4 <= $7
+             RETURNING id)
+         UPDATE instances SET server_id = r.id, capacity_held = true FROM r WHERE instances.id = $8",
     )
     .bind(c.id.as_uuid())
     .bind(new.ram_mb as i64)
@@ -669,6 +673,7 @@ async fn reserve(
     .bind(c.ram_total_mb as i64)
     .bind(c.disk_total_mb as i64)
     .bind(c.vcpus_total as i32)
+    .bind(new.id.as_uuid())
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -58,6 +58,9 @@ pub struct Step {
 pub struct Ctx {
     pub state: AppState,
     pub job: Job,
+    /// The state the node reported for the instance earlier in this run
+    /// (saves a call); empty after a takeover, so steps then ask the node.
+    pub reported: std::sync::Mutex<Option<String>>,
 }
 
 /// The steps of a kind of job, and what to do when it fails for good.
@@ -187,7 +190,11 @@ async fn run_job(state: AppState, worker: Uuid, job: Job) {
     let drive = crate::error::REQUEST_ID.scope(
         request_id,
         Driver {
-            ctx: Ctx { state, job },
+            ctx: Ctx {
+                state,
+                job,
+                reported: Default::default(),
+            },
             worker,
         }
         .drive(),
@@ -272,28 +279,43 @@ impl Driver {
 
     async fn forward(&mut self, saga: &Saga) -> Result<(), Stop> {
         let kind = self.ctx.job.kind.clone();
+        let mut fresh_mark = false;
         for (i, step) in saga.steps.iter().enumerate() {
             if self.ctx.job.steps[i].state == StepState::Done {
                 continue;
             }
             loop {
-                {
+                // A step the previous save already marked running (with its
+                // attempt counted) needs no save of its own.
+                let marked = self.ctx.job.steps[i].state == StepState::Running && fresh_mark;
+                if !marked {
                     let s = &mut self.ctx.job.steps[i];
                     s.state = StepState::Running;
                     s.attempts += 1;
                     s.started_at.get_or_insert_with(Utc::now);
+                    self.save(JobState::Running, None).await?;
                 }
-                self.save(JobState::Running, None).await?;
+                fresh_mark = false;
                 fault_point(&kind, step.name, "before");
                 let result = (step.forward)(&self.ctx).await;
                 let attempts = self.ctx.job.steps[i].attempts;
                 match result {
                     Ok(()) => {
                         fault_point(&kind, step.name, "after");
+                        let now = Utc::now();
                         let s = &mut self.ctx.job.steps[i];
                         s.state = StepState::Done;
                         s.error = None;
-                        s.finished_at = Some(Utc::now());
+                        s.finished_at = Some(now);
+                        // One write records this step done and the next one started.
+                        if let Some(next) = self.ctx.job.steps.get_mut(i + 1)
+                            && next.state != StepState::Done
+                        {
+                            next.state = StepState::Running;
+                            next.attempts += 1;
+                            next.started_at.get_or_insert(now);
+                            fresh_mark = true;
+                        }
                         self.save(JobState::Running, None).await?;
                         break;
                     }
