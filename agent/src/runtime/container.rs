@@ -563,7 +563,8 @@ impl Containers {
         let lock = self.lock(id);
         let _held = lock.lock().await;
         let spec = self.recorded(id).await?;
-        self.stop_locked(id, Duration::from_secs(5)).await?;
+        // Being deleted: no grace period (SIGTERM and SIGKILL at once).
+        self.stop_locked(id, Duration::ZERO).await?;
         self.runc.delete(id).await?;
         if netns_path(id).exists() {
             ip(id, &["netns", "del", &netns_name(id)]).await?;
