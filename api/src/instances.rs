@@ -78,9 +78,10 @@ pub struct Instance {
     pub alias: String,
     /// `container` or `kvm`.
     pub brand: String,
-    pub image_id: ImageId,
+    /// Null only for a deleted instance whose image was deleted since.
+    pub image_id: Option<ImageId>,
     pub package_id: PackageId,
-    /// Null until the scheduler placed it.
+    /// Null until the scheduler placed it (or once its server was deleted).
     pub server_id: Option<ServerId>,
     pub state: InstanceState,
     pub memory_mb: u64,

@@ -17,9 +17,11 @@ CREATE TABLE instances (
     owner              uuid NOT NULL REFERENCES accounts (id),
     alias              text NOT NULL,
     brand              text NOT NULL CHECK (brand IN ('container', 'kvm')),
-    image_id           uuid NOT NULL REFERENCES images (id),
+    -- Null once the image (or server) was deleted after the instance was;
+    -- deleting either is refused while a live instance uses it.
+    image_id           uuid REFERENCES images (id) ON DELETE SET NULL,
     package_id         uuid NOT NULL REFERENCES packages (id),
-    server_id          uuid REFERENCES servers (id),
+    server_id          uuid REFERENCES servers (id) ON DELETE SET NULL,
     state              text NOT NULL CHECK (state IN ('provisioning', 'running', 'stopping',
                            'stopped', 'failed', 'deleting', 'deleted', 'unknown')),
     -- The version of the desired state; agents report the generation they run.

@@ -244,13 +244,13 @@ pub async fn upload_busybox(h: &Headnode) -> (String, String) {
     upload_file(h, "busybox", data).await
 }
 
-/// Creates an image with this content; returns (id, sha256).
+/// Creates a public image with this content; returns (id, sha256).
 pub async fn upload_file(h: &Headnode, name: &str, data: Vec<u8>) -> (String, String) {
     let op = h.operator();
     let (st, img) = op
         .post(
             "/v1/images",
-            &json!({"name": name, "version": "1", "type": "container", "os": "linux"}),
+            &json!({"name": name, "version": "1", "type": "container", "os": "linux", "public": true}),
         )
         .await;
     assert_eq!(st, 201, "{img}");

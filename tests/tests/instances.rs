@@ -330,3 +330,93 @@ async fn node_reports_settle_instance_state_without_deleting_anything() {
     dc.assert_nothing_held().await;
     let _ = &mut dc;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_see_and_act_on_only_their_own_instances() {
+    let Some(dc) = Datacenter::start(DcOpts {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let h = dc.headnode();
+    let op = dc.op();
+    let mut tenants = Vec::new();
+    for name in ["alice", "bob"] {
+        let (st, acct) = op
+            .post("/v1/accounts", &json!({"name": name, "role": "tenant"}))
+            .await;
+        assert_eq!(st, 201, "{acct}");
+        let id = acct["id"].as_str().unwrap().to_string();
+        let (st, tok) = op
+            .post("/v1/tokens", &json!({"account_id": id, "name": "main"}))
+            .await;
+        assert_eq!(st, 201, "{tok}");
+        let api = nereid_tests::api::Api::new(&h.rest_url, tok["secret"].as_str().unwrap());
+        tenants.push((id, api));
+    }
+    let (alice_id, alice) = &tenants[0];
+    let (_, bob) = &tenants[1];
+    let body =
+        json!({"alias": "mine", "image": "busybox", "package": "small", "networks": ["net"]});
+    let (st, created) = alice.post("/v1/instances", &body).await;
+    assert_eq!(st, 202, "{created}");
+    assert_eq!(created["instance"]["owner"], alice_id.as_str());
+    let id = created["instance"]["id"].as_str().unwrap();
+    let job = created["job_id"].as_str().unwrap();
+    // The same alias is free for another tenant.
+    let (st, other) = bob.post("/v1/instances", &body).await;
+    assert_eq!(st, 202, "{other}");
+    let bobs = other["instance"]["id"].as_str().unwrap();
+
+    // Bob gets the 404 of a missing instance for everything of Alice's.
+    for path in [format!("/v1/instances/{id}"), format!("/v1/jobs/{job}")] {
+        let (st, body) = bob.get(&path).await;
+        assert_eq!(st, 404, "{path}: {body}");
+    }
+    let (st, _) = bob
+        .post(&format!("/v1/instances/{id}/stop"), &json!({}))
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = bob.delete(&format!("/v1/instances/{id}")).await;
+    assert_eq!(st, 404);
+    let (_, list) = bob.get("/v1/instances").await;
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [bobs]);
+    // A tenant cannot create for someone else; an operator can, and sees all.
+    let mut for_alice = body.clone();
+    for_alice["alias"] = json!("gift");
+    for_alice["owner"] = json!(alice_id);
+    let (st, _) = bob.post("/v1/instances", &for_alice).await;
+    assert_eq!(st, 403);
+    let (_, all) = op.get("/v1/instances").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    let (_, only) = op.get(&format!("/v1/instances?owner={alice_id}")).await;
+    assert_eq!(only["items"].as_array().unwrap().len(), 1);
+
+    // A server with instances cannot be deleted.
+    for j in [job, other["job_id"].as_str().unwrap()] {
+        assert_eq!(dc.wait_job(j).await["state"], "succeeded");
+    }
+    let (st, body) = op
+        .delete(&format!("/v1/servers/{}", dc.nodes[0].server_id))
+        .await;
+    assert_eq!(st, 409, "{body}");
+
+    for (who, inst) in [(alice, id), (bob, bobs)] {
+        let (st, b) = who.delete(&format!("/v1/instances/{inst}")).await;
+        assert_eq!(st, 202, "{b}");
+        assert_eq!(
+            dc.wait_job(b["job_id"].as_str().unwrap()).await["state"],
+            "succeeded"
+        );
+    }
+    dc.assert_nothing_held().await;
+}

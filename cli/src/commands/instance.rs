@@ -417,7 +417,10 @@ fn show(fmt: Format, i: &Instance) {
         ("alias", i.alias.clone()),
         ("state", i.state.to_string()),
         ("brand", i.brand.clone()),
-        ("image", i.image_id.to_string()),
+        (
+            "image",
+            i.image_id.map(|s| s.to_string()).unwrap_or("-".into()),
+        ),
         ("package", i.package_id.to_string()),
         (
             "server",

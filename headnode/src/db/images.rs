@@ -260,23 +260,34 @@ impl Datastore {
 
     /// Deletes an image; returns its file's hash (which may now be unused).
     pub async fn image_delete(&self, id: ImageId) -> Result<MaybeUnused> {
-        let row: Option<(Option<String>,)> = sqlx::query_as(
-            "DELETE FROM images WHERE id = $1 RETURNING file_sha256",
+        let mut tx = self.pool.begin().await?;
+        // Locked first: a create referencing the image waits for this
+        // transaction, and then finds the image gone.
+        let found: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM images WHERE id = $1 FOR UPDATE")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Err(Error::not_found("image", id));
+        }
+        let (live,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM instances WHERE image_id = $1 AND state <> 'deleted'",
         )
         .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
-                Error::Conflict(format!(
-                    "image {id} is in use by instances; delete them first or disable the image"
-                ))
-            }
-            _ => e.into(),
-        })?;
-        match row {
-            None => Err(Error::not_found("image", id)),
-            Some((sha,)) => Ok(sha),
+        .fetch_one(&mut *tx)
+        .await?;
+        if live > 0 {
+            return Err(Error::Conflict(format!(
+                "image {id} is in use by {live} instances; delete them first or disable the image"
+            )));
         }
+        let (sha,): (Option<String>,) =
+            sqlx::query_as("DELETE FROM images WHERE id = $1 RETURNING file_sha256")
+                .bind(id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(sha)
     }
 }

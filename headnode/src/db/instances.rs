@@ -80,7 +80,7 @@ struct InstanceRow {
     owner: Uuid,
     alias: String,
     brand: String,
-    image_id: Uuid,
+    image_id: Option<Uuid>,
     package_id: Uuid,
     server_id: Option<Uuid>,
     state: String,
@@ -108,7 +108,7 @@ impl InstanceRow {
             owner: self.owner.into(),
             alias: self.alias,
             brand: self.brand,
-            image_id: self.image_id.into(),
+            image_id: self.image_id.map(Into::into),
             package_id: self.package_id.into(),
             server_id: self.server_id.map(Into::into),
             state,
@@ -259,12 +259,14 @@ impl Datastore {
         .bind(new.idempotency_key.as_deref())
         .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            if super::is_unique_violation(&e, "instances_alias_idx") {
+        .map_err(|e| match &e {
+            _ if super::is_unique_violation(&e, "instances_alias_idx") => {
                 Error::Conflict(format!("you already have an instance named {:?}", new.alias))
-            } else {
-                e.into()
             }
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => Error::Conflict(
+                format!("image {} was deleted meanwhile", new.image_id),
+            ),
+            _ => e.into(),
         })?;
         if inserted.rows_affected() == 0 {
             // A concurrent request with the same key won.

@@ -236,14 +236,34 @@ impl Datastore {
         Ok(row.map(|r| r.0.into()))
     }
 
+    /// Deletes a server no live instance is on (a placement waits for this
+    /// transaction's row lock, then finds the server gone).
     pub async fn server_delete(&self, id: ServerId) -> Result<()> {
-        let done = sqlx::query("DELETE FROM servers WHERE id = $1")
-            .bind(id.as_uuid())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM servers WHERE id = $1 FOR UPDATE")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
             return Err(Error::not_found("server", id));
         }
+        let (live,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM instances WHERE server_id = $1 AND state <> 'deleted'",
+        )
+        .bind(id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        if live > 0 {
+            return Err(Error::Conflict(format!(
+                "server {id} has {live} instances; delete them (or move them) first"
+            )));
+        }
+        sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

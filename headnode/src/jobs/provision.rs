@@ -81,7 +81,10 @@ pub(super) async fn free_nics(c: &Ctx) -> StepResult {
 
 async fn ensure_image(c: &Ctx) -> StepResult {
     let inst = c.state.db.instance_get(c.job.instance_id, None).await?;
-    let image = c.state.db.image_get(inst.image_id, None).await?;
+    let image_id = inst
+        .image_id
+        .ok_or_else(|| StepError::Fail("the instance's image was deleted".into()))?;
+    let image = c.state.db.image_get(image_id, None).await?;
     let url = format!("{}/v1/images/{}/file", c.state.public_url, image.id);
     let sha256 = image
         .file
@@ -104,7 +107,7 @@ pub(super) async fn instance_spec(c: &Ctx) -> Result<pb::InstanceSpec, StepError
     Ok(pb::InstanceSpec {
         id: inst.id.to_string(),
         hostname: inst.alias.clone(),
-        image_id: inst.image_id.to_string(),
+        image_id: inst.image_id.map(|i| i.to_string()).unwrap_or_default(),
         brand: inst.brand.clone(),
         memory_mb: package.memory_mb,
         swap_mb: package.swap_mb,
