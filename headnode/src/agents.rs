@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Default)]
 pub struct AgentPool {
     channels: Arc<Mutex<HashMap<ServerId, (String, Channel)>>>,
+    /// Images this process saw ready on a server: EnsureImage is not asked
+    /// again. EnsureInstance answering "image missing" drops the entry.
+    images_on: Arc<Mutex<std::collections::HashSet<(ServerId, ImageId)>>>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +53,26 @@ impl AgentPool {
 
     pub fn forget(&self, id: ServerId) {
         self.channels.lock().expect("agent pool lock").remove(&id);
+        self.images_on
+            .lock()
+            .expect("images lock")
+            .retain(|(s, _)| *s != id);
+    }
+
+    /// Whether this process saw the image ready on the server.
+    pub fn image_known(&self, server: ServerId, image: ImageId) -> bool {
+        self.images_on
+            .lock()
+            .expect("images lock")
+            .contains(&(server, image))
+    }
+
+    /// Forgets that an image is on a server (the node said it is missing).
+    pub fn forget_image(&self, server: ServerId, image: ImageId) {
+        self.images_on
+            .lock()
+            .expect("images lock")
+            .remove(&(server, image));
     }
 
     fn request<T>(&self, msg: T, control_key: &str) -> tonic::Request<T> {
@@ -102,6 +125,9 @@ impl AgentPool {
         url: &str,
         sha256: &str,
     ) -> Result<()> {
+        if self.image_known(t.server, image) {
+            return Ok(());
+        }
         let msg = pb::EnsureImageRequest {
             image_id: image.to_string(),
             url: url.to_string(),
@@ -115,7 +141,13 @@ impl AgentPool {
             .into_inner();
         loop {
             match stream.message().await {
-                Ok(Some(p)) if p.phase == "ready" => return Ok(()),
+                Ok(Some(p)) if p.phase == "ready" => {
+                    self.images_on
+                        .lock()
+                        .expect("images lock")
+                        .insert((t.server, image));
+                    return Ok(());
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return Err(Error::AgentUnavailable(format!(

@@ -513,55 +513,67 @@ impl Datastore {
     }
 
     /// Allocates an address on each of the instance's networks that has no
-    /// NIC yet (one transaction per NIC: the address and the NIC row together),
-    /// and returns every NIC with what the agent needs.
-    pub async fn instance_allocate_nics(&self, id: InstanceId) -> Result<Vec<NicPlan>> {
+    /// NIC yet: one statement per NIC takes the lowest free address and
+    /// writes the NIC row together (so a crash never leaves one without the
+    /// other), and does nothing for a NIC that exists.
+    pub async fn instance_allocate_nics(&self, id: InstanceId) -> Result<()> {
         let (networks,): (Vec<Uuid>,) =
             sqlx::query_as("SELECT networks FROM instances WHERE id = $1")
                 .bind(id.as_uuid())
                 .fetch_one(&self.pool)
                 .await?;
         for (idx, net) in networks.iter().enumerate() {
-            let mut tx = self.pool.begin().await?;
-            let exists: Option<(i32,)> =
-                sqlx::query_as("SELECT idx FROM instance_nics WHERE instance_id = $1 AND idx = $2")
-                    .bind(id.as_uuid())
-                    .bind(idx as i32)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if exists.is_some() {
-                continue;
-            }
-            let ip: Option<(String,)> = sqlx::query_as(
-                "UPDATE network_ips SET owner_type = 'instance', owner_id = $2, updated_at = now()
-                 WHERE (network_id, ip) = (
-                     SELECT network_id, ip FROM network_ips
-                     WHERE network_id = $1 AND owner_type IS NULL AND in_range
-                     ORDER BY ip LIMIT 1 FOR UPDATE SKIP LOCKED)
-                 RETURNING host(ip)",
+            let done: Option<(bool,)> = sqlx::query_as(
+                "WITH existing AS (
+                     SELECT 1 FROM instance_nics WHERE instance_id = $2 AND idx = $3),
+                 taken AS (
+                     UPDATE network_ips SET owner_type = 'instance', owner_id = $2, updated_at = now()
+                     WHERE NOT EXISTS (SELECT 1 FROM existing) AND (network_id, ip) = (
+                         SELECT network_id, ip FROM network_ips
+                         WHERE network_id = $1 AND owner_type IS NULL AND in_range
+                         ORDER BY ip LIMIT 1 FOR UPDATE SKIP LOCKED)
+                     RETURNING network_id, ip),
+                 nic AS (
+                     INSERT INTO instance_nics (instance_id, idx, network_id, ip, mac)
+                     SELECT $2, $3, network_id, ip, $4 FROM taken RETURNING 1)
+                 SELECT EXISTS (SELECT 1 FROM existing) OR EXISTS (SELECT 1 FROM nic)",
             )
             .bind(net)
             .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
+            .bind(idx as i32)
+            .bind(mac_for(id, idx as u32))
+            .fetch_optional(&self.pool)
             .await?;
-            let Some((ip,)) = ip else {
+            if !done.is_some_and(|d| d.0) {
                 return Err(Error::Exhausted(format!(
                     "network {net} has no free address left in its provision range"
                 )));
-            };
-            sqlx::query(
-                "INSERT INTO instance_nics (instance_id, idx, network_id, ip, mac) VALUES ($1, $2, $3, $4::inet, $5)",
-            )
-            .bind(id.as_uuid())
-            .bind(idx as i32)
-            .bind(net)
-            .bind(&ip)
-            .bind(mac_for(id, idx as u32))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
+            }
         }
-        self.instance_nic_plans(id).await
+        Ok(())
+    }
+
+    /// What the node's spec needs of an instance and its package, in one query.
+    pub async fn instance_sizes(&self, id: InstanceId) -> Result<InstanceSizes> {
+        type Row = (String, Option<Uuid>, String, i64, i64, i32, i64, i64);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT i.alias, i.image_id, i.brand, p.memory_mb, p.swap_mb, p.cpu_cap, p.disk_mb, i.generation
+             FROM instances i JOIN packages p ON p.id = i.package_id WHERE i.id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        let r = row.ok_or_else(|| Error::not_found("instance", id))?;
+        Ok(InstanceSizes {
+            alias: r.0,
+            image_id: r.1.map(Into::into),
+            brand: r.2,
+            memory_mb: r.3 as u64,
+            swap_mb: r.4 as u64,
+            cpu_cap: r.5 as u32,
+            disk_mb: r.6 as u64,
+            generation: r.7 as u64,
+        })
     }
 
     pub async fn instance_nic_plans(&self, id: InstanceId) -> Result<Vec<NicPlan>> {
@@ -640,6 +652,19 @@ impl Datastore {
             })
             .collect())
     }
+}
+
+/// An instance's name, image and package sizes (for the node's spec).
+#[derive(Debug, Clone)]
+pub struct InstanceSizes {
+    pub alias: String,
+    pub image_id: Option<ImageId>,
+    pub brand: String,
+    pub memory_mb: u64,
+    pub swap_mb: u64,
+    pub cpu_cap: u32,
+    pub disk_mb: u64,
+    pub generation: u64,
 }
 
 /// How to reach the agent of a server.

@@ -15,7 +15,7 @@ mod servers;
 mod tokens;
 
 pub use images::ImageFilter;
-pub use instances::{AgentTarget, Created, InstanceFilter, NewInstance, NicPlan};
+pub use instances::{AgentTarget, Created, InstanceFilter, InstanceSizes, NewInstance, NicPlan};
 pub use jobs::NewJob;
 pub use join_tokens::JoinTokenRefusal;
 pub use networks::NewNetwork;

@@ -307,7 +307,8 @@ impl Driver {
                         s.state = StepState::Done;
                         s.error = None;
                         s.finished_at = Some(now);
-                        // One write records this step done and the next one started.
+                        // One write records this step done and the next one
+                        // started (or, after the last, the job succeeded).
                         if let Some(next) = self.ctx.job.steps.get_mut(i + 1)
                             && next.state != StepState::Done
                         {
@@ -315,6 +316,11 @@ impl Driver {
                             next.attempts += 1;
                             next.started_at.get_or_insert(now);
                             fresh_mark = true;
+                        }
+                        if i + 1 == saga.steps.len() {
+                            self.save(JobState::Succeeded, None).await?;
+                            tracing::info!("job succeeded");
+                            return Ok(());
                         }
                         self.save(JobState::Running, None).await?;
                         break;

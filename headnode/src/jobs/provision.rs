@@ -80,20 +80,30 @@ pub(super) async fn free_nics(c: &Ctx) -> StepResult {
 }
 
 async fn ensure_image(c: &Ctx) -> StepResult {
-    let inst = c.state.db.instance_get(c.job.instance_id, None).await?;
-    let image_id = inst
+    let t = target(c).await?;
+    ensure_image_on(c, &t).await
+}
+
+async fn ensure_image_on(c: &Ctx, t: &AgentTarget) -> StepResult {
+    let image_id = c
+        .state
+        .db
+        .instance_sizes(c.job.instance_id)
+        .await?
         .image_id
         .ok_or_else(|| StepError::Fail("the instance's image was deleted".into()))?;
+    if c.state.agents.image_known(t.server, image_id) {
+        return Ok(());
+    }
     let image = c.state.db.image_get(image_id, None).await?;
     let url = format!("{}/v1/images/{}/file", c.state.public_url, image.id);
     let sha256 = image
         .file
         .map(|f| f.sha256)
         .ok_or_else(|| StepError::Fail(format!("image {} has no file", image.id)))?;
-    let t = target(c).await?;
     c.state
         .agents
-        .ensure_image(&t, image.id, &url, &sha256)
+        .ensure_image(t, image.id, &url, &sha256)
         .await?;
     Ok(())
 }
@@ -101,20 +111,20 @@ async fn ensure_image(c: &Ctx) -> StepResult {
 /// The spec the node runs: sizes from the package, NICs from the database.
 pub(super) async fn instance_spec(c: &Ctx) -> Result<pb::InstanceSpec, StepError> {
     let db = &c.state.db;
-    let inst = db.instance_get(c.job.instance_id, None).await?;
-    let package = db.package_get(inst.package_id, None).await?;
-    let nics = db.instance_nic_plans(inst.id).await?;
+    let id = c.job.instance_id;
+    let inst = db.instance_sizes(id).await?;
+    let nics = db.instance_nic_plans(id).await?;
     Ok(pb::InstanceSpec {
-        id: inst.id.to_string(),
-        hostname: inst.alias.clone(),
+        id: id.to_string(),
+        hostname: inst.alias,
         image_id: inst.image_id.map(|i| i.to_string()).unwrap_or_default(),
-        brand: inst.brand.clone(),
-        memory_mb: package.memory_mb,
-        swap_mb: package.swap_mb,
-        cpu_cap: package.cpu_cap,
-        disk_mb: package.disk_mb,
+        brand: inst.brand,
+        memory_mb: inst.memory_mb,
+        swap_mb: inst.swap_mb,
+        cpu_cap: inst.cpu_cap,
+        disk_mb: inst.disk_mb,
         pids_limit: 0,
-        generation: 1,
+        generation: inst.generation,
         nics: nics
             .into_iter()
             .map(|n| pb::NicSpec {
@@ -135,7 +145,17 @@ pub(super) async fn instance_spec(c: &Ctx) -> Result<pb::InstanceSpec, StepError
 async fn ensure_instance(c: &Ctx) -> StepResult {
     let spec = instance_spec(c).await?;
     let t = target(c).await?;
-    let status = c.state.agents.ensure_instance(&t, spec, true).await?;
+    let status = match c.state.agents.ensure_instance(&t, spec.clone(), true).await {
+        // The image went missing from the node since it was ensured: pull it again.
+        Err(crate::error::Error::AgentRefused(m)) if m.contains("is not on this node") => {
+            if let Ok(image) = spec.image_id.parse() {
+                c.state.agents.forget_image(t.server, image);
+            }
+            ensure_image_on(c, &t).await?;
+            c.state.agents.ensure_instance(&t, spec, true).await?
+        }
+        other => other?,
+    };
     *c.reported.lock().expect("reported") = Some(status.state);
     Ok(())
 }
