@@ -25,11 +25,13 @@ impl tonic::service::Interceptor for ControlKey {
     }
 }
 
+/// Fields drop in order: the pool goes before the agent's state dir, which
+/// holds the instances' mountpoints (the agent is killed first, in `drop`).
 pub struct TestNode {
+    pub pool: TestPool,
     pub agent: Agent,
     pub headnode: Headnode,
     pub server_id: String,
-    pub pool: TestPool,
     pub image_id: String,
     pub image_sha256: String,
 }
@@ -270,6 +272,7 @@ impl Drop for TestNode {
     /// Removes what the agent's instances hold on the host even when a test
     /// failed half-way. The pool goes after, with its field.
     fn drop(&mut self) {
+        self.agent.proc.kill();
         clean_instances(&self.runc_root(), &self.pool.name);
     }
 }
