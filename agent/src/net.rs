@@ -10,7 +10,6 @@
 //! (`nb*`, `nv*`) other than enslaving the nic tag's uplink to a bridge.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use crate::cmd;
@@ -178,41 +177,21 @@ pub async fn unplumb(instance_id: &str, nics: usize) {
     }
 }
 
-/// `/etc/resolv.conf` of the instance's root filesystem, from the primary
-/// NIC's resolvers. Replaces whatever is there, a symlink included, without
-/// following it.
-pub fn write_resolv_conf(rootfs: &Path, nics: &[Nic]) -> Result<(), NetError> {
-    let Some(primary) = nics.first() else {
-        return Ok(());
-    };
+/// The instance's `/etc/resolv.conf`, from the primary NIC's resolvers; None
+/// when there are none. The agent keeps it in the bundle and bind-mounts it
+/// (read-only) over the image's file, which is never written.
+pub fn resolv_conf(nics: &[Nic]) -> Option<String> {
+    let primary = nics.first()?;
     if primary.resolvers.is_empty() {
-        return Ok(());
+        return None;
     }
-    let etc = rootfs.join("etc");
-    let path = etc.join("resolv.conf");
-    let err = |source| NetError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    if std::fs::symlink_metadata(&etc).is_ok_and(|m| !m.is_dir()) {
-        // An image whose /etc is a link: leave it alone rather than follow it.
-        return Ok(());
-    }
-    std::fs::create_dir_all(&etc).map_err(err)?;
-    let body: String = primary
-        .resolvers
-        .iter()
-        .map(|r| format!("nameserver {r}\n"))
-        .collect();
-    let _ = std::fs::remove_file(&path);
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(err)?;
-    f.write_all(body.as_bytes()).map_err(err)?;
-    Ok(())
+    Some(
+        primary
+            .resolvers
+            .iter()
+            .map(|r| format!("nameserver {r}\n"))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -229,29 +208,23 @@ mod tests {
     }
 
     #[test]
-    fn resolv_conf_replaces_a_symlink_without_following_it() {
-        let root = std::env::temp_dir().join(format!("nereid-net-test-{}", std::process::id()));
-        let outside = root.join("outside");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(&outside, "keep").unwrap();
-        std::os::unix::fs::symlink(&outside, root.join("etc/resolv.conf")).unwrap();
-        let nic = Nic {
+    fn resolv_conf_lists_the_primary_nics_resolvers() {
+        let nic = |resolvers: Vec<&str>| Nic {
             network_id: "n".into(),
             nic_tag: "admin".into(),
             vlan_id: 0,
             ip: "10.0.0.5".parse().unwrap(),
             prefix_len: 24,
             gateway: None,
-            resolvers: vec!["10.0.0.53".parse().unwrap()],
+            resolvers: resolvers.into_iter().map(|r| r.parse().unwrap()).collect(),
             mtu: 1500,
             mac: "92:00:00:00:00:01".into(),
         };
-        write_resolv_conf(&root, &[nic]).unwrap();
-        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
         assert_eq!(
-            std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
-            "nameserver 10.0.0.53\n"
+            resolv_conf(&[nic(vec!["10.0.0.53", "10.0.0.54"]), nic(vec!["9.9.9.9"])]).as_deref(),
+            Some("nameserver 10.0.0.53\nnameserver 10.0.0.54\n")
         );
-        std::fs::remove_dir_all(root).unwrap();
+        assert_eq!(resolv_conf(&[nic(vec![])]), None);
+        assert_eq!(resolv_conf(&[]), None);
     }
 }

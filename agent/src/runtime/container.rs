@@ -256,13 +256,6 @@ impl Containers {
                 Err(e) => return Err(e.into()),
             };
             self.ensure_netns(&spec, &mut undo).await?;
-            if fresh {
-                let rootfs = self.ensure_parent().await?.join(&id);
-                net::write_resolv_conf(&rootfs, &spec.nics).map_err(|e| InstanceError::Host {
-                    id: id.clone(),
-                    what: e.to_string(),
-                })?;
-            }
             self.write_bundle(&spec).await?;
             crate::fault::point("ensure_instance:after_bundle");
             if start {
@@ -390,12 +383,6 @@ impl Containers {
     async fn write_bundle(&self, spec: &InstanceSpec) -> Result<(), InstanceError> {
         // Instance datasets inherit their mountpoint from <pool>/instances.
         let rootfs = self.ensure_parent().await?.join(&spec.id);
-        let config = oci::config(
-            spec,
-            &rootfs.display().to_string(),
-            &netns_path(&spec.id).display().to_string(),
-            self.memsw,
-        );
         let dir = self.bundle(&spec.id);
         let host = |what: String| InstanceError::Host {
             id: spec.id.clone(),
@@ -404,6 +391,23 @@ impl Containers {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| host(format!("creating {}: {e}", dir.display())))?;
+        let resolv = match net::resolv_conf(&spec.nics) {
+            Some(body) => {
+                let path = dir.join("resolv.conf");
+                tokio::fs::write(&path, body)
+                    .await
+                    .map_err(|e| host(format!("writing {}: {e}", path.display())))?;
+                Some(path.display().to_string())
+            }
+            None => None,
+        };
+        let config = oci::config(
+            spec,
+            &rootfs.display().to_string(),
+            &netns_path(&spec.id).display().to_string(),
+            self.memsw,
+            resolv.as_deref(),
+        );
         let tmp = dir.join("config.json.tmp");
         tokio::fs::write(
             &tmp,

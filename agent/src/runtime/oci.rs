@@ -67,8 +67,15 @@ const CAPS: &[&str] = &[
 ];
 
 /// config.json for `spec`, with its root filesystem at `rootfs` and its network
-/// namespace at `netns`. `memsw` says whether the host accounts swap.
-pub fn config(spec: &InstanceSpec, rootfs: &str, netns: &str, memsw: bool) -> Value {
+/// namespace at `netns`. `memsw` says whether the host accounts swap;
+/// `resolv_conf` is a file bind-mounted read-only over /etc/resolv.conf.
+pub fn config(
+    spec: &InstanceSpec,
+    rootfs: &str,
+    netns: &str,
+    memsw: bool,
+    resolv_conf: Option<&str>,
+) -> Value {
     let memory = spec.memory_mb * 1024 * 1024;
     let mut mem = json!({ "limit": memory });
     if memsw {
@@ -82,7 +89,7 @@ pub fn config(spec: &InstanceSpec, rootfs: &str, netns: &str, memsw: bool) -> Va
     if spec.cpu_cap > 0 {
         resources["cpu"] = json!({ "quota": u64::from(spec.cpu_cap) * 1000, "period": 100_000 });
     }
-    json!({
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -119,7 +126,14 @@ pub fn config(spec: &InstanceSpec, rootfs: &str, netns: &str, memsw: bool) -> Va
                             "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
             "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    })
+    });
+    if let (Some(src), Some(mounts)) = (resolv_conf, config["mounts"].as_array_mut()) {
+        mounts.push(
+            json!({ "destination": "/etc/resolv.conf", "type": "bind", "source": src,
+                            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }),
+        );
+    }
+    config
 }
 
 #[cfg(test)]
@@ -143,7 +157,13 @@ mod tests {
 
     #[test]
     fn limits_hostname_root_and_netns_come_from_the_spec() {
-        let c = config(&spec(), "/pool/instances/0e4f", "/run/netns/nrd-0e4f", true);
+        let c = config(
+            &spec(),
+            "/pool/instances/0e4f",
+            "/run/netns/nrd-0e4f",
+            true,
+            None,
+        );
         assert_eq!(c["hostname"], "web1");
         assert_eq!(c["root"]["path"], "/pool/instances/0e4f");
         let r = &c["linux"]["resources"];
@@ -159,8 +179,12 @@ mod tests {
     fn no_swap_accounting_means_no_swap_limit_and_no_cap_means_no_cpu_quota() {
         let mut s = spec();
         s.cpu_cap = 0;
-        let c = config(&s, "/r", "/n", false);
+        let c = config(&s, "/r", "/n", false, Some("/b/resolv.conf"));
         assert!(c["linux"]["resources"]["memory"].get("swap").is_none());
         assert!(c["linux"]["resources"].get("cpu").is_none());
+        let last = c["mounts"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["destination"], "/etc/resolv.conf");
+        assert_eq!(last["source"], "/b/resolv.conf");
+        assert!(last["options"].as_array().unwrap().contains(&json!("ro")));
     }
 }
