@@ -77,7 +77,8 @@ async fn main() {
 
     let snap = format!("{}/images/{}@final", node.pool.name, dc.image_id);
     let root = node.agent.state.path().join("bench-runc");
-    let bundles = node.agent.state.path().join("bench-bundles");
+    // Bundles where the agent keeps its own (the template's paths point there).
+    let bundles = node.agent.state.path().join("bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     std::fs::write(bundles.join("template.json"), &template).unwrap();
     // API and manual runs alternate, so both meet the same machine noise.
@@ -138,6 +139,7 @@ async fn main() {
              ip -n nrd-{id} link set eth0 up
              ip -n nrd-{id} route add default via {net}.1
              mkdir -p {b}/{id}
+             echo 'nameserver {net}.1' > {b}/{id}/resolv.conf
              sed 's/@ID@/{id}/g' {b}/template.json > {b}/{id}/config.json
              runc --root {root} run -d --bundle {b}/{id} {id} </dev/null >{b}/{id}/log 2>&1",
             b = bundles.display(),
@@ -155,8 +157,9 @@ async fn main() {
         let cleanup = format!(
             "runc --root {root} delete -f {id}; ip netns del nrd-{id}
              for _ in $(seq 50); do zfs unmount -f {ds} 2>/dev/null; zfs destroy {ds} 2>/dev/null && break; sleep 0.2; done
-             for c in /sys/fs/cgroup/*/nereid/{id}; do rmdir $c 2>/dev/null; done; true",
-            root = root.display()
+             for c in /sys/fs/cgroup/*/nereid/{id}; do rmdir $c 2>/dev/null; done; rm -rf {b}/{id}; true",
+            root = root.display(),
+            b = bundles.display()
         );
         Command::new("bash")
             .arg("-c")

@@ -318,10 +318,11 @@ impl Containers {
     }
 
     /// Makes `<pool>/instances` once per agent process and remembers its
-    /// mountpoint: `<state>/instances`, on the host's own filesystem. Instance
-    /// datasets mount below it, so mounting one never locks a directory of
-    /// another ZFS mount (zfs-fuse deadlocked when clones mounted inside the
-    /// pool's tree while containers started).
+    /// mountpoint: `<state>/instances`, on the host's own filesystem, and
+    /// never mounted itself (`canmount=off`). Instance datasets mount below
+    /// it, so mounting one never locks a directory of another ZFS mount
+    /// (zfs-fuse deadlocked when clones mounted inside a ZFS mount while
+    /// containers started).
     async fn ensure_parent(&self) -> Result<PathBuf, InstanceError> {
         let parent = format!("{}/instances", self.pool);
         let mnt = self
@@ -332,7 +333,15 @@ impl Containers {
                     id: "-".into(),
                     what: format!("creating {wanted}: {e}"),
                 })?;
-                zfs::ensure(&parent, &[("atime", "off"), ("mountpoint", &wanted)]).await?;
+                zfs::ensure(
+                    &parent,
+                    &[
+                        ("atime", "off"),
+                        ("canmount", "off"),
+                        ("mountpoint", &wanted),
+                    ],
+                )
+                .await?;
                 Ok::<_, InstanceError>(zfs::mountpoint(&parent).await?)
             })
             .await?;
