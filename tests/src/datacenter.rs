@@ -22,13 +22,11 @@ use crate::node::{clean_instances, upload_busybox};
 use crate::procs::{Agent, AgentOpts, Headnode, HeadnodeOpts};
 use crate::zfs::TestPool;
 
-/// Fields drop in order: the pool goes before the agent's state dir, which
-/// holds the instances' mountpoints.
 pub struct DcNode {
-    pub pool: TestPool,
     pub agent: Agent,
     pub server_id: String,
     pub netns: String,
+    pub pool: TestPool,
 }
 
 impl DcNode {

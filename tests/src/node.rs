@@ -25,13 +25,11 @@ impl tonic::service::Interceptor for ControlKey {
     }
 }
 
-/// Fields drop in order: the pool goes before the agent's state dir, which
-/// holds the instances' mountpoints (the agent is killed first, in `drop`).
 pub struct TestNode {
-    pub pool: TestPool,
     pub agent: Agent,
     pub headnode: Headnode,
     pub server_id: String,
+    pub pool: TestPool,
     pub image_id: String,
     pub image_sha256: String,
 }

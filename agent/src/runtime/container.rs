@@ -72,8 +72,6 @@ pub struct Event {
 pub struct Containers {
     pool: String,
     bundles: PathBuf,
-    /// Where instance datasets are mounted (`<state>/instances/<uuid>`).
-    mounts: PathBuf,
     runc: Runc,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: broadcast::Sender<Event>,
@@ -136,7 +134,6 @@ impl Containers {
         Containers {
             pool: pool.to_string(),
             bundles: state_dir.join("bundles"),
-            mounts: state_dir.join("instances"),
             runc: Runc::new(&state_dir.join("runc")),
             locks: Default::default(),
             events,
@@ -317,32 +314,14 @@ impl Containers {
         Ok(())
     }
 
-    /// Makes `<pool>/instances` once per agent process and remembers its
-    /// mountpoint: `<state>/instances`, on the host's own filesystem, and
-    /// never mounted itself (`canmount=off`). Instance datasets mount below
-    /// it, so mounting one never locks a directory of another ZFS mount
-    /// (zfs-fuse deadlocked when clones mounted inside a ZFS mount while
-    /// containers started).
+    /// Makes `<pool>/instances` once per agent process and remembers its mountpoint.
     async fn ensure_parent(&self) -> Result<PathBuf, InstanceError> {
         let parent = format!("{}/instances", self.pool);
         let mnt = self
             .parent_mountpoint
             .get_or_try_init(|| async {
-                let wanted = self.mounts.display().to_string();
-                std::fs::create_dir_all(&self.mounts).map_err(|e| InstanceError::Host {
-                    id: "-".into(),
-                    what: format!("creating {wanted}: {e}"),
-                })?;
-                zfs::ensure(
-                    &parent,
-                    &[
-                        ("atime", "off"),
-                        ("canmount", "off"),
-                        ("mountpoint", &wanted),
-                    ],
-                )
-                .await?;
-                Ok::<_, InstanceError>(zfs::mountpoint(&parent).await?)
+                zfs::ensure(&parent, &[("atime", "off")]).await?;
+                zfs::mountpoint(&parent).await
             })
             .await?;
         Ok(mnt.clone())
