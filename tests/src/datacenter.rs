@@ -98,7 +98,8 @@ pub struct Datacenter {
     pub image_id: String,
     /// "10.213.K"
     pub data_net: String,
-    wiring: Wiring,
+    /// Held for its drop: removes the links and node namespaces, last.
+    _wiring: Wiring,
 }
 
 #[derive(Debug, Clone)]
@@ -257,7 +258,7 @@ impl Datacenter {
             network_id: net["id"].as_str().unwrap().to_string(),
             image_id,
             data_net,
-            wiring,
+            _wiring: wiring,
         })
     }
 
@@ -399,6 +400,6 @@ impl Drop for Datacenter {
         }
         self.nodes.clear();
         self.headnode = None;
-        let _ = &self.wiring;
+        // `wiring` (links, node namespaces) drops last, with the struct.
     }
 }
