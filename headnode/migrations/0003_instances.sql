@@ -68,6 +68,7 @@ CREATE TABLE jobs (
     -- unwinding while its undos run.
     state         text NOT NULL DEFAULT 'queued'
                   CHECK (state IN ('queued', 'running', 'unwinding', 'succeeded', 'failed')),
+    params        jsonb NOT NULL DEFAULT '{}',
     -- [{name, state (pending|running|done|failed|undone), attempts, error, started_at, finished_at}]
     steps         jsonb NOT NULL,
     attempts      integer NOT NULL DEFAULT 0,

@@ -250,12 +250,7 @@ pub async fn create(
         idempotency_key,
         package_used: package.used,
     };
-    let job = crate::jobs::new_job(
-        "provision",
-        id,
-        owner,
-        crate::jobs::PROVISION_STEPS_DONE_AT_CREATE,
-    );
+    let job = crate::jobs::new_job("provision", id, owner, crate::jobs::provision_steps());
     // Rank on a snapshot; the database's conditional update decides. When
     // concurrent placements took every ranked server, rank again on fresh
     // numbers: the 409 then says what each server lacks now.

@@ -98,8 +98,7 @@ pub struct Datacenter {
     pub image_id: String,
     /// "10.213.K"
     pub data_net: String,
-    /// Held for its drop: removes the links and node namespaces, last.
-    _wiring: Wiring,
+    wiring: Wiring,
 }
 
 #[derive(Debug, Clone)]
@@ -258,7 +257,7 @@ impl Datacenter {
             network_id: net["id"].as_str().unwrap().to_string(),
             image_id,
             data_net,
-            _wiring: wiring,
+            wiring,
         })
     }
 
@@ -400,6 +399,6 @@ impl Drop for Datacenter {
         }
         self.nodes.clear();
         self.headnode = None;
-        // `wiring` (links, node namespaces) drops last, with the struct.
+        let _ = &self.wiring;
     }
 }

@@ -263,7 +263,7 @@ impl Datastore {
             _ if super::is_unique_violation(&e, "instances_alias_idx") => {
                 Error::Conflict(format!("you already have an instance named {:?}", new.alias))
             }
-            sqlx::Error::Database(d) if d.constraint() == Some("instances_image_id_fkey") => Error::Conflict(
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => Error::Conflict(
                 format!("image {} was deleted meanwhile", new.image_id),
             ),
             _ => e.into(),

@@ -18,6 +18,7 @@ pub struct NewJob {
     pub instance_id: InstanceId,
     pub owner: AccountId,
     pub steps: Vec<JobStep>,
+    pub params: serde_json::Value,
     pub request_id: String,
 }
 
@@ -32,30 +33,34 @@ struct JobRow {
     attempts: i32,
     error: Option<String>,
     request_id: String,
+    params: Json<serde_json::Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
 }
 
 impl JobRow {
-    fn into_api(self) -> Result<Job> {
+    fn into_api(self) -> Result<(Job, serde_json::Value)> {
         let state = JobState::parse(&self.state).ok_or_else(|| {
             Error::Internal(format!("job {} has state {:?}", self.id, self.state))
         })?;
-        Ok(Job {
-            id: self.id.into(),
-            kind: self.kind,
-            instance_id: self.instance_id.into(),
-            owner: self.owner.into(),
-            state,
-            steps: self.steps.0,
-            attempts: self.attempts as u32,
-            error: self.error,
-            request_id: self.request_id,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            finished_at: self.finished_at,
-        })
+        Ok((
+            Job {
+                id: self.id.into(),
+                kind: self.kind,
+                instance_id: self.instance_id.into(),
+                owner: self.owner.into(),
+                state,
+                steps: self.steps.0,
+                attempts: self.attempts as u32,
+                error: self.error,
+                request_id: self.request_id,
+                created_at: self.created_at,
+                updated_at: self.updated_at,
+                finished_at: self.finished_at,
+            },
+            self.params.0,
+        ))
     }
 }
 
@@ -63,16 +68,23 @@ const COLUMNS: &str =
     "id, kind, instance_id, owner, state, steps, attempts, error, request_id, params,
     created_at, updated_at, finished_at";
 
+/// A job claimed by this headnode, with its parameters.
+pub struct Claimed {
+    pub job: Job,
+    pub params: serde_json::Value,
+}
+
 pub(super) async fn insert(tx: &mut Transaction<'_, Postgres>, job: &NewJob) -> Result<()> {
     sqlx::query(
-        "INSERT INTO jobs (id, kind, instance_id, owner, steps, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO jobs (id, kind, instance_id, owner, steps, params, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(job.id.as_uuid())
     .bind(job.kind)
     .bind(job.instance_id.as_uuid())
     .bind(job.owner.as_uuid())
     .bind(Json(&job.steps))
+    .bind(Json(&job.params))
     .bind(&job.request_id)
     .execute(&mut **tx)
     .await
@@ -136,6 +148,7 @@ impl Datastore {
         .await?
         .ok_or_else(|| Error::not_found("job", id))?
         .into_api()
+        .map(|(j, _)| j)
     }
 
     pub async fn job_list(
@@ -160,14 +173,18 @@ impl Datastore {
         .await?;
         let jobs = rows
             .into_iter()
-            .map(JobRow::into_api)
+            .map(|r| r.into_api().map(|(j, _)| j))
             .collect::<Result<Vec<_>>>()?;
         Ok(super::into_page(jobs, limit, |j| j.id.as_uuid()))
     }
 
     /// Claims the oldest runnable job: queued, or left by a headnode whose
     /// lease ran out. Takes the lease for `lease` from now.
-    pub async fn job_claim(&self, worker: Uuid, lease: std::time::Duration) -> Result<Option<Job>> {
+    pub async fn job_claim(
+        &self,
+        worker: Uuid,
+        lease: std::time::Duration,
+    ) -> Result<Option<Claimed>> {
         let row = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'running' ELSE state END,
                     lease_owner = $1, lease_until = now() + make_interval(secs => $2),
@@ -182,7 +199,8 @@ impl Datastore {
         .bind(lease.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(JobRow::into_api).transpose()
+        row.map(|r| r.into_api().map(|(job, params)| Claimed { job, params }))
+            .transpose()
     }
 
     /// Extends the lease; false when this worker no longer holds it.
@@ -247,5 +265,15 @@ impl Datastore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Counts unfinished jobs (for metrics and tests).
+    pub async fn job_count_unfinished(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'unwinding')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
     }
 }

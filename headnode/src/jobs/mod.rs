@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::Error;
 
-pub use provision::PROVISION_STEPS_DONE_AT_CREATE;
+pub use provision::provision_steps;
 
 /// What a step's failure means for the job.
 #[derive(Debug)]
@@ -135,12 +135,12 @@ impl Runner {
         loop {
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
             match state.db.job_claim(worker, state.config.job_lease).await {
-                Ok(Some(job)) => {
+                Ok(Some(claimed)) => {
                     let state = state.clone();
                     // Another free slot may find more work at once.
                     self.notify.notify_one();
                     tokio::spawn(async move {
-                        run_job(state, worker, job).await;
+                        run_job(state, worker, claimed.job).await;
                         drop(permit);
                     });
                 }
@@ -411,6 +411,7 @@ pub fn new_job(
         instance_id: instance,
         owner,
         steps: step_log(kind, done),
+        params: serde_json::json!({}),
         request_id: crate::error::current_request_id(),
     }
 }

@@ -14,7 +14,9 @@ use super::{Ctx, Saga, Step, StepError, StepResult};
 use crate::db::AgentTarget;
 
 /// How many provision steps the create request does itself (reserve capacity).
-pub const PROVISION_STEPS_DONE_AT_CREATE: usize = 1;
+pub fn provision_steps() -> usize {
+    1
+}
 
 pub(super) const SAGA: Saga = Saga {
     steps: &[
