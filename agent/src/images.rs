@@ -43,6 +43,8 @@ pub enum ImageError {
         #[source]
         source: UnpackError,
     },
+    #[error("image {id} cannot boot as a VM: {reason}")]
+    NotBootable { id: String, reason: String },
     #[error(transparent)]
     Zfs(#[from] zfs::ZfsError),
     #[error("image {id}: {what}")]
@@ -125,6 +127,7 @@ impl Images {
         id: &str,
         url: &str,
         sha256: &str,
+        brand: nereid_api::Brand,
         progress: impl Fn(Progress),
     ) -> Result<(), ImageError> {
         uuid_like(id)?;
@@ -170,7 +173,7 @@ impl Images {
         }
 
         progress(Progress::Unpacking);
-        let result = self.unpack(id, &partial).await;
+        let result = self.unpack(id, &partial, brand).await;
         let _ = tokio::fs::remove_file(&partial).await;
         if result.is_err() {
             let _ = zfs::destroy(&self.dataset(id), true).await;
@@ -181,7 +184,12 @@ impl Images {
         Ok(())
     }
 
-    async fn unpack(&self, id: &str, archive: &std::path::Path) -> Result<(), ImageError> {
+    async fn unpack(
+        &self,
+        id: &str,
+        archive: &std::path::Path,
+        brand: nereid_api::Brand,
+    ) -> Result<(), ImageError> {
         let ds = self.dataset(id);
         zfs::ensure(&format!("{}/images", self.pool), &[("atime", "off")]).await?;
         // A dataset without @final is what a crash left: start again.
@@ -190,6 +198,7 @@ impl Images {
         let mnt = zfs::mountpoint(&ds).await?;
         let archive = archive.to_path_buf();
         let owned_id = id.to_string();
+        let root = mnt.clone();
         tokio::task::spawn_blocking(move || unpack::unpack_tar_gz(&archive, &mnt))
             .await
             .map_err(|e| ImageError::Io {
@@ -201,6 +210,14 @@ impl Images {
                 id: owned_id,
                 source,
             })?;
+        if brand == nereid_api::Brand::Kvm {
+            crate::runtime::kvm::image::check(&root)
+                .await
+                .map_err(|reason| ImageError::NotBootable {
+                    id: id.to_string(),
+                    reason,
+                })?;
+        }
         zfs::set(&ds, "readonly", "on").await?;
         zfs::snapshot(&self.snapshot(id)).await?;
         Ok(())

@@ -11,6 +11,7 @@ pub mod net;
 pub mod registration;
 pub mod runtime;
 pub mod service;
+pub mod spec;
 pub mod storage;
 pub mod sysinfo;
 pub mod unpack;
@@ -77,9 +78,9 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(setup) = identity::load::<identity::Setup>(&flags.state_dir.join(SETUP_FILE))? {
         let runtime =
             service::NodeRuntime::start(&setup, &flags.state_dir, &identity.node_credential);
-        match runtime.containers.list().await {
+        match runtime.instances.list().await {
             Ok(list) => {
-                tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS and runc")
+                tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS, runc and QEMU")
             }
             Err(e) => tracing::warn!("cannot list instances yet: {}", error_chain(&e)),
         }

@@ -1,19 +1,20 @@
 //! Instance networking on untagged networks: one bridge per network
 //! (`nb<12 hex of the network id>`) attached to the interface the server's nic
-//! tag maps to, and per NIC a veth pair whose host end (`nv<12 hex of the
-//! instance id><index>`) is a port of that bridge and whose other end is
-//! `eth<index>` in the instance's network namespace.
+//! tag maps to; per NIC of a container a veth pair whose host end (`nv<12 hex
+//! of the instance id><index>`) is a port of that bridge and whose other end
+//! is `eth<index>` in the instance's network namespace (`nrd-<uuid>`); per NIC
+//! of a VM a tap device (`nt<12 hex><index>`) on the bridge, opened by QEMU.
 //!
 //! Every operation is idempotent (a retry after a crash converges). The
 //! kernel is driven through iproute2's `ip`, which speaks netlink; see
 //! docs/decisions.md. It must never touch an interface it did not name
-//! (`nb*`, `nv*`) other than enslaving the nic tag's uplink to a bridge.
+//! (`nb*`, `nv*`, `nt*`) other than enslaving the nic tag's uplink to a bridge.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::cmd;
-use crate::runtime::oci::Nic;
+use crate::spec::Nic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -46,6 +47,35 @@ pub fn bridge_name(network_id: &str) -> String {
 /// The host end of an instance's NIC `idx` (15 characters at most).
 pub fn host_veth_name(instance_id: &str, idx: usize) -> String {
     format!("nv{}{}", tail12(instance_id), idx % 10)
+}
+
+/// The most NICs an instance has (names end in one digit).
+pub const MAX_NICS: usize = 8;
+
+/// The host end of a VM's NIC `idx`: a tap device.
+pub fn tap_name(instance_id: &str, idx: usize) -> String {
+    format!("nt{}{}", tail12(instance_id), idx % 10)
+}
+
+/// The network namespace of a container instance.
+pub fn netns_name(instance_id: &str) -> String {
+    format!("nrd-{instance_id}")
+}
+
+pub fn netns_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/run/netns").join(name)
+}
+
+pub fn netns_exists(name: &str) -> bool {
+    netns_path(name).exists()
+}
+
+pub async fn netns_add(name: &str) -> Result<(), NetError> {
+    ip(&["netns", "add", name]).await
+}
+
+pub async fn netns_del(name: &str) -> Result<(), NetError> {
+    ip(&["netns", "del", name]).await
 }
 
 /// Whether a link of this name exists in the agent's network namespace
@@ -166,6 +196,50 @@ pub async fn plumb(
     ip_batch(Some(netns), &guest).await
 }
 
+/// Makes a tap device per NIC of a VM, each a port of its network's bridge,
+/// in one `ip -batch` run. Idempotent: existing taps are kept (QEMU may hold
+/// them open) and only attached and brought up again.
+pub async fn plumb_taps(
+    instance_id: &str,
+    nics: &[Nic],
+    nic_tags: &BTreeMap<String, String>,
+) -> Result<(), NetError> {
+    let mut lines = Vec::new();
+    for (idx, nic) in nics.iter().enumerate() {
+        let br = ensure_bridge(nic, nic_tags).await?;
+        lines.extend(tap_lines(
+            &tap_name(instance_id, idx),
+            &br,
+            nic.mtu,
+            link_exists,
+        ));
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    ip_batch(None, &lines).await
+}
+
+/// The `ip -batch` lines that make tap `tap` a port of `br`.
+fn tap_lines(tap: &str, br: &str, mtu: u32, exists: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !exists(tap) {
+        lines.push(format!("tuntap add dev {tap} mode tap"));
+    }
+    lines.push(format!("link set {tap} mtu {mtu} master {br} up"));
+    lines
+}
+
+/// Removes a VM's taps.
+pub async fn unplumb_taps(instance_id: &str, nics: usize) {
+    for idx in 0..nics {
+        let tap = tap_name(instance_id, idx);
+        if link_exists(&tap) {
+            let _ = ip(&["link", "del", &tap]).await;
+        }
+    }
+}
+
 /// Removes the host ends of an instance's NICs (deleting the namespace
 /// removes them too; this covers a namespace that is already gone).
 pub async fn unplumb(instance_id: &str, nics: usize) {
@@ -205,6 +279,23 @@ mod tests {
         assert_eq!(host_veth_name(id, 0), "nv1a2b3c4d5e6f0");
         assert_ne!(host_veth_name(id, 0), host_veth_name(id, 1));
         assert!(host_veth_name(id, 9).len() <= 15);
+        assert_eq!(tap_name(id, 1), "nt1a2b3c4d5e6f1");
+        assert_ne!(tap_name(id, 0), host_veth_name(id, 0));
+    }
+
+    #[test]
+    fn a_missing_tap_is_created_and_every_tap_attached_and_up() {
+        assert_eq!(
+            tap_lines("nt1", "nb1", 1500, |_| false),
+            vec![
+                "tuntap add dev nt1 mode tap",
+                "link set nt1 mtu 1500 master nb1 up"
+            ]
+        );
+        assert_eq!(
+            tap_lines("nt1", "nb1", 9000, |_| true),
+            vec!["link set nt1 mtu 9000 master nb1 up"]
+        );
     }
 
     #[test]

@@ -1,38 +1,61 @@
 //! The agent's gRPC service (headnode -> agent). Every call must carry the
 //! control key the headnode issued at registration; others are refused.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::Stream;
+use nereid_api::{Accelerator, Brand};
 use nereid_proto::v1 as pb;
 use nereid_proto::v1::agent_server::Agent;
 use tonic::{Request, Response, Status};
 
 use crate::identity::{self, Setup};
 use crate::images::{ImageError, Images, Progress};
-use crate::runtime::container::{Containers, Instance, InstanceError};
-use crate::runtime::oci::{InstanceSpec, Nic};
+use crate::runtime::container::Containers;
+use crate::runtime::kvm::Vms;
+use crate::runtime::store::Store;
+use crate::runtime::{Events, Instance, InstanceError, Instances, Runtime, State};
+use crate::spec::InstanceSpec;
 use crate::sysinfo;
 
 /// What a set-up node runs instances with; absent until setup names the pool.
 #[derive(Clone)]
 pub struct NodeRuntime {
     pub images: Images,
-    pub containers: Containers,
+    pub instances: Instances,
 }
 
 impl NodeRuntime {
-    /// Builds the runtime for a pool and starts watching runc for state changes.
+    /// Builds the runtime for a pool, with a driver per brand, and starts
+    /// watching the drivers for state changes.
     pub fn start(setup: &Setup, state_dir: &std::path::Path, credential: &str) -> NodeRuntime {
         let pool = setup.zpool.as_str();
-        let containers = Containers::new(pool, state_dir, setup.nic_tags.clone());
-        tokio::spawn(containers.clone().watch_runc(Duration::from_secs(1)));
+        let store = Store::new(pool);
+        let events = Events::new();
+        let nic_tags = Arc::new(setup.nic_tags.clone());
+        let mut drivers: BTreeMap<Brand, Arc<dyn Runtime>> = BTreeMap::new();
+        drivers.insert(
+            Brand::Container,
+            Arc::new(Containers::new(
+                store.clone(),
+                state_dir,
+                nic_tags.clone(),
+                events.clone(),
+            )),
+        );
+        drivers.insert(
+            Brand::Kvm,
+            Arc::new(Vms::new(store.clone(), state_dir, nic_tags, events.clone())),
+        );
+        let instances = Instances::new(store, drivers, events);
+        instances.watch();
         NodeRuntime {
             images: Images::new(pool, state_dir, credential),
-            containers,
+            instances,
         }
     }
 }
@@ -52,6 +75,19 @@ impl AgentService {
             )
         })
     }
+
+    fn instances(&self) -> Result<Instances, Status> {
+        Ok(self.node()?.instances)
+    }
+}
+
+/// A status carrying a typed detail the headnode acts on.
+fn with_detail(code: tonic::Code, msg: String, reason: pb::ErrorReason, subject: &str) -> Status {
+    let detail = pb::ErrorDetail {
+        reason: reason.into(),
+        subject: subject.to_string(),
+    };
+    Status::with_details(code, msg, prost::Message::encode_to_vec(&detail).into())
 }
 
 fn instance_status(e: InstanceError) -> Status {
@@ -59,8 +95,15 @@ fn instance_status(e: InstanceError) -> Status {
     match e {
         InstanceError::NotFound(_) => Status::not_found(msg),
         InstanceError::Invalid(_) => Status::invalid_argument(msg),
-        InstanceError::ImageMissing(_) => Status::failed_precondition(msg),
+        InstanceError::ImageMissing(ref image) => with_detail(
+            tonic::Code::FailedPrecondition,
+            msg.clone(),
+            pb::ErrorReason::ImageMissing,
+            image,
+        ),
         InstanceError::Conflict { .. } => Status::already_exists(msg),
+        InstanceError::Unsupported(..) => Status::unimplemented(msg),
+        InstanceError::Launch { .. } => Status::failed_precondition(msg),
         _ => Status::internal(msg),
     }
 }
@@ -68,7 +111,7 @@ fn instance_status(e: InstanceError) -> Status {
 fn image_status(e: ImageError) -> Status {
     let msg = crate::error_chain(&e);
     match e {
-        ImageError::BadId(_) => Status::invalid_argument(msg),
+        ImageError::BadId(_) | ImageError::NotBootable { .. } => Status::invalid_argument(msg),
         ImageError::Checksum { .. } | ImageError::Unpack { .. } => Status::data_loss(msg),
         ImageError::Download { .. } => Status::unavailable(msg),
         _ => Status::internal(msg),
@@ -77,115 +120,29 @@ fn image_status(e: ImageError) -> Status {
 
 fn spec_from_pb(s: Option<pb::InstanceSpec>) -> Result<InstanceSpec, Status> {
     let s = s.ok_or_else(|| Status::invalid_argument("spec is required"))?;
-    if !s.brand.is_empty() && s.brand != "container" {
-        return Err(Status::unimplemented(format!(
-            "brand {:?} is not supported by this agent yet",
-            s.brand
-        )));
-    }
-    Ok(InstanceSpec {
-        id: s.id,
-        hostname: s.hostname,
-        image_id: s.image_id,
-        memory_mb: s.memory_mb,
-        swap_mb: s.swap_mb,
-        cpu_cap: s.cpu_cap,
-        disk_mb: s.disk_mb,
-        pids_limit: if s.pids_limit == 0 {
-            4096
-        } else {
-            s.pids_limit
-        },
-        generation: s.generation,
-        nics: s
-            .nics
-            .into_iter()
-            .map(nic_from_pb)
-            .collect::<Result<Vec<_>, Status>>()?,
-    })
+    InstanceSpec::try_from(s).map_err(|e| Status::invalid_argument(e.0))
 }
 
-fn nic_from_pb(n: pb::NicSpec) -> Result<Nic, Status> {
-    let addr = |field: &str, v: &str| {
-        v.parse::<std::net::Ipv4Addr>().map_err(|_| {
-            Status::invalid_argument(format!(
-                "nic {}: {field} {v:?} is not an IPv4 address",
-                n.network_id
-            ))
-        })
-    };
-    let mac_ok = n.mac.len() == 17
-        && n.mac
-            .split(':')
-            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
-    if !mac_ok {
-        return Err(Status::invalid_argument(format!(
-            "nic {}: mac {:?} is malformed",
-            n.network_id, n.mac
-        )));
-    }
-    if n.prefix_len == 0 || n.prefix_len > 32 || !(576..=9000).contains(&n.mtu) {
-        return Err(Status::invalid_argument(format!(
-            "nic {}: prefix_len must be 1..=32 and mtu 576..=9000",
-            n.network_id
-        )));
-    }
-    Ok(Nic {
-        ip: addr("ip", &n.ip)?,
-        gateway: if n.gateway.is_empty() {
-            None
-        } else {
-            Some(addr("gateway", &n.gateway)?)
-        },
-        resolvers: n
-            .resolvers
-            .iter()
-            .map(|r| addr("resolver", r))
-            .collect::<Result<_, _>>()?,
-        prefix_len: n.prefix_len as u8,
-        vlan_id: n.vlan_id as u16,
-        mtu: n.mtu,
-        mac: n.mac.to_ascii_lowercase(),
-        network_id: n.network_id,
-        nic_tag: n.nic_tag,
-    })
-}
-
-fn nic_to_pb(n: &Nic) -> pb::NicSpec {
-    pb::NicSpec {
-        network_id: n.network_id.clone(),
-        nic_tag: n.nic_tag.clone(),
-        vlan_id: n.vlan_id.into(),
-        ip: n.ip.to_string(),
-        prefix_len: n.prefix_len.into(),
-        gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
-        resolvers: n.resolvers.iter().map(|r| r.to_string()).collect(),
-        mtu: n.mtu,
-        mac: n.mac.clone(),
-    }
-}
-
-fn spec_to_pb(s: &InstanceSpec) -> pb::InstanceSpec {
-    pb::InstanceSpec {
-        id: s.id.clone(),
-        hostname: s.hostname.clone(),
-        image_id: s.image_id.clone(),
-        brand: "container".into(),
-        memory_mb: s.memory_mb,
-        swap_mb: s.swap_mb,
-        cpu_cap: s.cpu_cap,
-        disk_mb: s.disk_mb,
-        pids_limit: s.pids_limit,
-        generation: s.generation,
-        nics: s.nics.iter().map(nic_to_pb).collect(),
+fn state_to_pb(s: State) -> pb::RunState {
+    match s {
+        State::Running => pb::RunState::Running,
+        State::Stopped => pb::RunState::Stopped,
+        State::Failed => pb::RunState::Failed,
     }
 }
 
 fn status_to_pb(i: &Instance) -> pb::InstanceStatus {
     pb::InstanceStatus {
-        spec: Some(spec_to_pb(&i.spec)),
-        state: i.state.as_str().into(),
+        spec: Some(pb::InstanceSpec::from(&i.spec)),
+        state: state_to_pb(i.state).into(),
         pid: i.pid,
+        reason: i.reason.clone().unwrap_or_default(),
+        accelerator: match i.accelerator {
+            Some(Accelerator::Kvm) => pb::Accelerator::Kvm,
+            Some(Accelerator::Tcg) => pb::Accelerator::Tcg,
+            None => pb::Accelerator::Unspecified,
+        }
+        .into(),
     }
 }
 
@@ -293,6 +250,8 @@ impl Agent for AgentService {
         if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {
             return Err(Status::invalid_argument("url must be http(s)"));
         }
+        let brand =
+            crate::spec::brand_from_pb(req.brand).map_err(|e| Status::invalid_argument(e.0))?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let progress_tx = tx.clone();
@@ -321,7 +280,7 @@ impl Agent for AgentService {
             // The work goes on even if the caller hangs up: a retry then finds it done.
             if let Err(e) = node
                 .images
-                .ensure(&req.image_id, &req.url, &req.sha256, report)
+                .ensure(&req.image_id, &req.url, &req.sha256, brand, report)
                 .await
             {
                 tracing::warn!(image = %req.image_id, "EnsureImage failed: {}", crate::error_chain(&e));
@@ -342,9 +301,9 @@ impl Agent for AgentService {
         // The work goes on if the caller hangs up (a timeout, a headnode
         // restart): a half-made instance would wait for the retry otherwise.
         let work = {
-            let node = node.clone();
+            let instances = node.instances.clone();
             let spec = spec.clone();
-            tokio::spawn(async move { node.containers.ensure(&spec, &snapshot, req.start).await })
+            tokio::spawn(async move { instances.ensure(&spec, &snapshot, req.start).await })
         };
         let result = work
             .await
@@ -366,8 +325,7 @@ impl Agent for AgentService {
         req: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let inst = self
-            .node()?
-            .containers
+            .instances()?
             .start(&req.into_inner().id)
             .await
             .map_err(instance_status)?;
@@ -380,8 +338,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let req = req.into_inner();
         let inst = self
-            .node()?
-            .containers
+            .instances()?
             .stop(&req.id, timeout_of(req.timeout_seconds))
             .await
             .map_err(instance_status)?;
@@ -394,8 +351,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let req = req.into_inner();
         let inst = self
-            .node()?
-            .containers
+            .instances()?
             .reboot(&req.id, timeout_of(req.timeout_seconds))
             .await
             .map_err(instance_status)?;
@@ -406,8 +362,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
-        self.node()?
-            .containers
+        self.instances()?
             .delete(&req.into_inner().id)
             .await
             .map_err(instance_status)?;
@@ -419,8 +374,7 @@ impl Agent for AgentService {
         req: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let inst = self
-            .node()?
-            .containers
+            .instances()?
             .get(&req.into_inner().id)
             .await
             .map_err(instance_status)?;
@@ -431,12 +385,7 @@ impl Agent for AgentService {
         &self,
         _req: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
-        let list = self
-            .node()?
-            .containers
-            .list()
-            .await
-            .map_err(instance_status)?;
+        let list = self.instances()?.list().await.map_err(instance_status)?;
         Ok(Response::new(pb::ListInstancesResponse {
             instances: list.iter().map(status_to_pb).collect(),
         }))
@@ -448,7 +397,7 @@ impl Agent for AgentService {
         &self,
         _req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let mut events = self.node()?.containers.subscribe();
+        let mut events = self.instances()?.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -456,8 +405,9 @@ impl Agent for AgentService {
                     Ok(e) => {
                         let msg = pb::InstanceEvent {
                             id: e.id,
-                            state: e.state.as_str().into(),
+                            state: state_to_pb(e.state).into(),
                             generation: e.generation,
+                            reason: e.reason.unwrap_or_default(),
                         };
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
@@ -477,6 +427,26 @@ impl Agent for AgentService {
             }
         });
         Ok(Response::new(Box::pin(stream_from(rx))))
+    }
+
+    async fn get_console(
+        &self,
+        req: Request<pb::GetConsoleRequest>,
+    ) -> Result<Response<pb::GetConsoleResponse>, Status> {
+        let req = req.into_inner();
+        let tail = match req.tail_lines {
+            0 => 100,
+            n => n.min(10_000),
+        };
+        let c = self
+            .instances()?
+            .console(&req.id, tail as usize)
+            .await
+            .map_err(instance_status)?;
+        Ok(Response::new(pb::GetConsoleResponse {
+            text: c.text,
+            truncated: c.truncated,
+        }))
     }
 }
 

@@ -6,57 +6,33 @@ use utoipa::ToSchema;
 
 use crate::{AccountId, ImageId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageType {
-    /// A root filesystem archive, run by runc.
-    Container,
-    /// A disk or kernel+initramfs, run by QEMU/KVM.
-    Vm,
+crate::named_enum! {
+    pub enum ImageType {
+        /// A root filesystem archive, run by runc.
+        Container = "container",
+        /// A disk or kernel+initramfs, run by QEMU/KVM.
+        Vm = "vm",
+    }
 }
 
 impl ImageType {
-    pub fn as_str(&self) -> &'static str {
+    /// The brand of instance this type of image runs as.
+    pub fn brand(&self) -> crate::Brand {
         match self {
-            ImageType::Container => "container",
-            ImageType::Vm => "vm",
-        }
-    }
-    pub fn parse(s: &str) -> Option<ImageType> {
-        match s {
-            "container" => Some(ImageType::Container),
-            "vm" => Some(ImageType::Vm),
-            _ => None,
+            ImageType::Container => crate::Brand::Container,
+            ImageType::Vm => crate::Brand::Kvm,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageState {
-    /// Created; its file may be uploaded.
-    Unactivated,
-    /// Usable for new instances.
-    Active,
-    /// Kept, but not for new instances.
-    Disabled,
-}
-
-impl ImageState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ImageState::Unactivated => "unactivated",
-            ImageState::Active => "active",
-            ImageState::Disabled => "disabled",
-        }
-    }
-    pub fn parse(s: &str) -> Option<ImageState> {
-        match s {
-            "unactivated" => Some(ImageState::Unactivated),
-            "active" => Some(ImageState::Active),
-            "disabled" => Some(ImageState::Disabled),
-            _ => None,
-        }
+crate::named_enum! {
+    pub enum ImageState {
+        /// Created; its file may be uploaded.
+        Unactivated = "unactivated",
+        /// Usable for new instances.
+        Active = "active",
+        /// Kept, but not for new instances.
+        Disabled = "disabled",
     }
 }
 
@@ -67,8 +43,8 @@ pub struct ImageRequirements {
     pub min_ram_mb: Option<u64>,
     /// The most memory it supports, in MiB.
     pub max_ram_mb: Option<u64>,
-    /// The brand it needs (`container` or `kvm`).
-    pub brand: Option<String>,
+    /// The brand it needs; when given it must match the image's type.
+    pub brand: Option<crate::Brand>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -8,54 +8,59 @@ use utoipa::ToSchema;
 
 use crate::{AccountId, ImageId, InstanceId, JobId, NetworkId, PackageId, ServerId};
 
-/// Where an instance is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum InstanceState {
-    Provisioning,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-    Deleting,
-    Deleted,
-    /// Its server stopped reporting, or stopped reporting this instance.
-    Unknown,
+crate::named_enum! {
+    /// What runs an instance: a container (runc) or a virtual machine (QEMU).
+    pub enum Brand {
+        Container = "container",
+        Kvm = "kvm",
+    }
 }
 
-impl InstanceState {
-    pub const ALL: [InstanceState; 8] = [
-        InstanceState::Provisioning,
-        InstanceState::Running,
-        InstanceState::Stopping,
-        InstanceState::Stopped,
-        InstanceState::Failed,
-        InstanceState::Deleting,
-        InstanceState::Deleted,
-        InstanceState::Unknown,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
+impl Brand {
+    /// The type of image an instance of this brand boots.
+    pub fn image_type(&self) -> crate::ImageType {
         match self {
-            InstanceState::Provisioning => "provisioning",
-            InstanceState::Running => "running",
-            InstanceState::Stopping => "stopping",
-            InstanceState::Stopped => "stopped",
-            InstanceState::Failed => "failed",
-            InstanceState::Deleting => "deleting",
-            InstanceState::Deleted => "deleted",
-            InstanceState::Unknown => "unknown",
+            Brand::Container => crate::ImageType::Container,
+            Brand::Kvm => crate::ImageType::Vm,
         }
     }
 
-    pub fn parse(s: &str) -> Option<InstanceState> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    /// The host capability (as a node's sysinfo names it) the brand runs on.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Brand::Container => "runc",
+            Brand::Kvm => "qemu",
+        }
+    }
+
+    /// Whether instances hold vCPUs against the server's CPUs (VMs do;
+    /// containers share the CPUs under their cpu_cap).
+    pub fn holds_vcpus(&self) -> bool {
+        matches!(self, Brand::Kvm)
     }
 }
 
-impl std::fmt::Display for InstanceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+crate::named_enum! {
+    /// How a VM's CPUs are run: hardware virtualization, or QEMU's emulator
+    /// where the host cannot run guests under KVM.
+    pub enum Accelerator {
+        Kvm = "kvm",
+        Tcg = "tcg",
+    }
+}
+
+crate::named_enum! {
+    /// Where an instance is in its life.
+    pub enum InstanceState {
+        Provisioning = "provisioning",
+        Running = "running",
+        Stopping = "stopping",
+        Stopped = "stopped",
+        Failed = "failed",
+        Deleting = "deleting",
+        Deleted = "deleted",
+        /// Its server stopped reporting, or stopped reporting this instance.
+        Unknown = "unknown",
     }
 }
 
@@ -76,8 +81,10 @@ pub struct Instance {
     pub id: InstanceId,
     pub owner: AccountId,
     pub alias: String,
-    /// `container` or `kvm`.
-    pub brand: String,
+    pub brand: Brand,
+    /// VMs: the accelerator the node runs it under (null until it first ran,
+    /// and for containers).
+    pub accelerator: Option<Accelerator>,
     /// Null only for a deleted instance whose image was deleted since.
     pub image_id: Option<ImageId>,
     pub package_id: PackageId,
@@ -141,4 +148,13 @@ pub struct InstanceCreate {
 pub struct InstanceAccepted {
     pub instance: Instance,
     pub job_id: JobId,
+}
+
+/// `GET /v1/instances/{id}/console`: the end of the instance's console log
+/// (a VM's serial console; a container's stdout and stderr).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceConsole {
+    pub text: String,
+    /// Older output exists that is not shown (rotated away or beyond `tail`).
+    pub truncated: bool,
 }

@@ -6,42 +6,35 @@ use utoipa::ToSchema;
 
 use crate::{AccountId, InstanceId, JobId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Queued,
-    Running,
-    /// A step failed for good; the undos of the steps done are running.
-    Unwinding,
-    Succeeded,
-    Failed,
+crate::named_enum! {
+    pub enum JobState {
+        Queued = "queued",
+        Running = "running",
+        /// A step failed for good; the undos of the steps done are running.
+        Unwinding = "unwinding",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
 }
 
 impl JobState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Unwinding => "unwinding",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobState> {
-        [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Unwinding,
-            JobState::Succeeded,
-            JobState::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
+    /// States of a job that still works on (and holds) its instance.
+    pub const UNFINISHED: &'static [JobState] =
+        &[JobState::Queued, JobState::Running, JobState::Unwinding];
 
     pub fn is_finished(&self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed)
+    }
+}
+
+crate::named_enum! {
+    /// What a job does to its instance.
+    pub enum JobKind {
+        Provision = "provision",
+        Start = "start",
+        Stop = "stop",
+        Reboot = "reboot",
+        Destroy = "destroy",
     }
 }
 
@@ -69,8 +62,7 @@ pub struct JobStep {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Job {
     pub id: JobId,
-    /// `provision`, `start`, `stop`, `reboot` or `destroy`.
-    pub kind: String,
+    pub kind: JobKind,
     pub instance_id: InstanceId,
     pub owner: AccountId,
     pub state: JobState,

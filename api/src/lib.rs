@@ -10,6 +10,7 @@ pub mod ids;
 pub mod images;
 pub mod instances;
 pub mod jobs;
+pub mod named;
 pub mod networks;
 pub mod packages;
 pub mod page;

@@ -20,8 +20,7 @@ pub struct Package {
     /// CPU cap in percent of one CPU (100 = one full CPU); 0 = no cap.
     pub cpu_cap: u32,
     pub disk_mb: u64,
-    /// `container` or `kvm`.
-    pub brand: String,
+    pub brand: crate::Brand,
     #[schema(value_type = Object)]
     pub traits: BTreeMap<String, serde_json::Value>,
     pub active: bool,
@@ -46,7 +45,7 @@ pub struct PackageCreate {
     #[serde(default)]
     pub cpu_cap: u32,
     pub disk_mb: u64,
-    pub brand: String,
+    pub brand: crate::Brand,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub traits: BTreeMap<String, serde_json::Value>,
@@ -69,5 +68,5 @@ pub struct PackageUpdate {
     pub vcpus: Option<u32>,
     pub cpu_cap: Option<u32>,
     pub disk_mb: Option<u64>,
-    pub brand: Option<String>,
+    pub brand: Option<crate::Brand>,
 }

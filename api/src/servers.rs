@@ -9,37 +9,16 @@ use utoipa::ToSchema;
 
 use crate::{JoinTokenId, ServerId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ServerStatus {
-    /// Registered, waiting for an operator's setup.
-    Unsetup,
-    /// Setup is being applied.
-    SettingUp,
-    /// Set up and heartbeating: schedulable unless reserved.
-    Running,
-    /// Heartbeats stopped (3 intervals missed). Nothing is destroyed.
-    Unknown,
-}
-
-impl ServerStatus {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ServerStatus::Unsetup => "unsetup",
-            ServerStatus::SettingUp => "setting_up",
-            ServerStatus::Running => "running",
-            ServerStatus::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ServerStatus> {
-        match s {
-            "unsetup" => Some(ServerStatus::Unsetup),
-            "setting_up" => Some(ServerStatus::SettingUp),
-            "running" => Some(ServerStatus::Running),
-            "unknown" => Some(ServerStatus::Unknown),
-            _ => None,
-        }
+crate::named_enum! {
+    pub enum ServerStatus {
+        /// Registered, waiting for an operator's setup.
+        Unsetup = "unsetup",
+        /// Setup is being applied.
+        SettingUp = "setting_up",
+        /// Set up and heartbeating: schedulable unless reserved.
+        Running = "running",
+        /// Heartbeats stopped (3 intervals missed). Nothing is destroyed.
+        Unknown = "unknown",
     }
 }
 

@@ -45,6 +45,9 @@ pub enum Error {
     /// The agent answered that the request cannot succeed (a retry will not help).
     #[error("{0}")]
     AgentRefused(String),
+    /// The node does not have the instance's image (any more): ensure it again.
+    #[error("{0}")]
+    ImageMissingOnNode(String),
     #[error("{0}")]
     Exhausted(String),
     #[error("no server can take this instance: {0}")]
@@ -90,7 +93,7 @@ impl Error {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
             ),
-            Error::AgentUnavailable(_) | Error::AgentRefused(_) => {
+            Error::AgentUnavailable(_) | Error::AgentRefused(_) | Error::ImageMissingOnNode(_) => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::AgentUnavailable)
             }
             Error::Exhausted(_) => (StatusCode::CONFLICT, ErrorCode::Exhausted),

@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 
 use nereid_api::{
-    AccountId, Image, ImageState, ImageType, InstanceAccepted, InstanceCreate, InstanceId,
-    InstanceState, NetworkId, Package,
+    AccountId, Image, ImageState, InstanceAccepted, InstanceCreate, InstanceId, InstanceState,
+    JobKind, NetworkId, Package,
 };
 
 use crate::AppState;
@@ -171,12 +171,19 @@ pub async fn create(
 
     let image = resolve_image(s, owner, &req.image).await?;
     let package = resolve_package(s, owner, &req.package).await?;
-    if image.image_type != ImageType::Container || package.brand != "container" {
+    let brand = package.brand;
+    if image.image_type.brand() != brand || image.requirements.brand.is_some_and(|b| b != brand) {
         return Err(Error::invalid(
             "package",
             format!(
-                "image {} is a {:?} image and package {} has brand {}; this headnode provisions container images with container packages",
-                image.id, image.image_type, package.id, package.brand
+                "image {} ({}) is a {} image, which runs as brand {}; package {} has brand {}: choose a {} package",
+                image.name,
+                image.id,
+                image.image_type,
+                image.image_type.brand(),
+                package.name,
+                brand,
+                image.image_type.brand()
             ),
         ));
     }
@@ -219,7 +226,7 @@ pub async fn create(
     }
 
     // Containers share the CPUs under their cpu_cap; only VMs hold vCPUs.
-    let vcpus = if package.brand == "kvm" {
+    let vcpus = if brand.holds_vcpus() {
         package.vcpus
     } else {
         0
@@ -228,7 +235,7 @@ pub async fn create(
         ram_mb: package.memory_mb,
         disk_mb: package.disk_mb,
         vcpus,
-        capability: "runc".into(),
+        capability: brand.capability().into(),
         nic_tags,
         traits: package.traits.clone(),
         affinity,
@@ -237,7 +244,7 @@ pub async fn create(
         id,
         owner,
         alias,
-        brand: package.brand.clone(),
+        brand,
         image_id: image.id,
         package_id: package.id,
         ram_mb: package.memory_mb,
@@ -250,7 +257,12 @@ pub async fn create(
         idempotency_key,
         package_used: package.used,
     };
-    let job = crate::jobs::new_job("provision", id, owner, crate::jobs::provision_steps());
+    let job = crate::jobs::new_job(
+        JobKind::Provision,
+        id,
+        owner,
+        crate::jobs::PROVISION_STEPS_DONE_AT_CREATE,
+    );
     // Rank on a snapshot; the database's conditional update decides. When
     // concurrent placements took every ranked server, rank again on fresh
     // numbers: the 409 then says what each server lacks now.
@@ -283,16 +295,17 @@ pub async fn act(
     s: &AppState,
     p: Principal,
     id: InstanceId,
-    kind: &'static str,
+    kind: JobKind,
 ) -> Result<InstanceAccepted> {
     use InstanceState::*;
     let inst = s.db.instance_get(id, p.owner_scope()).await?;
     let (from, to): (&[InstanceState], InstanceState) = match kind {
-        "start" => (&[Stopped, Running], inst.state),
-        "stop" => (&[Running, Stopped], Stopping),
-        "reboot" => (&[Running], Running),
-        "destroy" => (&[Running, Stopped, Failed, Unknown], Deleting),
-        _ => return Err(Error::Internal(format!("unknown action {kind}"))),
+        // A VM whose QEMU died (failed) can be started again.
+        JobKind::Start => (&[Stopped, Running, Failed], inst.state),
+        JobKind::Stop => (&[Running, Stopped], Stopping),
+        JobKind::Reboot => (&[Running], Running),
+        JobKind::Destroy => (&[Running, Stopped, Failed, Unknown], Deleting),
+        JobKind::Provision => return Err(Error::Internal("provision is not an action".into())),
     };
     let job = crate::jobs::new_job(kind, id, inst.owner, 0);
     s.db.job_queue_action(&job, from, to).await?;
@@ -301,4 +314,31 @@ pub async fn act(
         instance: s.db.instance_get(id, None).await?,
         job_id: job.id,
     })
+}
+
+/// The end of an instance's console log, from its node.
+pub async fn console(
+    s: &AppState,
+    p: Principal,
+    id: InstanceId,
+    tail: Option<u32>,
+) -> Result<nereid_api::InstanceConsole> {
+    let tail = tail.unwrap_or(100);
+    if !(1..=10_000).contains(&tail) {
+        return Err(Error::invalid("tail", "must be within 1..=10000"));
+    }
+    // Owner scope first: another tenant's instance is NotFound.
+    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    let t = s.db.instance_placement(id).await?.ok_or_else(|| {
+        Error::Conflict(format!(
+            "instance {id} is {} and on no server: it has no console",
+            inst.state
+        ))
+    })?;
+    let (text, truncated) = s.agents.console(&t, id, tail).await.map_err(|e| match e {
+        // The node does not have it (yet or any more).
+        Error::AgentRefused(m) | Error::ImageMissingOnNode(m) => Error::Conflict(m),
+        other => other,
+    })?;
+    Ok(nereid_api::InstanceConsole { text, truncated })
 }

@@ -2,7 +2,7 @@
 //! datacenter in PostgreSQL, serves the REST API to people and tools and the
 //! gRPC registry to agents, and calls agents to act on nodes.
 
-pub mod agents;
+pub mod agent_client;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -37,7 +37,7 @@ pub struct AppState {
     pub db: db::Datastore,
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::Metrics>,
-    pub agents: agents::AgentPool,
+    pub agents: agent_client::AgentPool,
     pub images: imagestore::ImageStore,
     pub jobs: jobs::Runner,
     /// The REST API's base URL as agents reach it (image downloads).
@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         db,
         config: Arc::new(config.clone()),
         metrics: Arc::new(metrics::Metrics::default()),
-        agents: agents::AgentPool::default(),
+        agents: agent_client::AgentPool::default(),
         jobs: jobs::Runner::new(),
         public_url: Arc::new(format!("http://{public_host}:{}", rest_addr.port())),
     };

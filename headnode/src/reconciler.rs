@@ -3,24 +3,19 @@
 //! periodic pass compares each node's full report with the database.
 //!
 //! It only settles instances no job is working on, and it never deletes
-//! anything: an instance its node no longer has becomes `failed`, the
-//! instances of a server whose heartbeats stopped become `unknown`.
+//! anything: an instance its node no longer has becomes `failed`, one its
+//! node reports failed (a VM whose QEMU died) too, with the node's reason;
+//! the instances of a server whose heartbeats stopped become `unknown`.
 
 use std::collections::{HashMap, HashSet};
 
+use futures::StreamExt;
 use nereid_api::{InstanceId, InstanceState, ServerId};
 use tokio::task::JoinHandle;
 
 use crate::AppState;
+use crate::agent_client::NodeInstance;
 use crate::db::AgentTarget;
-
-fn reported_state(s: &str) -> Option<InstanceState> {
-    match s {
-        "running" => Some(InstanceState::Running),
-        "stopped" => Some(InstanceState::Stopped),
-        _ => None,
-    }
-}
 
 /// Runs until the process ends.
 pub async fn run(state: AppState) {
@@ -73,23 +68,13 @@ async fn compare(state: &AppState, t: &AgentTarget) -> crate::error::Result<()> 
         return Ok(());
     }
     let report = state.agents.list_instances(t).await?;
-    let on_node: HashMap<String, (String, u64)> = report
-        .into_iter()
-        .filter_map(|s| {
-            let spec = s.spec?;
-            Some((spec.id, (s.state, spec.generation)))
-        })
-        .collect();
+    let on_node: HashMap<String, NodeInstance> =
+        report.into_iter().map(|s| (s.id.clone(), s)).collect();
     for (id, db_state, _) in settled {
         match on_node.get(&id.to_string()) {
-            Some((st, generation)) => {
-                if let Some(st) = reported_state(st)
-                    && st != db_state
-                    && state
-                        .db
-                        .instance_apply_report(t.server, id, st, *generation)
-                        .await?
-                {
+            Some(node) => {
+                let st = node.state.instance_state();
+                if st != db_state && apply(state, t, id, node).await? {
                     tracing::info!(instance = %id, "now {st}, as its node reports");
                 }
             }
@@ -120,25 +105,46 @@ async fn compare(state: &AppState, t: &AgentTarget) -> crate::error::Result<()> 
 /// Follows a node's WatchEvents stream until it breaks (the next pass
 /// starts a new one).
 async fn watch(state: AppState, t: AgentTarget) {
-    let mut stream = match state.agents.watch_events(&t).await {
+    let stream = match state.agents.watch_events(&t).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(server = %t.server, "cannot watch events: {e}");
             return;
         }
     };
-    while let Ok(Some(ev)) = stream.message().await {
-        let (Ok(id), Some(st)) = (ev.id.parse::<InstanceId>(), reported_state(&ev.state)) else {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        let Ok(id) = ev.id.parse::<InstanceId>() else {
             continue;
         };
-        match state
-            .db
-            .instance_apply_report(t.server, id, st, ev.generation)
-            .await
-        {
-            Ok(true) => tracing::info!(instance = %id, "now {st}, as its node reported"),
+        match apply(&state, &t, id, &ev).await {
+            Ok(true) => {
+                tracing::info!(instance = %id, "now {}, as its node reported", ev.state.instance_state())
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!("applying an event of {id} failed: {e}"),
         }
     }
+}
+
+/// Applies what a node reports of one instance (guarded by generation and
+/// by no job working on it); true when the state changed.
+async fn apply(
+    state: &AppState,
+    t: &AgentTarget,
+    id: InstanceId,
+    node: &NodeInstance,
+) -> crate::error::Result<bool> {
+    let st = node.state.instance_state();
+    let reason = (st == InstanceState::Failed).then(|| {
+        format!(
+            "server {} reports: {}",
+            t.server,
+            node.reason.as_deref().unwrap_or("it failed")
+        )
+    });
+    state
+        .db
+        .instance_apply_report(t.server, id, st, node.generation, reason.as_deref())
+        .await
 }

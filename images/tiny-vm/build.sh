@@ -3,9 +3,11 @@
 #   - the kernel of Debian's cloud kernel package (downloaded with apt-get
 #     download and unpacked with dpkg-deb -x: nothing is installed),
 #   - a busybox initramfs whose /init loads the virtio modules in order,
-#     configures eth0 from the kernel command line (nereid.ip=ADDR/PREFIX,
-#     nereid.gw=GATEWAY, nereid.hostname=NAME), prints NEREID-READY on the
-#     serial console and powers off on an ACPI power-button event,
+#     configures its NICs from the kernel command line, as Nereid's KVM driver
+#     writes it (nereid.nic=MAC,ADDR/PREFIX per NIC, matched by MAC;
+#     nereid.gw=GATEWAY; nereid.dns=A,B; nereid.hostname=NAME), prints
+#     NEREID-READY on the serial console and powers off on an ACPI
+#     power-button event,
 # bundled as tiny-vm.tar.gz (vmlinuz, initramfs.gz, cmdline) with manifest.json.
 #
 #   images/tiny-vm/build.sh OUT_DIR      (the .deb is cached in OUT_DIR/cache)
@@ -66,23 +68,35 @@ mount -t devtmpfs dev /dev 2>/dev/null
 for m in $(cat /lib/modules/order); do
     insmod "/lib/modules/$m.ko" 2>/dev/null || echo "NEREID-WARN cannot load $m"
 done
-ip=""; gw=""; name="tiny-vm"
+nics=""; gw=""; dns=""; name="tiny-vm"
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
-        nereid.ip=*) ip="${arg#nereid.ip=}" ;;
+        nereid.nic=*) nics="$nics ${arg#nereid.nic=}" ;;
         nereid.gw=*) gw="${arg#nereid.gw=}" ;;
+        nereid.dns=*) dns="${arg#nereid.dns=}" ;;
         nereid.hostname=*) name="${arg#nereid.hostname=}" ;;
     esac
 done
 hostname "$name"
 ip link set lo up
-for _ in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done
-if [ -n "$ip" ] && [ -e /sys/class/net/eth0 ]; then
-    ip link set eth0 up
-    ip addr add "$ip" dev eth0
-    [ -n "$gw" ] && ip route add default via "$gw"
-    echo "NEREID-NET eth0 $ip $(cat /sys/class/net/eth0/address)"
-fi
+# Each NIC by its MAC (virtio devices may appear in any order).
+for nic in $nics; do
+    mac="${nic%%,*}"; addr="${nic#*,}"; dev=""
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        for d in /sys/class/net/*; do
+            [ "$(cat "$d/address" 2>/dev/null)" = "$mac" ] && dev="${d##*/}"
+        done
+        [ -n "$dev" ] && break
+        sleep 0.2
+    done
+    if [ -z "$dev" ]; then echo "NEREID-WARN no NIC with MAC $mac"; continue; fi
+    ip link set "$dev" up
+    ip addr add "$addr" dev "$dev"
+    echo "NEREID-NET $dev $addr $mac"
+done
+[ -n "$gw" ] && ip route add default via "$gw"
+: >/etc/resolv.conf
+for r in $(echo "$dns" | tr ',' ' '); do echo "nameserver $r" >>/etc/resolv.conf; done
 # The ACPI power button (QMP system_powerdown) powers the machine off.
 acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
 echo "NEREID-READY $(hostname) $(uname -r)"
@@ -91,7 +105,7 @@ while true; do wait; sleep 1; done
 INIT
 chmod 755 "$r/init"
 printf 'PWRF PWRF/00000080\n' >"$r/etc/acpid.conf"
-printf '#!/bin/sh\necho "NEREID-POWEROFF"\nsync\npoweroff -f\n' >"$r/etc/acpi/PWRF/00000080"
+printf '#!/bin/sh\necho "NEREID-POWEROFF" >/dev/console\nsync\npoweroff -f\n' >"$r/etc/acpi/PWRF/00000080"
 chmod 755 "$r/etc/acpi/PWRF/00000080"
 
 b="$work/bundle"

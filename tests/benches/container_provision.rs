@@ -45,7 +45,7 @@ async fn main() {
             .unwrap()
             .into_inner();
         agent_times.push(t.elapsed());
-        assert_eq!(st.state, "running");
+        assert_eq!(nereid_tests::node::state_name(st.state), "running");
         if template.is_empty() {
             template = std::fs::read_to_string(
                 node.agent

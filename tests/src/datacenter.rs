@@ -9,8 +9,9 @@
 //!   end `data0` is what the nic tag `admin` maps to.
 //!
 //! The catalog has the busybox image, the network `net` (10.213.K.0/24) and
-//! the package `small` (256 MiB, 64 MiB of disk). Everything is removed on
-//! drop, also after a failed test.
+//! the package `small` (256 MiB, 64 MiB of disk); with `vms`, also the
+//! tiny-vm image and the package `vm` (kvm, 128 MiB, 1 vCPU, 64 MiB of disk).
+//! Everything is removed on drop, also after a failed test.
 
 use std::process::Command;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::api::Api;
-use crate::node::{clean_instances, upload_busybox};
+use crate::node::{clean_instances, upload_busybox, upload_tiny_vm, vm_pids};
 use crate::procs::{Agent, AgentOpts, Headnode, HeadnodeOpts};
 use crate::zfs::TestPool;
 
@@ -107,6 +108,8 @@ pub struct DcOpts {
     /// The memory each node offers (MiB).
     pub node_memory_mb: u64,
     pub headnode: HeadnodeOpts,
+    /// Also the tiny-vm image and the `vm` package.
+    pub vms: bool,
 }
 
 impl Default for DcOpts {
@@ -121,6 +124,7 @@ impl Default for DcOpts {
                     .to_vec(),
                 ..Default::default()
             },
+            vms: false,
         }
     }
 }
@@ -237,14 +241,31 @@ impl Datacenter {
             )
             .await;
         assert_eq!(st, 201, "{body}");
-        // Schedulable once each node's probes have reported runc.
+        if opts.vms {
+            let (vm_image, _) = upload_tiny_vm(&headnode).await;
+            let (st, body) = op
+                .post(&format!("/v1/images/{vm_image}/activate"), &json!({}))
+                .await;
+            assert_eq!(st, 200, "{body}");
+            let (st, body) = op
+                .post(
+                    "/v1/packages",
+                    &json!({"name": "vm", "version": "1", "memory_mb": 128, "vcpus": 1, "disk_mb": 64,
+                            "brand": "kvm"}),
+                )
+                .await;
+            assert_eq!(st, 201, "{body}");
+        }
+        // Schedulable once each node's probes have reported runc (and QEMU).
         for n in &nodes {
             crate::wait_for(
                 "the node's capabilities",
                 Duration::from_secs(60),
                 || async {
                     let (_, s) = op.get(&format!("/v1/servers/{}", n.server_id)).await;
-                    (s["sysinfo"]["capabilities"]["runc"]["available"] == true
+                    let caps = &s["sysinfo"]["capabilities"];
+                    (caps["runc"]["available"] == true
+                        && (!opts.vms || caps["qemu"]["available"] == true)
                         && s["status"] == "running")
                         .then_some(())
                 },
@@ -290,6 +311,71 @@ impl Datacenter {
             }
         }
         self.op().post("/v1/instances", &body).await
+    }
+
+    /// POST /v1/instances with tiny-vm, `vm` and `net` (a datacenter with `vms`).
+    pub async fn create_vm(&self, alias: &str, extra: Value) -> (u16, Value) {
+        let mut body = json!({"image": "tiny-vm", "package": "vm"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.create(alias, body).await
+    }
+
+    /// Creates an instance (`create`'s body, with `extra`), waits for its
+    /// provision job to succeed; returns the instance.
+    pub async fn provision(&self, alias: &str, extra: Value) -> Value {
+        let (st, body) = self.create(alias, extra).await;
+        assert_eq!(st, 202, "{body}");
+        let job = self.wait_job(body["job_id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        self.instance(body["instance"]["id"].as_str().unwrap())
+            .await
+    }
+
+    /// `start`, `stop`, `reboot` or `delete` of an instance, waited for;
+    /// returns the (succeeded) job.
+    pub async fn act(&self, id: &str, verb: &str) -> Value {
+        let (st, body) = if verb == "delete" {
+            self.op().delete(&format!("/v1/instances/{id}")).await
+        } else {
+            self.op()
+                .post(&format!("/v1/instances/{id}/{verb}"), &json!({}))
+                .await
+        };
+        assert_eq!(st, 202, "{verb}: {body}");
+        let job = self.wait_job(body["job_id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "succeeded", "{verb}: {job}");
+        job
+    }
+
+    /// Waits until the instance is in `state` (node reports settle it);
+    /// returns it.
+    pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        crate::wait_for(&format!("instance {id} to be {state}"), timeout, || async {
+            let i = self.instance(id).await;
+            (i["state"] == state).then_some(i)
+        })
+        .await
+    }
+
+    /// The instance's console, waited for until it holds `marker`.
+    pub async fn wait_console(&self, id: &str, marker: &str, timeout: Duration) -> String {
+        crate::wait_for(
+            &format!("{marker:?} on the console of {id}"),
+            timeout,
+            || async {
+                let (st, c) = self
+                    .op()
+                    .get(&format!("/v1/instances/{id}/console?tail=1000"))
+                    .await;
+                let text = c["text"].as_str().unwrap_or("").to_string();
+                (st == 200 && text.contains(marker)).then_some(text)
+            },
+        )
+        .await
     }
 
     /// Waits until the job ends; returns it.
@@ -376,6 +462,22 @@ impl Datacenter {
                 "veths left on {}",
                 n.netns
             );
+            assert_eq!(
+                n.links("nt"),
+                Vec::<String>::new(),
+                "taps left on {}",
+                n.netns
+            );
+            assert_eq!(
+                vm_pids(n.agent.state.path()),
+                Vec::new(),
+                "QEMU processes left on {}",
+                n.netns
+            );
+            let runs = std::fs::read_dir(n.agent.state.path().join("vms"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(runs, 0, "VM run dirs left on {}", n.netns);
         }
         assert_eq!(
             self.taken_ips().await,
@@ -395,10 +497,15 @@ impl Drop for Datacenter {
         // Agents first (Proc's drop kills them), then what their instances hold.
         for n in &mut self.nodes {
             n.agent.proc.kill();
-            clean_instances(&n.runc_root(), &n.pool.name);
+            clean_instances(n.agent.state.path(), &n.pool.name);
         }
         self.nodes.clear();
         self.headnode = None;
         let _ = &self.wiring;
     }
+}
+
+/// The primary address of an instance.
+pub fn ip_of(i: &Value) -> String {
+    i["nics"][0]["ip"].as_str().unwrap().to_string()
 }

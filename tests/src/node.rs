@@ -151,7 +151,8 @@ impl TestNode {
             id: uuid::Uuid::new_v4().to_string(),
             hostname: hostname.into(),
             image_id: self.image_id.clone(),
-            brand: "container".into(),
+            brand: pb::Brand::Container.into(),
+            vcpus: 0,
             memory_mb: 64,
             swap_mb: 0,
             cpu_cap: 100,
@@ -198,6 +199,16 @@ impl TestNode {
     }
 }
 
+/// An agent's run state by its name ("running", "stopped", "failed").
+pub fn state_name(s: i32) -> &'static str {
+    match pb::RunState::try_from(s) {
+        Ok(pb::RunState::Running) => "running",
+        Ok(pb::RunState::Stopped) => "stopped",
+        Ok(pb::RunState::Failed) => "failed",
+        _ => "unspecified",
+    }
+}
+
 pub async fn ensure_image(
     c: &mut Client,
     id: &str,
@@ -209,6 +220,7 @@ pub async fn ensure_image(
             image_id: id.into(),
             url: url.into(),
             sha256: sha256.into(),
+            brand: pb::Brand::Container.into(),
         })
         .await?
         .into_inner();
@@ -221,36 +233,64 @@ pub async fn ensure_image(
     Ok(phases)
 }
 
+/// Builds a sample image of images/ (cached under target/nereid-images, one
+/// build per test process); returns its directory (archive and manifest).
+pub fn build_sample(name: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("target/nereid-images").join(name);
+    let recipe = root.join("images").join(name);
+    // The cache is for this recipe only: a changed one builds again.
+    let mut h = sha2::Sha256::new();
+    for f in ["build.sh", "manifest.json.in"] {
+        h.update(std::fs::read(recipe.join(f)).unwrap());
+    }
+    let stamp = hex::encode(h.finalize());
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let built = std::fs::read_to_string(out.join(".recipe")).unwrap_or_default();
+    if !out.join(format!("{name}.tar.gz")).exists() || built.trim() != stamp {
+        let st = std::process::Command::new(recipe.join("build.sh"))
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "building the {name} sample image");
+        std::fs::write(out.join(".recipe"), &stamp).unwrap();
+    }
+    out
+}
+
 /// Builds the busybox sample image (cached under target/) and uploads it.
 pub async fn upload_busybox(h: &Headnode) -> (String, String) {
-    let out =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nereid-images/busybox");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/build.sh");
-    {
-        // One build per test process; the script renames its output into place.
-        static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _held = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        if !out.join("busybox.tar.gz").exists() {
-            let st = std::process::Command::new(script)
-                .arg(&out)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
-    }
-    let data = std::fs::read(out.join("busybox.tar.gz")).unwrap();
+    let data = std::fs::read(build_sample("busybox").join("busybox.tar.gz")).unwrap();
     upload_file(h, "busybox", data).await
 }
 
-/// Creates a public image with this content; returns (id, sha256).
+/// Builds the tiny-vm sample image and uploads it as the VM image `tiny-vm`.
+pub async fn upload_tiny_vm(h: &Headnode) -> (String, String) {
+    let data = std::fs::read(build_sample("tiny-vm").join("tiny-vm.tar.gz")).unwrap();
+    upload_image(h, "tiny-vm", "vm", data).await
+}
+
+/// Creates a public container image with this content; returns (id, sha256).
 pub async fn upload_file(h: &Headnode, name: &str, data: Vec<u8>) -> (String, String) {
+    upload_image(h, name, "container", data).await
+}
+
+/// Creates a public image of this type (`container` or `vm`) with this
+/// content; returns (id, sha256).
+pub async fn upload_image(
+    h: &Headnode,
+    name: &str,
+    image_type: &str,
+    data: Vec<u8>,
+) -> (String, String) {
     let op = h.operator();
     let (st, img) = op
         .post(
             "/v1/images",
-            &json!({"name": name, "version": "1", "type": "container", "os": "linux", "public": true}),
+            &json!({"name": name, "version": "1", "type": image_type, "os": "linux", "public": true}),
         )
         .await;
     assert_eq!(st, 201, "{img}");
@@ -266,20 +306,67 @@ pub async fn upload_file(h: &Headnode, name: &str, data: Vec<u8>) -> (String, St
     (id, img["file"]["sha256"].as_str().unwrap().to_string())
 }
 
+/// A gzipped tar archive of these files (name, bytes), as image files are.
+pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.append_data(&mut h, name, *data).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// The QEMU processes of an agent's VMs (pid per instance id), from its run dirs.
+pub fn vm_pids(agent_state: &std::path::Path) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(agent_state.join("vms")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == id.as_bytes()));
+        if alive {
+            out.push((id, pid));
+        }
+    }
+    out
+}
+
 impl Drop for TestNode {
     /// Removes what the agent's instances hold on the host even when a test
     /// failed half-way. The pool goes after, with its field.
     fn drop(&mut self) {
         self.agent.proc.kill();
-        clean_instances(&self.runc_root(), &self.pool.name);
+        clean_instances(self.agent.state.path(), &self.pool.name);
     }
 }
 
-/// Removes what a node's instances hold on the host: containers (they
-/// outlive a killed agent by design), network namespaces and cgroups.
-pub fn clean_instances(runc_root: &std::path::Path, pool: &str) {
+/// Removes what a node's instances hold on the host: containers and VMs
+/// (they outlive a killed agent by design), network namespaces and cgroups.
+pub fn clean_instances(agent_state: &std::path::Path, pool: &str) {
     use std::process::Command;
-    let root = runc_root;
+    for (_, pid) in vm_pids(agent_state) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let runc_root = agent_state.join("runc");
+    let root = &runc_root;
     let mut ids: Vec<String> = Command::new("zfs")
         .args(["list", "-H", "-o", "name", "-r", "-t", "filesystem"])
         .arg(format!("{pool}/instances"))

@@ -30,6 +30,14 @@ pub fn available() -> bool {
 }
 
 impl TestPool {
+    /// Where the pool's root dataset is mounted.
+    pub fn mountpoint(&self) -> std::path::PathBuf {
+        self.dir
+            .as_ref()
+            .map(|d| d.path().join("mnt"))
+            .unwrap_or_default()
+    }
+
     pub fn create(size: &str) -> TestPool {
         let name = crate::unique_name("nrdt");
         let dir = tempfile::Builder::new()

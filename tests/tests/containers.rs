@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nereid_proto::v1 as pb;
-use nereid_tests::node::{TestNode, ensure_image, upload_file};
+use nereid_tests::node::{TestNode, ensure_image, state_name, upload_file};
 
 fn runc_exec(node: &TestNode, id: &str, args: &[&str]) -> std::process::Output {
     Command::new("runc")
@@ -91,7 +91,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(st.state, "running");
+    assert_eq!(state_name(st.state), "running");
     // Ensure again: same instance, still running.
     let again = c
         .ensure_instance(pb::EnsureInstanceRequest {
@@ -101,7 +101,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((again.state.as_str(), again.pid), ("running", st.pid));
+    assert_eq!((state_name(again.state), again.pid), ("running", st.pid));
     assert_eq!(node.instance_datasets().len(), 1);
 
     let out = runc_exec(&node, &id, &["hostname"]);
@@ -133,7 +133,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stopped.state, "stopped");
+    assert_eq!(state_name(stopped.state), "stopped");
     // WatchEvents saw it run, then stop, with the spec's generation.
     let mut seen = Vec::new();
     while !seen.contains(&"stopped".to_string()) {
@@ -143,7 +143,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
             .unwrap()
             .unwrap();
         assert_eq!((e.id.as_str(), e.generation), (id.as_str(), 1));
-        seen.push(e.state);
+        seen.push(state_name(e.state).to_string());
     }
     assert_eq!(
         seen.first().map(String::as_str),
@@ -155,7 +155,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(started.state, "running");
+    assert_eq!(state_name(started.state), "running");
     let rebooted = c
         .reboot_instance(pb::StopInstanceRequest {
             id: id.clone(),
@@ -164,7 +164,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(rebooted.state, "running");
+    assert_eq!(state_name(rebooted.state), "running");
     assert_ne!(rebooted.pid, started.pid);
     let got = c
         .get_instance(pb::InstanceRef { id: id.clone() })
@@ -293,7 +293,7 @@ async fn an_agent_killed_at_each_step_of_ensure_instance_then_retried_makes_exac
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(st.state, "running", "{point}");
+        assert_eq!(state_name(st.state), "running", "{point}");
         let list = c
             .list_instances(pb::ListInstancesRequest {})
             .await
@@ -358,11 +358,11 @@ async fn containers_survive_kill_9_of_the_agent_and_a_restart_lists_them_from_zf
     let state = |id: &str| {
         list.iter()
             .find(|i| i.spec.as_ref().unwrap().id == id)
-            .map(|i| i.state.clone())
+            .map(|i| state_name(i.state))
     };
-    assert_eq!(state(&ids[0]).as_deref(), Some("running"));
-    assert_eq!(state(&ids[1]).as_deref(), Some("running"));
-    assert_eq!(state(&ids[2]).as_deref(), Some("stopped"));
+    assert_eq!(state(&ids[0]), Some("running"));
+    assert_eq!(state(&ids[1]), Some("running"));
+    assert_eq!(state(&ids[2]), Some("stopped"));
     // The agent logged its recovery, before any call from outside.
     assert!(
         node.agent

@@ -4,44 +4,20 @@
 
 use std::time::Duration;
 
-use nereid_tests::datacenter::{Datacenter, DcOpts};
+use nereid_tests::datacenter::{Datacenter, DcOpts, ip_of};
 use nereid_tests::wait_for;
-use serde_json::{Value, json};
-
-async fn provision(dc: &Datacenter, alias: &str, extra: Value) -> Value {
-    let (st, body) = dc.create(alias, extra).await;
-    assert_eq!(st, 202, "{body}");
-    let job = dc.wait_job(body["job_id"].as_str().unwrap()).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    dc.instance(body["instance"]["id"].as_str().unwrap()).await
-}
-
-async fn act(dc: &Datacenter, id: &str, verb: &str) -> Value {
-    let (st, body) = if verb == "delete" {
-        dc.op().delete(&format!("/v1/instances/{id}")).await
-    } else {
-        dc.op()
-            .post(&format!("/v1/instances/{id}/{verb}"), &json!({}))
-            .await
-    };
-    assert_eq!(st, 202, "{verb}: {body}");
-    let job = dc.wait_job(body["job_id"].as_str().unwrap()).await;
-    assert_eq!(job["state"], "succeeded", "{verb}: {job}");
-    job
-}
-
-fn ip_of(i: &Value) -> String {
-    i["nics"][0]["ip"].as_str().unwrap().to_string()
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_on_two_nodes_reach_each_other_and_delete_leaves_nothing() {
     let Some(dc) = Datacenter::start(DcOpts::default()).await else {
         return;
     };
-    let a = provision(&dc, "web1", json!({})).await;
+    let a = dc.provision("web1", json!({})).await;
     // Hard anti-affinity puts the second one on the other node.
-    let b = provision(&dc, "web2", json!({"affinity": ["instance!=web1"]})).await;
+    let b = dc
+        .provision("web2", json!({"affinity": ["instance!=web1"]}))
+        .await;
     assert_eq!(a["state"], "running");
     assert_ne!(a["server_id"], b["server_id"], "anti-affinity ignored");
     assert_ne!(ip_of(&a), ip_of(&b));
@@ -67,15 +43,15 @@ async fn instances_on_two_nodes_reach_each_other_and_delete_leaves_nothing() {
 
     // Stop and start.
     let id = a["id"].as_str().unwrap();
-    act(&dc, id, "stop").await;
+    dc.act(id, "stop").await;
     assert_eq!(dc.instance(id).await["state"], "stopped");
     let (ok, _) = dc.exec(&a, &["true"]);
     assert!(!ok, "a stopped instance still runs processes");
-    act(&dc, id, "start").await;
+    dc.act(id, "start").await;
     assert_eq!(dc.instance(id).await["state"], "running");
     let (ok, out) = dc.exec(&a, &["ping", "-c", "1", "-W", "3", &ip_of(&b)]);
     assert!(ok, "after restart, web1 -> web2: {out}");
-    act(&dc, id, "reboot").await;
+    dc.act(id, "reboot").await;
     assert_eq!(dc.instance(id).await["state"], "running");
 
     // The list filters.
@@ -89,7 +65,7 @@ async fn instances_on_two_nodes_reach_each_other_and_delete_leaves_nothing() {
     assert_eq!(st, 409, "deleting an image in use: {body}");
 
     for i in [&a, &b] {
-        act(&dc, i["id"].as_str().unwrap(), "delete").await;
+        dc.act(i["id"].as_str().unwrap(), "delete").await;
     }
     assert_eq!(dc.instance(id).await["state"], "deleted");
     let (_, list) = dc.op().get("/v1/instances").await;
@@ -150,7 +126,7 @@ async fn concurrent_provisions_never_overcommit_a_server_and_the_rest_get_reason
         assert_eq!(n.instance_datasets().len(), 4);
     }
     for i in items {
-        act(&dc, i["id"].as_str().unwrap(), "delete").await;
+        dc.act(i["id"].as_str().unwrap(), "delete").await;
     }
     dc.assert_nothing_held().await;
 }
@@ -191,7 +167,7 @@ async fn a_retried_create_with_the_same_idempotency_key_returns_the_first_instan
     let job = dc.wait_job(first["job_id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded");
     let id = first["instance"]["id"].as_str().unwrap();
-    act(&dc, id, "delete").await;
+    dc.act(id, "delete").await;
     dc.assert_nothing_held().await;
 }
 
@@ -258,8 +234,8 @@ async fn node_reports_settle_instance_state_without_deleting_anything() {
     else {
         return;
     };
-    let a = provision(&dc, "sync1", json!({})).await;
-    let b = provision(&dc, "sync2", json!({})).await;
+    let a = dc.provision("sync1", json!({})).await;
+    let b = dc.provision("sync2", json!({})).await;
     let (ida, idb) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
 
     // The container dies by itself: the node's event makes it stopped.
@@ -325,8 +301,8 @@ async fn node_reports_settle_instance_state_without_deleting_anything() {
     .await;
 
     // A failed instance can still be deleted, and everything it held goes.
-    act(&dc, idb, "delete").await;
-    act(&dc, ida, "delete").await;
+    dc.act(idb, "delete").await;
+    dc.act(ida, "delete").await;
     dc.assert_nothing_held().await;
     let _ = &mut dc;
 }

@@ -128,7 +128,7 @@ async fn tiny_vm_boots_configures_its_nic_and_powers_off_on_acpi_shutdown() {
         .arg(dir.path().join("initramfs.gz"))
         .arg("-append")
         .arg(format!(
-            "{} nereid.ip=10.9.9.5/24 nereid.gw=10.9.9.1 nereid.hostname=tvm1",
+            "{} nereid.nic=52:54:00:12:34:56,10.9.9.5/24 nereid.gw=10.9.9.1 nereid.dns=10.9.9.53 nereid.hostname=tvm1",
             cmdline.trim()
         ))
         .arg("-serial")
@@ -136,7 +136,10 @@ async fn tiny_vm_boots_configures_its_nic_and_powers_off_on_acpi_shutdown() {
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", sock.display()))
         // User-mode networking with restrict=on: the guest has a NIC but can reach nothing.
-        .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
+        .args([
+            "-nic",
+            "user,model=virtio-net-pci,restrict=on,mac=52:54:00:12:34:56",
+        ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -155,7 +158,10 @@ async fn tiny_vm_boots_configures_its_nic_and_powers_off_on_acpi_shutdown() {
     )
     .await;
     assert!(log.contains("NEREID-READY tvm1"), "{log}");
-    assert!(log.contains("NEREID-NET eth0 10.9.9.5/24"), "{log}");
+    assert!(
+        log.contains("NEREID-NET eth0 10.9.9.5/24 52:54:00:12:34:56"),
+        "{log}"
+    );
     assert!(!log.contains("NEREID-WARN"), "{log}");
 
     qmp(&sock, "system_powerdown").await;

@@ -64,6 +64,11 @@ pub async fn collect(o: &Overrides) -> pb::Sysinfo {
     }
 }
 
+/// The host's capabilities (probed once per agent process).
+pub async fn capabilities() -> pb::Capabilities {
+    probe::capabilities().await
+}
+
 pub async fn usage() -> pb::Usage {
     let meminfo = read("/proc/meminfo");
     pb::Usage {

@@ -35,14 +35,15 @@ pub async fn capabilities() -> Capabilities {
 }
 
 async fn probe_all() -> Capabilities {
-    let (zfs, runc, qemu, kvm, vxlan, vlan, nftables) = tokio::join!(
+    let (zfs, runc, qemu, kvm, vxlan, vlan, nftables, zvol) = tokio::join!(
         zfs(),
         version("runc", &["--version"]),
         version("qemu-system-x86_64", &["--version"]),
         kvm(),
         vxlan(),
         vlan(),
-        nftables()
+        nftables(),
+        zvol()
     );
     Capabilities {
         zfs,
@@ -52,6 +53,7 @@ async fn probe_all() -> Capabilities {
         vxlan,
         vlan,
         nftables,
+        zvol,
     }
 }
 
@@ -60,6 +62,19 @@ async fn version(program: &str, args: &[&str]) -> Option<Capability> {
         Ok(out) => yes(out.lines().next().unwrap_or("").trim()),
         Err(e) if e.is_not_found() => no(format!("{program} is not installed")),
         Err(e) => no(e.to_string()),
+    }
+}
+
+/// ZFS volumes come with OpenZFS's kernel module; zfs-fuse has none (its
+/// `zfs create -V` fails). VM disks are files on a dataset without them.
+async fn zvol() -> Option<Capability> {
+    if std::path::Path::new("/var/run/zfs/zfs_socket").exists() {
+        return no("zfs-fuse has no ZFS volumes; VM disks are files on their dataset");
+    }
+    if std::path::Path::new("/sys/module/zfs").exists() {
+        yes("the OpenZFS kernel module provides ZFS volumes")
+    } else {
+        no("no OpenZFS kernel module")
     }
 }
 

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use nereid_api::{Instance, InstanceAccepted, InstanceCreate, Job, JobState, StepState};
+use nereid_api::{
+    Instance, InstanceAccepted, InstanceConsole, InstanceCreate, Job, JobState, StepState,
+};
 use reqwest::Method;
 
 use super::{key_value, time};
@@ -87,6 +89,14 @@ pub enum InstanceCmd {
         id: String,
         #[arg(long)]
         wait: bool,
+    },
+    /// Show the end of an instance's console (a VM's serial console, a
+    /// container's output).
+    Console {
+        id: String,
+        /// How many of the last lines.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
     },
 }
 
@@ -212,6 +222,27 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
         InstanceCmd::Stop { id, wait } => act(c, fmt, &id, "stop", Method::POST, wait).await,
         InstanceCmd::Reboot { id, wait } => act(c, fmt, &id, "reboot", Method::POST, wait).await,
         InstanceCmd::Delete { id, wait } => act(c, fmt, &id, "", Method::DELETE, wait).await,
+        InstanceCmd::Console { id, tail } => {
+            let id = resolve(c, &id).await?;
+            let console: InstanceConsole = c
+                .get(
+                    &format!("/v1/instances/{id}/console"),
+                    &[("tail", tail.to_string())],
+                )
+                .await?;
+            if fmt == Format::Json {
+                output::json(&console);
+            } else {
+                if console.truncated {
+                    eprintln!("(older output not shown)");
+                }
+                print!("{}", console.text);
+                if !console.text.is_empty() && !console.text.ends_with('\n') {
+                    println!();
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -342,7 +373,7 @@ pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()>
                         .map(|j| {
                             vec![
                                 j.id.to_string(),
-                                j.kind.clone(),
+                                j.kind.to_string(),
                                 j.instance_id.to_string(),
                                 j.state.as_str().to_string(),
                                 j.attempts.to_string(),
@@ -365,7 +396,7 @@ pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()>
                 Format::Table => {
                     output::fields(vec![
                         ("id", job.id.to_string()),
-                        ("kind", job.kind.clone()),
+                        ("kind", job.kind.to_string()),
                         ("instance", job.instance_id.to_string()),
                         ("state", job.state.as_str().to_string()),
                         ("attempts", job.attempts.to_string()),
@@ -416,7 +447,11 @@ fn show(fmt: Format, i: &Instance) {
         ("id", i.id.to_string()),
         ("alias", i.alias.clone()),
         ("state", i.state.to_string()),
-        ("brand", i.brand.clone()),
+        ("brand", i.brand.to_string()),
+        (
+            "accelerator",
+            i.accelerator.map(|a| a.to_string()).unwrap_or("-".into()),
+        ),
         (
             "image",
             i.image_id.map(|s| s.to_string()).unwrap_or("-".into()),

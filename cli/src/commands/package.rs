@@ -37,7 +37,7 @@ pub enum PackageCmd {
         disk: u64,
         /// container or kvm
         #[arg(long, default_value = "container")]
-        brand: String,
+        brand: nereid_api::Brand,
         #[arg(long, default_value = "")]
         description: String,
         /// KEY=VALUE, repeatable.
@@ -69,7 +69,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: PackageCmd) -> anyhow::Result<()>
                                 p.id.to_string(),
                                 p.name.clone(),
                                 p.version.clone(),
-                                p.brand.clone(),
+                                p.brand.to_string(),
                                 output::bytes(p.memory_mb << 20),
                                 p.vcpus.to_string(),
                                 output::bytes(p.disk_mb << 20),
@@ -155,7 +155,7 @@ fn show(fmt: Format, p: &Package) {
     output::fields(vec![
         ("id", p.id.to_string()),
         ("name", format!("{} {}", p.name, p.version)),
-        ("brand", p.brand.clone()),
+        ("brand", p.brand.to_string()),
         ("memory", output::bytes(p.memory_mb << 20)),
         ("swap", output::bytes(p.swap_mb << 20)),
         ("vcpus", p.vcpus.to_string()),

@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 
 use chrono::{DateTime, Utc};
 use nereid_api::{
-    AccountId, ImageId, Instance, InstanceId, InstanceNic, InstanceState, JobId, NetworkId,
-    PackageId, Page, ServerId, ServerSetup, ServerStatus, Sysinfo,
+    Accelerator, AccountId, Brand, ImageId, Instance, InstanceId, InstanceNic, InstanceState,
+    JobId, NetworkId, PackageId, Page, ServerId, ServerSetup, ServerStatus, Sysinfo,
 };
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
@@ -18,6 +18,10 @@ use uuid::Uuid;
 
 use super::Datastore;
 use super::jobs::NewJob;
+use super::states::{
+    INSTANCE_DELETED, INSTANCE_FAILED, INSTANCE_PROVISIONING, INSTANCE_SETTLED, INSTANCE_UNKNOWN,
+    INSTANCE_UP_OR_DOWN, JOB_UNFINISHED,
+};
 use crate::error::{Error, Result};
 use crate::scheduler::{Candidate, Rejection};
 
@@ -26,7 +30,7 @@ pub struct NewInstance {
     pub id: InstanceId,
     pub owner: AccountId,
     pub alias: String,
-    pub brand: String,
+    pub brand: Brand,
     pub image_id: ImageId,
     pub package_id: PackageId,
     pub ram_mb: u64,
@@ -62,7 +66,6 @@ pub struct InstanceFilter {
 /// An instance's NIC with what the agent needs to plumb it.
 #[derive(Debug, Clone)]
 pub struct NicPlan {
-    pub idx: u32,
     pub network_id: NetworkId,
     pub nic_tag: String,
     pub vlan_id: u16,
@@ -80,6 +83,7 @@ struct InstanceRow {
     owner: Uuid,
     alias: String,
     brand: String,
+    accelerator: Option<String>,
     image_id: Option<Uuid>,
     package_id: Uuid,
     server_id: Option<Uuid>,
@@ -103,11 +107,15 @@ impl InstanceRow {
         let state = InstanceState::parse(&self.state).ok_or_else(|| {
             Error::Internal(format!("instance {} has state {:?}", self.id, self.state))
         })?;
+        let brand = Brand::parse(&self.brand).ok_or_else(|| {
+            Error::Internal(format!("instance {} has brand {:?}", self.id, self.brand))
+        })?;
         Ok(Instance {
             id: self.id.into(),
             owner: self.owner.into(),
             alias: self.alias,
-            brand: self.brand,
+            brand,
+            accelerator: self.accelerator.as_deref().and_then(Accelerator::parse),
             image_id: self.image_id.map(Into::into),
             package_id: self.package_id.into(),
             server_id: self.server_id.map(Into::into),
@@ -128,7 +136,7 @@ impl InstanceRow {
     }
 }
 
-const SELECT: &str = "SELECT i.id, i.owner, i.alias, i.brand, i.image_id, i.package_id, i.server_id, i.state,
+const SELECT: &str = "SELECT i.id, i.owner, i.alias, i.brand, i.accelerator, i.image_id, i.package_id, i.server_id, i.state,
         i.ram_mb, i.disk_mb, i.vcpus, i.networks, i.tags, i.metadata, i.firewall_enabled, i.error,
         (SELECT j.id FROM jobs j WHERE j.instance_id = i.id ORDER BY j.created_at DESC LIMIT 1) AS job_id,
         COALESCE((SELECT jsonb_agg(jsonb_build_object('network_id', n.network_id, 'ip', host(n.ip),
@@ -211,7 +219,7 @@ impl Datastore {
             "SELECT s.id, s.status, s.reserved, s.sysinfo, s.setup, v.used_ram_mb, v.used_disk_mb, v.used_vcpus,
                     v.overprovision_ram, v.overprovision_disk, v.overprovision_cpu,
                     ARRAY(SELECT alias FROM instances i WHERE i.server_id = s.id AND i.owner = $2
-                          AND i.state <> 'deleted') AS owner_aliases
+                          AND i.state <> {INSTANCE_DELETED}) AS owner_aliases
              FROM {} JOIN servers v ON v.id = s.id",
             super::servers::SERVERS
         )))
@@ -237,16 +245,16 @@ impl Datastore {
             return Ok(found);
         }
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
+        let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO instances (id, owner, alias, brand, image_id, package_id, state, ram_mb, disk_mb,
                     vcpus, tags, metadata, firewall_enabled, networks, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5, $6, 'provisioning', $7, $8, $9, $10, $11, $12, $13, $14)
-             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, {INSTANCE_PROVISIONING}, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        )))
         .bind(new.id.as_uuid())
         .bind(new.owner.as_uuid())
         .bind(&new.alias)
-        .bind(&new.brand)
+        .bind(new.brand.as_str())
         .bind(new.image_id.as_uuid())
         .bind(new.package_id.as_uuid())
         .bind(new.ram_mb as i64)
@@ -263,9 +271,9 @@ impl Datastore {
             _ if super::is_unique_violation(&e, "instances_alias_idx") => {
                 Error::Conflict(format!("you already have an instance named {:?}", new.alias))
             }
-            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => Error::Conflict(
-                format!("image {} was deleted meanwhile", new.image_id),
-            ),
+            sqlx::Error::Database(d) if d.constraint() == Some("instances_image_id_fkey") => {
+                Error::Conflict(format!("image {} was deleted meanwhile", new.image_id))
+            }
             _ => e.into(),
         })?;
         if inserted.rows_affected() == 0 {
@@ -354,7 +362,7 @@ impl Datastore {
         };
         let rows = sqlx::query_as::<_, InstanceRow>(AssertSqlSafe(format!(
             "{SELECT} WHERE ($1::uuid IS NULL OR i.owner = $1)
-               AND (CASE WHEN $2::text IS NULL THEN i.state <> 'deleted' ELSE i.state = $2 END)
+               AND (CASE WHEN $2::text IS NULL THEN i.state <> {INSTANCE_DELETED} ELSE i.state = $2 END)
                AND ($3::uuid IS NULL OR i.server_id = $3)
                AND ($4::text IS NULL OR i.alias = $4)
                AND ($5::text IS NULL OR (i.tags ? $5 AND ($6::text IS NULL OR i.tags->>$5 = $6)))
@@ -387,11 +395,11 @@ impl Datastore {
         error: Option<&str>,
     ) -> Result<bool> {
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        let done = sqlx::query(
+        let done = sqlx::query(AssertSqlSafe(format!(
             "UPDATE instances SET state = $2, error = COALESCE($4, error), updated_at = now(),
-                    deleted_at = CASE WHEN $2 = 'deleted' THEN now() ELSE deleted_at END
-             WHERE id = $1 AND (cardinality($3::text[]) = 0 OR state = ANY($3))",
-        )
+                    deleted_at = CASE WHEN $2 = {INSTANCE_DELETED} THEN now() ELSE deleted_at END
+             WHERE id = $1 AND (cardinality($3::text[]) = 0 OR state = ANY($3))"
+        )))
         .bind(id.as_uuid())
         .bind(to.as_str())
         .bind(&from)
@@ -401,29 +409,45 @@ impl Datastore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// A state a node reported, applied when it is about the generation the
-    /// database has (or newer) and no job is working on the instance.
+    /// A state a node reported (with why, for a failure), applied when it is
+    /// about the generation the database has (or newer) and no job is
+    /// working on the instance.
     pub async fn instance_apply_report(
         &self,
         server: ServerId,
         id: InstanceId,
         state: InstanceState,
         generation: u64,
+        reason: Option<&str>,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE instances i SET state = $3, updated_at = now()
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE instances i SET state = $3, updated_at = now(),
+                    error = CASE WHEN $3 = {INSTANCE_FAILED} THEN COALESCE($5, i.error) ELSE i.error END
              WHERE i.id = $1 AND i.server_id = $2 AND i.generation <= $4 AND i.state <> $3
-               AND i.state IN ('running', 'stopped', 'unknown')
+               AND i.state IN {INSTANCE_SETTLED}
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
-                               AND j.state IN ('queued', 'running', 'unwinding'))",
-        )
+                               AND j.state IN {JOB_UNFINISHED})"
+        )))
         .bind(id.as_uuid())
         .bind(server.as_uuid())
         .bind(state.as_str())
         .bind(generation as i64)
+        .bind(reason)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records the accelerator a VM runs under, as its node reported it.
+    pub async fn instance_set_accelerator(&self, id: InstanceId, a: Accelerator) -> Result<()> {
+        sqlx::query(
+            "UPDATE instances SET accelerator = $2 WHERE id = $1 AND accelerator IS DISTINCT FROM $2",
+        )
+        .bind(id.as_uuid())
+        .bind(a.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The settled instances the database places on `server`: (id, state, generation).
@@ -431,12 +455,12 @@ impl Datastore {
         &self,
         server: ServerId,
     ) -> Result<Vec<(InstanceId, InstanceState, u64)>> {
-        let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT i.id, i.state, i.generation FROM instances i
-             WHERE i.server_id = $1 AND i.state IN ('running', 'stopped', 'unknown')
+             WHERE i.server_id = $1 AND i.state IN {INSTANCE_SETTLED}
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
-                               AND j.state IN ('queued', 'running', 'unwinding'))",
-        )
+                               AND j.state IN {JOB_UNFINISHED})"
+        )))
         .bind(server.as_uuid())
         .fetch_all(&self.pool)
         .await?;
@@ -449,11 +473,11 @@ impl Datastore {
     /// Marks `unknown` the settled instances of servers whose heartbeats stopped.
     pub async fn instances_mark_unknown_on_lost_servers(&self) -> Result<u64> {
         let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE instances i SET state = 'unknown', updated_at = now()
-             FROM {} WHERE s.id = i.server_id AND s.status = 'unknown'
-               AND i.state IN ('running', 'stopped')
+            "UPDATE instances i SET state = {INSTANCE_UNKNOWN}, updated_at = now()
+             FROM {} WHERE s.id = i.server_id AND s.status = {INSTANCE_UNKNOWN}
+               AND i.state IN {INSTANCE_UP_OR_DOWN}
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
-                               AND j.state IN ('queued', 'running', 'unwinding'))",
+                               AND j.state IN {JOB_UNFINISHED})",
             super::servers::SERVERS
         )))
         .bind(self.heartbeat_deadline.as_secs_f64())
@@ -555,30 +579,33 @@ impl Datastore {
 
     /// What the node's spec needs of an instance and its package, in one query.
     pub async fn instance_sizes(&self, id: InstanceId) -> Result<InstanceSizes> {
-        type Row = (String, Option<Uuid>, String, i64, i64, i32, i64, i64);
+        type Row = (String, Option<Uuid>, String, i64, i64, i32, i64, i64, i32);
         let row: Option<Row> = sqlx::query_as(
-            "SELECT i.alias, i.image_id, i.brand, p.memory_mb, p.swap_mb, p.cpu_cap, p.disk_mb, i.generation
+            "SELECT i.alias, i.image_id, i.brand, p.memory_mb, p.swap_mb, p.cpu_cap, p.disk_mb,
+                    i.generation, p.vcpus
              FROM instances i JOIN packages p ON p.id = i.package_id WHERE i.id = $1",
         )
         .bind(id.as_uuid())
         .fetch_optional(&self.pool)
         .await?;
         let r = row.ok_or_else(|| Error::not_found("instance", id))?;
+        let brand = Brand::parse(&r.2)
+            .ok_or_else(|| Error::Internal(format!("instance {id} has brand {:?}", r.2)))?;
         Ok(InstanceSizes {
             alias: r.0,
             image_id: r.1.map(Into::into),
-            brand: r.2,
+            brand,
             memory_mb: r.3 as u64,
             swap_mb: r.4 as u64,
             cpu_cap: r.5 as u32,
             disk_mb: r.6 as u64,
             generation: r.7 as u64,
+            vcpus: r.8 as u32,
         })
     }
 
     pub async fn instance_nic_plans(&self, id: InstanceId) -> Result<Vec<NicPlan>> {
         type Row = (
-            i32,
             Uuid,
             String,
             i32,
@@ -590,7 +617,7 @@ impl Datastore {
             String,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT n.idx, n.network_id, w.nic_tag, w.vlan_id, host(n.ip), masklen(w.subnet), host(w.gateway),
+            "SELECT n.network_id, w.nic_tag, w.vlan_id, host(n.ip), masklen(w.subnet), host(w.gateway),
                     ARRAY(SELECT host(r) FROM unnest(w.resolvers) r), w.mtu, n.mac
              FROM instance_nics n JOIN networks w ON w.id = n.network_id
              WHERE n.instance_id = $1 ORDER BY n.idx",
@@ -601,18 +628,17 @@ impl Datastore {
         rows.into_iter()
             .map(|r| {
                 Ok(NicPlan {
-                    idx: r.0 as u32,
-                    network_id: r.1.into(),
-                    nic_tag: r.2,
-                    vlan_id: r.3 as u16,
-                    ip: r.4.parse().map_err(|_| {
-                        Error::Internal(format!("instance {id} has a NIC with address {:?}", r.4))
+                    network_id: r.0.into(),
+                    nic_tag: r.1,
+                    vlan_id: r.2 as u16,
+                    ip: r.3.parse().map_err(|_| {
+                        Error::Internal(format!("instance {id} has a NIC with address {:?}", r.3))
                     })?,
-                    prefix_len: r.5 as u8,
-                    gateway: r.6,
-                    resolvers: r.7,
-                    mtu: r.8 as u32,
-                    mac: r.9,
+                    prefix_len: r.4 as u8,
+                    gateway: r.5,
+                    resolvers: r.6,
+                    mtu: r.7 as u32,
+                    mac: r.8,
                 })
             })
             .collect()
@@ -659,7 +685,9 @@ impl Datastore {
 pub struct InstanceSizes {
     pub alias: String,
     pub image_id: Option<ImageId>,
-    pub brand: String,
+    pub brand: Brand,
+    /// The package's vCPUs (what a VM gets; containers ignore it).
+    pub vcpus: u32,
     pub memory_mb: u64,
     pub swap_mb: u64,
     pub cpu_cap: u32,

@@ -4,21 +4,21 @@
 //! (it stalled, another took over) can no longer change the job.
 
 use chrono::{DateTime, Utc};
-use nereid_api::{AccountId, InstanceId, Job, JobId, JobState, JobStep, Page};
+use nereid_api::{AccountId, InstanceId, Job, JobId, JobKind, JobState, JobStep, Page};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Datastore;
+use super::states::{JOB_FINISHED, JOB_LEASED, JOB_QUEUED, JOB_RUNNING};
 use crate::error::{Error, Result};
 
 pub struct NewJob {
     pub id: JobId,
-    pub kind: &'static str,
+    pub kind: JobKind,
     pub instance_id: InstanceId,
     pub owner: AccountId,
     pub steps: Vec<JobStep>,
-    pub params: serde_json::Value,
     pub request_id: String,
 }
 
@@ -33,58 +33,48 @@ struct JobRow {
     attempts: i32,
     error: Option<String>,
     request_id: String,
-    params: Json<serde_json::Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
 }
 
 impl JobRow {
-    fn into_api(self) -> Result<(Job, serde_json::Value)> {
+    fn into_api(self) -> Result<Job> {
         let state = JobState::parse(&self.state).ok_or_else(|| {
             Error::Internal(format!("job {} has state {:?}", self.id, self.state))
         })?;
-        Ok((
-            Job {
-                id: self.id.into(),
-                kind: self.kind,
-                instance_id: self.instance_id.into(),
-                owner: self.owner.into(),
-                state,
-                steps: self.steps.0,
-                attempts: self.attempts as u32,
-                error: self.error,
-                request_id: self.request_id,
-                created_at: self.created_at,
-                updated_at: self.updated_at,
-                finished_at: self.finished_at,
-            },
-            self.params.0,
-        ))
+        let kind = JobKind::parse(&self.kind)
+            .ok_or_else(|| Error::Internal(format!("job {} has kind {:?}", self.id, self.kind)))?;
+        Ok(Job {
+            id: self.id.into(),
+            kind,
+            instance_id: self.instance_id.into(),
+            owner: self.owner.into(),
+            state,
+            steps: self.steps.0,
+            attempts: self.attempts as u32,
+            error: self.error,
+            request_id: self.request_id,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
     }
 }
 
-const COLUMNS: &str =
-    "id, kind, instance_id, owner, state, steps, attempts, error, request_id, params,
+const COLUMNS: &str = "id, kind, instance_id, owner, state, steps, attempts, error, request_id,
     created_at, updated_at, finished_at";
-
-/// A job claimed by this headnode, with its parameters.
-pub struct Claimed {
-    pub job: Job,
-    pub params: serde_json::Value,
-}
 
 pub(super) async fn insert(tx: &mut Transaction<'_, Postgres>, job: &NewJob) -> Result<()> {
     sqlx::query(
-        "INSERT INTO jobs (id, kind, instance_id, owner, steps, params, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO jobs (id, kind, instance_id, owner, steps, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(job.id.as_uuid())
-    .bind(job.kind)
+    .bind(job.kind.as_str())
     .bind(job.instance_id.as_uuid())
     .bind(job.owner.as_uuid())
     .bind(Json(&job.steps))
-    .bind(Json(&job.params))
     .bind(&job.request_id)
     .execute(&mut **tx)
     .await
@@ -148,7 +138,6 @@ impl Datastore {
         .await?
         .ok_or_else(|| Error::not_found("job", id))?
         .into_api()
-        .map(|(j, _)| j)
     }
 
     pub async fn job_list(
@@ -173,25 +162,21 @@ impl Datastore {
         .await?;
         let jobs = rows
             .into_iter()
-            .map(|r| r.into_api().map(|(j, _)| j))
+            .map(JobRow::into_api)
             .collect::<Result<Vec<_>>>()?;
         Ok(super::into_page(jobs, limit, |j| j.id.as_uuid()))
     }
 
     /// Claims the oldest runnable job: queued, or left by a headnode whose
     /// lease ran out. Takes the lease for `lease` from now.
-    pub async fn job_claim(
-        &self,
-        worker: Uuid,
-        lease: std::time::Duration,
-    ) -> Result<Option<Claimed>> {
+    pub async fn job_claim(&self, worker: Uuid, lease: std::time::Duration) -> Result<Option<Job>> {
         let row = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET state = CASE WHEN state = 'queued' THEN 'running' ELSE state END,
+            "UPDATE jobs SET state = CASE WHEN state = {JOB_QUEUED} THEN {JOB_RUNNING} ELSE state END,
                     lease_owner = $1, lease_until = now() + make_interval(secs => $2),
                     attempts = attempts + 1, updated_at = now()
              WHERE id = (SELECT id FROM jobs
-                         WHERE run_after <= now() AND (state = 'queued'
-                            OR (state IN ('running', 'unwinding') AND lease_until < now()))
+                         WHERE run_after <= now() AND (state = {JOB_QUEUED}
+                            OR (state IN {JOB_LEASED} AND lease_until < now()))
                          ORDER BY run_after, created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING {COLUMNS}"
         )))
@@ -199,8 +184,7 @@ impl Datastore {
         .bind(lease.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| r.into_api().map(|(job, params)| Claimed { job, params }))
-            .transpose()
+        row.map(JobRow::into_api).transpose()
     }
 
     /// Extends the lease; false when this worker no longer holds it.
@@ -210,10 +194,10 @@ impl Datastore {
         worker: Uuid,
         lease: std::time::Duration,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
-             WHERE id = $1 AND lease_owner = $2 AND state IN ('running', 'unwinding')",
-        )
+             WHERE id = $1 AND lease_owner = $2 AND state IN {JOB_LEASED}"
+        )))
         .bind(id.as_uuid())
         .bind(worker)
         .bind(lease.as_secs_f64())
@@ -232,12 +216,12 @@ impl Datastore {
         steps: &[JobStep],
         error: Option<&str>,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET state = $3, steps = $4, error = $5, updated_at = now(),
-                    finished_at = CASE WHEN $3 IN ('succeeded', 'failed') THEN now() END,
-                    lease_owner = CASE WHEN $3 IN ('succeeded', 'failed') THEN NULL ELSE lease_owner END
-             WHERE id = $1 AND lease_owner = $2 AND state IN ('running', 'unwinding')",
-        )
+                    finished_at = CASE WHEN $3 IN {JOB_FINISHED} THEN now() END,
+                    lease_owner = CASE WHEN $3 IN {JOB_FINISHED} THEN NULL ELSE lease_owner END
+             WHERE id = $1 AND lease_owner = $2 AND state IN {JOB_LEASED}"
+        )))
         .bind(id.as_uuid())
         .bind(worker)
         .bind(state.as_str())
@@ -265,15 +249,5 @@ impl Datastore {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// Counts unfinished jobs (for metrics and tests).
-    pub async fn job_count_unfinished(&self) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM jobs WHERE state IN ('queued', 'running', 'unwinding')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n)
     }
 }

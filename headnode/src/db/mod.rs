@@ -12,6 +12,7 @@ mod join_tokens;
 mod networks;
 mod packages;
 mod servers;
+mod states;
 mod tokens;
 
 pub use images::ImageFilter;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use nereid_api::{AccountId, Package, PackageCreate, PackageId, PackageUpdate, Page};
+use nereid_api::{AccountId, Brand, Package, PackageCreate, PackageId, PackageUpdate, Page};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -32,6 +32,8 @@ struct PackageRow {
 
 impl From<PackageRow> for Package {
     fn from(r: PackageRow) -> Package {
+        // The column's CHECK allows only the brands' names.
+        let brand = Brand::parse(&r.brand).unwrap_or(Brand::Container);
         Package {
             id: r.id.into(),
             name: r.name,
@@ -42,7 +44,7 @@ impl From<PackageRow> for Package {
             vcpus: r.vcpus as u32,
             cpu_cap: r.cpu_cap as u32,
             disk_mb: r.disk_mb as u64,
-            brand: r.brand,
+            brand,
             traits: r.traits.0,
             active: r.active,
             owners: r.owners.into_iter().map(AccountId::from).collect(),
@@ -58,7 +60,7 @@ const COLUMNS: &str = "id, name, version, description, memory_mb, swap_mb, vcpus
 pub struct PackageFilter {
     pub name: Option<String>,
     pub active: Option<bool>,
-    pub brand: Option<String>,
+    pub brand: Option<Brand>,
     /// Only packages this account may use (active, and public or owned); None = all.
     pub usable_by: Option<AccountId>,
 }
@@ -97,7 +99,7 @@ impl Datastore {
         .bind(p.vcpus as i32)
         .bind(p.cpu_cap as i32)
         .bind(p.disk_mb as i64)
-        .bind(&p.brand)
+        .bind(p.brand.as_str())
         .bind(Json(&p.traits))
         .bind(uuids(&p.owners))
         .fetch_one(&self.pool)
@@ -145,7 +147,7 @@ impl Datastore {
         .bind(f.usable_by.map(|a| a.as_uuid()))
         .bind(&f.name)
         .bind(f.active)
-        .bind(&f.brand)
+        .bind(f.brand.map(|b| b.as_str()))
         .bind(after)
         .bind(limit + 1)
         .fetch_all(&self.pool)
@@ -194,7 +196,11 @@ impl Datastore {
                 u.disk_mb.map(|v| v.to_string()),
                 current.disk_mb.to_string(),
             ),
-            ("brand", u.brand.clone(), current.brand.clone()),
+            (
+                "brand",
+                u.brand.map(|b| b.to_string()),
+                current.brand.to_string(),
+            ),
         ];
         for (field, asked, now) in immutable {
             if let Some(asked) = asked

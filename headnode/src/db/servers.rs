@@ -248,9 +248,10 @@ impl Datastore {
         if found.is_none() {
             return Err(Error::not_found("server", id));
         }
-        let (live,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM instances WHERE server_id = $1 AND state <> 'deleted'",
-        )
+        let (live,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM instances WHERE server_id = $1 AND state <> {}",
+            super::states::INSTANCE_DELETED
+        )))
         .bind(id.as_uuid())
         .fetch_one(&mut *tx)
         .await?;

@@ -3,7 +3,6 @@
 //!
 //! It must never log a join token, a credential or a control key.
 
-mod convert;
 mod registry;
 
 pub use registry::RegistryService;

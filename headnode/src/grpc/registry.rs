@@ -8,8 +8,8 @@ use nereid_proto::v1 as pb;
 use nereid_proto::v1::registry_server::Registry;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use crate::AppState;
+use crate::agent_client::convert;
 use crate::db::NewServer;
 use crate::secrets;
 

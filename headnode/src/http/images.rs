@@ -86,17 +86,13 @@ pub async fn image_create(
             "is larger than requirements.max_ram_mb",
         ));
     }
-    if let Some(b) = &r.brand {
-        let fits = matches!(
-            (req.image_type, b.as_str()),
-            (ImageType::Container, "container") | (ImageType::Vm, "kvm")
-        );
-        if !fits {
-            return Err(Error::invalid(
-                "requirements.brand",
-                format!("{b:?} does not run a {} image", req.image_type.as_str()),
-            ));
-        }
+    if let Some(b) = r.brand
+        && b != req.image_type.brand()
+    {
+        return Err(Error::invalid(
+            "requirements.brand",
+            format!("{b} does not run a {} image", req.image_type),
+        ));
     }
     if req.public && !p.is_operator() {
         return Err(Error::Forbidden(

@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use nereid_api::{
-    AccountId, ErrorBody, Instance, InstanceAccepted, InstanceCreate, InstanceId, InstanceState,
-    Job, JobId, JobState, Page, ServerId,
+    AccountId, ErrorBody, Instance, InstanceAccepted, InstanceConsole, InstanceCreate, InstanceId,
+    InstanceState, Job, JobId, JobKind, JobState, Page, ServerId,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -47,7 +47,7 @@ pub async fn instance_create(
 #[serde(deny_unknown_fields)]
 pub struct InstanceListParams {
     /// One state; `deleted` lists deleted instances, which are hidden otherwise.
-    pub state: Option<String>,
+    pub state: Option<InstanceState>,
     /// Operators only: one account's instances.
     pub owner: Option<AccountId>,
     pub server: Option<ServerId>,
@@ -67,21 +67,13 @@ pub async fn instance_list(
 ) -> Result<Json<Page<Instance>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
-    let state = q
-        .state
-        .as_deref()
-        .map(|st| {
-            InstanceState::parse(st)
-                .ok_or_else(|| Error::invalid("state", format!("{st:?} is not an instance state")))
-        })
-        .transpose()?;
     let owner = match p.owner_scope() {
         Some(me) => Some(me),
         None => q.owner,
     };
     let filter = InstanceFilter {
         owner,
-        state,
+        state: q.state,
         server: q.server,
         alias: q.alias,
         tag: q.tag.map(|t| match t.split_once('=') {
@@ -102,8 +94,29 @@ pub async fn instance_get(
     Ok(Json(s.db.instance_get(id, p.owner_scope()).await?))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleParams {
+    /// How many of the last lines (default 100, at most 10000).
+    pub tail: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}/console", tag = "instances",
+    params(("id" = InstanceId, Path), ConsoleParams),
+    responses((status = 200, body = InstanceConsole), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody)))]
+pub async fn instance_console(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<InstanceId>,
+    ApiQuery(q): ApiQuery<ConsoleParams>,
+) -> Result<Json<InstanceConsole>> {
+    Ok(Json(instances::console(&s, p, id, q.tail).await?))
+}
+
 macro_rules! action {
-    ($fn:ident, $path:literal, $kind:literal, $method:ident) => {
+    ($fn:ident, $path:literal, $kind:expr, $method:ident) => {
         #[utoipa::path($method, path = $path, tag = "instances", params(("id" = InstanceId, Path)),
             responses((status = 202, body = InstanceAccepted), (status = 404, body = ErrorBody),
                 (status = 409, body = ErrorBody)))]
@@ -120,17 +133,36 @@ macro_rules! action {
     };
 }
 
-action!(instance_start, "/v1/instances/{id}/start", "start", post);
-action!(instance_stop, "/v1/instances/{id}/stop", "stop", post);
-action!(instance_reboot, "/v1/instances/{id}/reboot", "reboot", post);
-action!(instance_delete, "/v1/instances/{id}", "destroy", delete);
+action!(
+    instance_start,
+    "/v1/instances/{id}/start",
+    JobKind::Start,
+    post
+);
+action!(
+    instance_stop,
+    "/v1/instances/{id}/stop",
+    JobKind::Stop,
+    post
+);
+action!(
+    instance_reboot,
+    "/v1/instances/{id}/reboot",
+    JobKind::Reboot,
+    post
+);
+action!(
+    instance_delete,
+    "/v1/instances/{id}",
+    JobKind::Destroy,
+    delete
+);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct JobListParams {
     pub instance: Option<InstanceId>,
-    /// queued, running, unwinding, succeeded or failed.
-    pub state: Option<String>,
+    pub state: Option<JobState>,
     pub limit: Option<u32>,
     pub page_token: Option<String>,
 }
@@ -144,16 +176,8 @@ pub async fn job_list(
 ) -> Result<Json<Page<Job>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
-    let state = q
-        .state
-        .as_deref()
-        .map(|st| {
-            JobState::parse(st)
-                .ok_or_else(|| Error::invalid("state", format!("{st:?} is not a job state")))
-        })
-        .transpose()?;
     Ok(Json(
-        s.db.job_list(p.owner_scope(), q.instance, state, after, limit)
+        s.db.job_list(p.owner_scope(), q.instance, q.state, after, limit)
             .await?,
     ))
 }

@@ -126,6 +126,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/instances/{id}/reboot",
             post(instances::instance_reboot),
         )
+        .route(
+            "/v1/instances/{id}/console",
+            get(instances::instance_console),
+        )
         .route("/v1/jobs", get(instances::job_list))
         .route("/v1/jobs/{id}", get(instances::job_get))
         .fallback(not_found)

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use nereid_api::{ErrorBody, Package, PackageCreate, PackageId, PackageUpdate, Page};
+use nereid_api::{Brand, ErrorBody, Package, PackageCreate, PackageId, PackageUpdate, Page};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -18,7 +18,7 @@ use crate::validate;
 pub struct PackageListParams {
     pub name: Option<String>,
     pub active: Option<bool>,
-    pub brand: Option<String>,
+    pub brand: Option<Brand>,
     pub limit: Option<u32>,
     pub page_token: Option<String>,
 }
@@ -44,15 +44,6 @@ fn check_sizes(p: &PackageCreate) -> Result<()> {
     }
     if !(1..=1024 * 1024 * 1024).contains(&p.disk_mb) {
         return Err(Error::invalid("disk_mb", "must be within 1..=1073741824"));
-    }
-    if p.brand != "container" && p.brand != "kvm" {
-        return Err(Error::invalid(
-            "brand",
-            format!(
-                "must be container or kvm, got {:?}",
-                validate::truncate(&p.brand)
-            ),
-        ));
     }
     for k in p.traits.keys() {
         validate::name("traits", k)?;

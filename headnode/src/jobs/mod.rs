@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::BoxFuture;
-use nereid_api::{Job, JobState, JobStep, StepState};
+use nereid_api::{Job, JobKind, JobState, JobStep, StepState};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::Error;
 
-pub use provision::provision_steps;
+pub use provision::PROVISION_STEPS_DONE_AT_CREATE;
 
 /// What a step's failure means for the job.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub enum StepError {
 impl From<Error> for StepError {
     fn from(e: Error) -> StepError {
         match e {
-            Error::AgentUnavailable(m) => StepError::Retry(m),
+            Error::AgentUnavailable(m) | Error::ImageMissingOnNode(m) => StepError::Retry(m),
             Error::Database(ref d) => StepError::Retry(format!("database: {d}")),
             other => StepError::Fail(other.to_string()),
         }
@@ -60,32 +60,30 @@ pub struct Ctx {
     pub job: Job,
     /// The state the node reported for the instance earlier in this run
     /// (saves a call); empty after a takeover, so steps then ask the node.
-    pub reported: std::sync::Mutex<Option<String>>,
+    pub reported: std::sync::Mutex<Option<crate::agent_client::NodeState>>,
 }
+
+type FailureFn = for<'a> fn(&'a Ctx, &'a str) -> BoxFuture<'a, StepResult>;
 
 /// The steps of a kind of job, and what to do when it fails for good.
-struct Saga {
-    steps: &'static [Step],
-    on_failure: for<'a> fn(&'a Ctx, &'a str) -> BoxFuture<'a, StepResult>,
+pub struct Saga {
+    steps: Vec<Step>,
+    on_failure: FailureFn,
 }
 
-fn saga(kind: &str) -> Option<Saga> {
-    Some(match kind {
-        "provision" => provision::SAGA,
-        "destroy" => lifecycle::DESTROY,
-        "start" => lifecycle::START,
-        "stop" => lifecycle::STOP,
-        "reboot" => lifecycle::REBOOT,
-        _ => return None,
-    })
+fn saga(kind: JobKind) -> Saga {
+    match kind {
+        JobKind::Provision => provision::saga(),
+        JobKind::Destroy => lifecycle::destroy(),
+        JobKind::Start | JobKind::Stop | JobKind::Reboot => lifecycle::action(kind),
+    }
 }
 
 /// The fresh step log of a kind of job (the first `done` steps already done).
-pub fn step_log(kind: &str, done: usize) -> Vec<JobStep> {
+pub fn step_log(kind: JobKind, done: usize) -> Vec<JobStep> {
     let now = Utc::now();
     saga(kind)
-        .map(|s| s.steps)
-        .unwrap_or_default()
+        .steps
         .iter()
         .enumerate()
         .map(|(i, s)| JobStep {
@@ -135,12 +133,12 @@ impl Runner {
         loop {
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
             match state.db.job_claim(worker, state.config.job_lease).await {
-                Ok(Some(claimed)) => {
+                Ok(Some(job)) => {
                     let state = state.clone();
                     // Another free slot may find more work at once.
                     self.notify.notify_one();
                     tokio::spawn(async move {
-                        run_job(state, worker, claimed.job).await;
+                        run_job(state, worker, job).await;
                         drop(permit);
                     });
                 }
@@ -245,10 +243,7 @@ impl Driver {
     }
 
     async fn drive(mut self) {
-        let Some(saga) = saga(&self.ctx.job.kind) else {
-            let _ = self.save(JobState::Failed, Some("unknown job kind")).await;
-            return;
-        };
+        let saga = saga(self.ctx.job.kind);
         if self.ctx.job.steps.len() != saga.steps.len() {
             let _ = self
                 .save(
@@ -278,7 +273,7 @@ impl Driver {
     }
 
     async fn forward(&mut self, saga: &Saga) -> Result<(), Stop> {
-        let kind = self.ctx.job.kind.clone();
+        let kind = self.ctx.job.kind;
         let mut fresh_mark = false;
         for (i, step) in saga.steps.iter().enumerate() {
             if self.ctx.job.steps[i].state == StepState::Done {
@@ -296,12 +291,12 @@ impl Driver {
                     self.save(JobState::Running, None).await?;
                 }
                 fresh_mark = false;
-                fault_point(&kind, step.name, "before");
+                fault_point(kind, step.name, "before");
                 let result = (step.forward)(&self.ctx).await;
                 let attempts = self.ctx.job.steps[i].attempts;
                 match result {
                     Ok(()) => {
-                        fault_point(&kind, step.name, "after");
+                        fault_point(kind, step.name, "after");
                         let now = Utc::now();
                         let s = &mut self.ctx.job.steps[i];
                         s.state = StepState::Done;
@@ -373,7 +368,7 @@ impl Driver {
                     }
                 }
             }
-            fault_point(&self.ctx.job.kind.clone(), step.name, "undone");
+            fault_point(self.ctx.job.kind, step.name, "undone");
             self.ctx.job.steps[i].state = StepState::Undone;
             self.save(JobState::Unwinding, Some(error)).await?;
         }
@@ -388,7 +383,7 @@ impl Driver {
 
 /// Crash tests: `NEREID_HEADNODE_FAULT=<kind>:<step>:<before|after|undone>`
 /// kills the headnode with SIGKILL at that point. Unset in production.
-fn fault_point(kind: &str, step: &str, when: &str) {
+fn fault_point(kind: JobKind, step: &str, when: &str) {
     if let Ok(f) = std::env::var("NEREID_HEADNODE_FAULT")
         && f == format!("{kind}:{step}:{when}")
     {
@@ -400,7 +395,7 @@ fn fault_point(kind: &str, step: &str, when: &str) {
 /// Queues a job whose first `done` steps are already done (in the caller's
 /// transaction) and returns its record.
 pub fn new_job(
-    kind: &'static str,
+    kind: JobKind,
     instance: nereid_api::InstanceId,
     owner: nereid_api::AccountId,
     done: usize,
@@ -411,7 +406,6 @@ pub fn new_job(
         instance_id: instance,
         owner,
         steps: step_log(kind, done),
-        params: serde_json::json!({}),
         request_id: crate::error::current_request_id(),
     }
 }

@@ -1,17 +1,23 @@
-//! The headnode's clients to agents: one lazily-connected gRPC channel per
-//! server, each call carrying that server's control key and the request id.
+//! The only place that talks to agents: one lazily-connected gRPC channel per
+//! server, each call carrying that server's control key and the request id,
+//! and (in `convert`) every conversion to and from the agents' protobuf.
+//! Callers see REST/domain types and `Error`, never protobuf.
 //!
 //! It must never keep a channel for a deleted server or log a control key.
+
+pub mod convert;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nereid_api::{ImageId, InstanceId, ServerId, ServerSetup};
+use nereid_api::{Brand, ImageId, InstanceId, ServerId, ServerSetup};
 use nereid_proto::v1 as pb;
 use nereid_proto::v1::SetupRequest;
 use nereid_proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
+
+pub use convert::{NodeInstance, NodeState};
 
 use crate::db::AgentTarget;
 use crate::error::{Error, Result};
@@ -122,6 +128,7 @@ impl AgentPool {
         &self,
         t: &AgentTarget,
         image: ImageId,
+        brand: Brand,
         url: &str,
         sha256: &str,
     ) -> Result<()> {
@@ -132,6 +139,7 @@ impl AgentPool {
             image_id: image.to_string(),
             url: url.to_string(),
             sha256: sha256.to_string(),
+            brand: convert::brand(brand).into(),
         };
         let mut stream = self
             .client(t)?
@@ -160,36 +168,35 @@ impl AgentPool {
         }
     }
 
+    /// Makes the instance exist on the node (and run, with `start`).
     pub async fn ensure_instance(
         &self,
         t: &AgentTarget,
-        spec: pb::InstanceSpec,
+        spec: &convert::Spec,
         start: bool,
-    ) -> Result<pb::InstanceStatus> {
+    ) -> Result<NodeInstance> {
         let msg = pb::EnsureInstanceRequest {
-            spec: Some(spec),
+            spec: Some(convert::spec(spec)),
             start,
         };
-        Ok(self
+        let st = self
             .client(t)?
             .ensure_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "EnsureInstance", st))?
-            .into_inner())
+            .into_inner();
+        convert::node_instance(st)
     }
 
-    pub async fn start_instance(
-        &self,
-        t: &AgentTarget,
-        id: InstanceId,
-    ) -> Result<pb::InstanceStatus> {
+    pub async fn start_instance(&self, t: &AgentTarget, id: InstanceId) -> Result<NodeInstance> {
         let msg = pb::InstanceRef { id: id.to_string() };
-        Ok(self
+        let st = self
             .client(t)?
             .start_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "StartInstance", st))?
-            .into_inner())
+            .into_inner();
+        convert::node_instance(st)
     }
 
     pub async fn stop_instance(
@@ -197,7 +204,7 @@ impl AgentPool {
         t: &AgentTarget,
         id: InstanceId,
         reboot: bool,
-    ) -> Result<pb::InstanceStatus> {
+    ) -> Result<NodeInstance> {
         let msg = pb::StopInstanceRequest {
             id: id.to_string(),
             timeout_seconds: 10,
@@ -209,8 +216,10 @@ impl AgentPool {
         } else {
             ("StopInstance", c.stop_instance(req).await)
         };
-        Ok(r.map_err(|st| agent_error(t.server, &t.address, call, st))?
-            .into_inner())
+        convert::node_instance(
+            r.map_err(|st| agent_error(t.server, &t.address, call, st))?
+                .into_inner(),
+        )
     }
 
     /// Removes the instance from the node; a missing one is fine.
@@ -228,34 +237,65 @@ impl AgentPool {
         &self,
         t: &AgentTarget,
         id: InstanceId,
-    ) -> Result<Option<pb::InstanceStatus>> {
+    ) -> Result<Option<NodeInstance>> {
         let msg = pb::InstanceRef { id: id.to_string() };
         match self
             .client(t)?
             .get_instance(self.request(msg, &t.control_key))
             .await
         {
-            Ok(r) => Ok(Some(r.into_inner())),
+            Ok(r) => Ok(Some(convert::node_instance(r.into_inner())?)),
             Err(st) if st.code() == tonic::Code::NotFound => Ok(None),
             Err(st) => Err(agent_error(t.server, &t.address, "GetInstance", st)),
         }
     }
 
-    pub async fn list_instances(&self, t: &AgentTarget) -> Result<Vec<pb::InstanceStatus>> {
-        Ok(self
-            .client(t)?
+    pub async fn list_instances(&self, t: &AgentTarget) -> Result<Vec<NodeInstance>> {
+        self.client(t)?
             .list_instances(self.request(pb::ListInstancesRequest {}, &t.control_key))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "ListInstances", st))?
             .into_inner()
-            .instances)
+            .instances
+            .into_iter()
+            .map(convert::node_instance)
+            .collect()
     }
 
-    /// The node's stream of state changes.
+    /// The end of an instance's console log: (text, truncated).
+    pub async fn console(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+        tail_lines: u32,
+    ) -> Result<(String, bool)> {
+        let msg = pb::GetConsoleRequest {
+            id: id.to_string(),
+            tail_lines,
+        };
+        let r = match self
+            .client(t)?
+            .get_console(self.request(msg, &t.control_key))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(st) if st.code() == tonic::Code::NotFound => {
+                return Err(Error::Conflict(format!(
+                    "server {} does not have instance {id} (yet or any more)",
+                    t.server
+                )));
+            }
+            Err(st) => return Err(agent_error(t.server, &t.address, "GetConsole", st)),
+        };
+        Ok((r.text, r.truncated))
+    }
+
+    /// The node's stream of state changes, one `NodeInstance` (without a
+    /// spec: id, state, generation, reason) per change.
     pub async fn watch_events(
         &self,
         t: &AgentTarget,
-    ) -> Result<tonic::Streaming<pb::InstanceEvent>> {
+    ) -> Result<impl futures::Stream<Item = NodeInstance> + use<>> {
         // No call timeout on a stream meant to stay open.
         let ch = Endpoint::from_shared(format!("http://{}", t.address))
             .map_err(|e| {
@@ -266,16 +306,31 @@ impl AgentPool {
             })?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
-        Ok(AgentClient::new(ch)
+        let stream = AgentClient::new(ch)
             .watch_events(self.request(pb::WatchEventsRequest {}, &t.control_key))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "WatchEvents", st))?
-            .into_inner())
+            .into_inner();
+        // The stream ends at the first error (the watcher then lists again);
+        // events in a state this headnode does not know are skipped.
+        let events = futures::stream::unfold(stream, |mut s| async move {
+            let ev = s.message().await.ok()??;
+            Some((convert::event(ev), s))
+        });
+        Ok(futures::StreamExt::filter_map(events, |e| async move { e }))
     }
 }
 
 fn agent_error(id: ServerId, address: &str, call: &str, st: tonic::Status) -> Error {
     use tonic::Code;
+    let message = format!(
+        "the agent of server {id} at {address} failed {call}: {} ({:?})",
+        st.message(),
+        st.code()
+    );
+    if let Some(pb::ErrorReason::ImageMissing) = convert::error_reason(&st) {
+        return Error::ImageMissingOnNode(message);
+    }
     let refused = matches!(
         st.code(),
         Code::InvalidArgument
@@ -291,9 +346,5 @@ fn agent_error(id: ServerId, address: &str, call: &str, st: tonic::Status) -> Er
     } else {
         Error::AgentUnavailable
     };
-    make(format!(
-        "the agent of server {id} at {address} failed {call}: {} ({:?})",
-        st.message(),
-        st.code()
-    ))
+    make(message)
 }

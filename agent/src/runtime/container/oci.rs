@@ -1,53 +1,9 @@
 //! The OCI runtime configuration (config.json) of a container instance, built
 //! from its spec. A pure function, so it is unit-tested without runc.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// What the headnode asks for; stored as the `nereid:spec` property of the
-/// instance's dataset, so the node can rebuild everything from it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceSpec {
-    pub id: String,
-    pub hostname: String,
-    pub image_id: String,
-    pub memory_mb: u64,
-    #[serde(default)]
-    pub swap_mb: u64,
-    /// Percent of one CPU; 0 = no cap.
-    #[serde(default)]
-    pub cpu_cap: u32,
-    pub disk_mb: u64,
-    #[serde(default = "default_pids")]
-    pub pids_limit: i64,
-    /// The headnode's version of this spec; newer wins.
-    #[serde(default)]
-    pub generation: u64,
-    /// In order; the first is the primary NIC.
-    #[serde(default)]
-    pub nics: Vec<Nic>,
-}
-
-/// A NIC of an instance (see `net`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Nic {
-    pub network_id: String,
-    pub nic_tag: String,
-    #[serde(default)]
-    pub vlan_id: u16,
-    pub ip: std::net::Ipv4Addr,
-    pub prefix_len: u8,
-    #[serde(default)]
-    pub gateway: Option<std::net::Ipv4Addr>,
-    #[serde(default)]
-    pub resolvers: Vec<std::net::Ipv4Addr>,
-    pub mtu: u32,
-    pub mac: String,
-}
-
-fn default_pids() -> i64 {
-    4096
-}
+use crate::spec::InstanceSpec;
 
 const CAPS: &[&str] = &[
     "CAP_CHOWN",
@@ -143,15 +99,8 @@ mod tests {
     fn spec() -> InstanceSpec {
         InstanceSpec {
             id: "0e4f".into(),
-            hostname: "web1".into(),
-            image_id: "img".into(),
-            memory_mb: 128,
-            swap_mb: 64,
-            cpu_cap: 50,
-            disk_mb: 1024,
-            pids_limit: 100,
-            generation: 1,
             nics: vec![],
+            ..crate::spec::tests::spec(nereid_api::Brand::Container)
         }
     }
 

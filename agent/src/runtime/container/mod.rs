@@ -1,0 +1,337 @@
+//! The `container` driver: an OCI bundle in the state dir whose root is the
+//! instance's dataset, a network namespace `nrd-<uuid>` plumbed by `net`, run
+//! by runc under the agent's own `--root`.
+//!
+//! Every step checks before acting, so a retry after a crash at any step
+//! completes the instance instead of making a second one. It must never touch
+//! the instance's dataset beyond reading it as the root filesystem.
+
+pub mod oci;
+pub mod runc;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use runc::{Runc, Status};
+
+use super::store::Store;
+use super::undo::Undo;
+use super::{Console, Events, Instance, InstanceError, Result, Runtime, State};
+use crate::net;
+use crate::spec::InstanceSpec;
+
+#[derive(Clone)]
+pub struct Containers {
+    store: Store,
+    bundles: PathBuf,
+    runc: Runc,
+    events: Events,
+    memsw: bool,
+    /// nic tag -> interface on this node (from the setup).
+    nic_tags: Arc<BTreeMap<String, String>>,
+}
+
+impl Containers {
+    pub fn new(
+        store: Store,
+        state_dir: &Path,
+        nic_tags: Arc<BTreeMap<String, String>>,
+        events: Events,
+    ) -> Containers {
+        Containers {
+            store,
+            bundles: state_dir.join("bundles"),
+            runc: Runc::new(&state_dir.join("runc")),
+            events,
+            memsw: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            nic_tags,
+        }
+    }
+
+    pub fn runc(&self) -> &Runc {
+        &self.runc
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.bundles.join(id)
+    }
+
+    /// Makes the instance's network namespace exist with its NICs plumbed
+    /// (after a crash or a host reboot too).
+    async fn ensure_netns(&self, spec: &InstanceSpec, undo: &mut Undo) -> Result<()> {
+        let id = &spec.id;
+        let ns = net::netns_name(id);
+        let host = |e: net::NetError| InstanceError::host(id, e.to_string());
+        let created = !net::netns_exists(&ns);
+        if created {
+            net::netns_add(&ns).await.map_err(host)?;
+            let (n, count) = (id.clone(), spec.nics.len());
+            undo.push("delete the network namespace", move || async move {
+                let _ = net::netns_del(&net::netns_name(&n)).await;
+                net::unplumb(&n, count).await;
+            });
+            crate::fault::point("ensure_instance:after_netns");
+        }
+        let missing = (0..spec.nics.len()).any(|i| !net::link_exists(&net::host_veth_name(id, i)));
+        if created || missing {
+            net::plumb(id, &ns, &spec.nics, &self.nic_tags)
+                .await
+                .map_err(host)?;
+        }
+        Ok(())
+    }
+
+    async fn write_bundle(&self, spec: &InstanceSpec) -> Result<()> {
+        let rootfs = self.store.mountpoint(&spec.id).await?;
+        let dir = self.bundle(&spec.id);
+        let host = |what: String| InstanceError::host(&spec.id, what);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| host(format!("creating {}: {e}", dir.display())))?;
+        let resolv = match net::resolv_conf(&spec.nics) {
+            Some(body) => {
+                let path = dir.join("resolv.conf");
+                tokio::fs::write(&path, body)
+                    .await
+                    .map_err(|e| host(format!("writing {}: {e}", path.display())))?;
+                Some(path.display().to_string())
+            }
+            None => None,
+        };
+        let config = oci::config(
+            spec,
+            &rootfs.display().to_string(),
+            &net::netns_path(&net::netns_name(&spec.id))
+                .display()
+                .to_string(),
+            self.memsw,
+            resolv.as_deref(),
+        );
+        let tmp = dir.join("config.json.tmp");
+        tokio::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&config).expect("config serializes"),
+        )
+        .await
+        .map_err(|e| host(format!("writing {}: {e}", tmp.display())))?;
+        tokio::fs::rename(&tmp, dir.join("config.json"))
+            .await
+            .map_err(|e| host(format!("writing config.json: {e}")))?;
+        Ok(())
+    }
+
+    /// Starts the container unless it runs (a stopped one is deleted from runc
+    /// first). A `fresh` instance has no runc state to look at.
+    async fn run(&self, spec: &InstanceSpec, undo: &mut Undo, fresh: bool) -> Result<()> {
+        let status = if fresh {
+            None
+        } else {
+            self.runc.status(&spec.id).await?
+        };
+        match status {
+            Some(Status::Running) => return Ok(()),
+            Some(Status::Paused) => {
+                return Err(InstanceError::Conflict {
+                    id: spec.id.clone(),
+                    message: "it is paused".into(),
+                });
+            }
+            Some(_) => self.runc.delete(&spec.id).await?,
+            None => {}
+        }
+        let dir = self.bundle(&spec.id);
+        self.runc
+            .run(&spec.id, &dir, &dir.join("console.log"))
+            .await?;
+        let (runc, id) = (self.runc.clone(), spec.id.clone());
+        undo.push("delete the runc container", move || async move {
+            let _ = runc.delete(&id).await;
+        });
+        Ok(())
+    }
+
+    /// The state of an instance this call just made, without asking runc.
+    fn fresh_status(&self, spec: InstanceSpec, started: bool) -> Instance {
+        let pid = std::fs::read_to_string(self.bundle(&spec.id).join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        let state = if started {
+            State::Running
+        } else {
+            State::Stopped
+        };
+        Instance::new(spec, state, pid)
+    }
+
+    fn status_from(spec: InstanceSpec, states: &BTreeMap<String, (Status, u32)>) -> Instance {
+        match states.get(&spec.id) {
+            Some((Status::Running, pid)) => Instance::new(spec, State::Running, *pid),
+            _ => Instance::new(spec, State::Stopped, 0),
+        }
+    }
+
+    async fn stop_now(&self, id: &str, timeout: Duration) -> Result<()> {
+        if self.runc.status(id).await? != Some(Status::Running) {
+            return Ok(());
+        }
+        self.runc.kill(id, "TERM").await?;
+        if self.wait_stopped(id, timeout).await? {
+            return Ok(());
+        }
+        tracing::info!(instance = id, "did not stop within {timeout:?}; killing");
+        self.runc.kill(id, "KILL").await?;
+        if self.wait_stopped(id, Duration::from_secs(10)).await? {
+            return Ok(());
+        }
+        Err(InstanceError::host(id, "it survived SIGKILL"))
+    }
+
+    async fn wait_stopped(&self, id: &str, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.runc.status(id).await? != Some(Status::Running) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Runtime for Containers {
+    async fn ensure(
+        &self,
+        spec: &InstanceSpec,
+        fresh: bool,
+        start: bool,
+        undo: &mut Undo,
+    ) -> Result<Instance> {
+        self.ensure_netns(spec, undo).await?;
+        self.write_bundle(spec).await?;
+        crate::fault::point("ensure_instance:after_bundle");
+        if start {
+            self.run(spec, undo, fresh).await?;
+            crate::fault::point("ensure_instance:after_run");
+        }
+        if fresh {
+            Ok(self.fresh_status(spec.clone(), start))
+        } else {
+            self.get(spec.clone()).await
+        }
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance> {
+        let mut undo = Undo::default();
+        let result = async {
+            self.ensure_netns(spec, &mut undo).await?;
+            self.write_bundle(spec).await?;
+            self.run(spec, &mut undo, false).await
+        }
+        .await;
+        if let Err(e) = result {
+            undo.unwind().await;
+            return Err(e);
+        }
+        undo.commit();
+        self.get(spec.clone()).await
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`.
+    async fn stop(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Instance> {
+        self.stop_now(&spec.id, timeout).await?;
+        self.get(spec.clone()).await
+    }
+
+    async fn reboot(&self, spec: &InstanceSpec, timeout: Duration) -> Result<Instance> {
+        self.stop_now(&spec.id, timeout).await?;
+        self.start(spec).await
+    }
+
+    /// Container, netns, cgroups, bundle. Being deleted: no grace period.
+    async fn delete(&self, id: &str, spec: Option<&InstanceSpec>) -> Result<()> {
+        self.stop_now(id, Duration::ZERO).await?;
+        self.runc.delete(id).await?;
+        let ns = net::netns_name(id);
+        if net::netns_exists(&ns) {
+            net::netns_del(&ns)
+                .await
+                .map_err(|e| InstanceError::host(id, e.to_string()))?;
+        }
+        // Without a spec, the most NICs an instance can have.
+        net::unplumb(id, spec.map(|s| s.nics.len()).unwrap_or(net::MAX_NICS)).await;
+        remove_cgroups(id);
+        let _ = tokio::fs::remove_dir_all(self.bundle(id)).await;
+        Ok(())
+    }
+
+    async fn get(&self, spec: InstanceSpec) -> Result<Instance> {
+        let states = self.runc.list().await?;
+        Ok(Self::status_from(spec, &states))
+    }
+
+    async fn list(&self, specs: Vec<InstanceSpec>) -> Result<Vec<Instance>> {
+        let states = self.runc.list().await?;
+        Ok(specs
+            .into_iter()
+            .map(|s| Self::status_from(s, &states))
+            .collect())
+    }
+
+    /// Only runc's view changes on its own, so only `runc list` runs every
+    /// second; the spec (for the event's generation) is read from ZFS just
+    /// for an instance whose state changed.
+    async fn watch(&self, store: Store) {
+        let mut last: HashMap<String, State> = HashMap::new();
+        loop {
+            if let Ok(list) = self.runc.list().await {
+                let now: HashMap<String, State> = list
+                    .into_iter()
+                    .map(|(id, (status, _))| {
+                        let st = if status == Status::Running {
+                            State::Running
+                        } else {
+                            State::Stopped
+                        };
+                        (id, st)
+                    })
+                    .collect();
+                for (id, prev) in &last {
+                    // A container gone from runc is stopped (or deleted: then it has no spec).
+                    let state = now.get(id).copied().unwrap_or(State::Stopped);
+                    if state != *prev
+                        && let Ok(Some(spec)) = store.recorded(id).await
+                    {
+                        self.events.emit(&Instance::new(spec, state, 0));
+                    }
+                }
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The container's stdout and stderr.
+    async fn console(&self, spec: &InstanceSpec, tail_lines: usize) -> Result<Console> {
+        let path = self.bundle(&spec.id).join("console.log");
+        let text = super::console::read_tail(std::slice::from_ref(&path), tail_lines).map_err(|e| {
+            InstanceError::host(&spec.id, format!("reading {}: {e}", path.display()))
+        })?;
+        Ok(text)
+    }
+}
+
+/// runc removes the container's own cgroup; remove what is left of ours.
+fn remove_cgroups(id: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for c in controllers.flatten() {
+        let _ = std::fs::remove_dir(c.path().join("nereid").join(id));
+    }
+}
