@@ -18,6 +18,13 @@ pub type Client = AgentClient<InterceptedService<Channel, ControlKey>>;
 #[derive(Clone)]
 pub struct ControlKey(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
+impl ControlKey {
+    /// The `authorization` value, e.g. `Bearer <control key>`.
+    pub fn new(value: &str) -> ControlKey {
+        ControlKey(value.parse().expect("an ASCII header value"))
+    }
+}
+
 impl tonic::service::Interceptor for ControlKey {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert("authorization", self.0.clone());

@@ -319,9 +319,10 @@ impl Runtime for Containers {
     /// The container's stdout and stderr.
     async fn console(&self, spec: &InstanceSpec, tail_lines: usize) -> Result<Console> {
         let path = self.bundle(&spec.id).join("console.log");
-        let text = super::console::read_tail(std::slice::from_ref(&path), tail_lines).map_err(|e| {
-            InstanceError::host(&spec.id, format!("reading {}: {e}", path.display()))
-        })?;
+        let text =
+            super::console::read_tail(std::slice::from_ref(&path), tail_lines).map_err(|e| {
+                InstanceError::host(&spec.id, format!("reading {}: {e}", path.display()))
+            })?;
         Ok(text)
     }
 }
