@@ -78,6 +78,21 @@ async fn a_tiny_vm_and_a_container_reach_each_other_and_the_host_and_delete_leav
     // The tap is a port of the network's bridge on the VM's node.
     let node = dc.node_of(&vm);
     assert_eq!(node.links("nt").len(), 1);
+    // The CLI shows the accelerator and the console.
+    let cli = |args: &[&str]| {
+        let out = Command::new(nereid_tests::procs::bin("nereid"))
+            .args(args)
+            .env("NEREID_URL", &dc.headnode().rest_url)
+            .env("NEREID_TOKEN", dc.headnode().operator_token())
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = cli(&["instance", "get", "vm1"]);
+    assert!(shown.contains("accelerator"), "{shown}");
+    assert!(cli(&["instance", "console", "vm1", "--tail", "5"]).contains("NEREID-READY vm1"));
 
     // A container on the other node; the host and the container reach the VM.
     let ct = dc
