@@ -50,4 +50,14 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "NEREID_AGENT_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// The host uid/gid range containers run in, BASE:COUNT (as /etc/subuid
+    /// gives people): the first 65536 ids are shared by all containers, each
+    /// further 65536 can be one isolated container's. It may hold no id of
+    /// the host's users or groups.
+    #[arg(
+        long,
+        env = "NEREID_AGENT_UID_RANGE",
+        default_value = "1000000000:67174400"
+    )]
+    pub uid_range: crate::idmap::IdRange,
 }

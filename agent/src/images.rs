@@ -2,9 +2,15 @@
 //! image file, read-only, with a `@final` snapshot that instances clone.
 //!
 //! `ensure` is idempotent: an image with `@final` is done. The file is pulled
-//! over HTTP with the node credential into `<state>/downloads/<uuid>.partial`,
-//! resuming with `Range` after an interruption, and verified by sha256 before
-//! anything is unpacked. A mismatch, a truncated stream or a refused archive
+//! over HTTP with the node credential into `<pool>/downloads/<uuid>.partial`
+//! (staged on the pool, never on the node's root filesystem), resuming with
+//! `Range` after an interruption, no longer than its known size, and verified
+//! by sha256 before anything is unpacked. The image's dataset gets a quota
+//! from its declared unpacked size, and unpacking stops at that size (a gzip
+//! bomb is refused, not written). A container image is unpacked with its
+//! owners shifted into the node's shared container id range, once, so
+//! instances clone it without a chown; the shift is recorded on the dataset
+//! (`nereid:idshift`). A mismatch, a truncated stream or a refused archive
 //! leaves no dataset behind. Two concurrent calls for one image download it
 //! once (a lock per image).
 
@@ -45,6 +51,16 @@ pub enum ImageError {
     },
     #[error("image {id} cannot boot as a VM: {reason}")]
     NotBootable { id: String, reason: String },
+    #[error("image {id} is {got} bytes long, more than the {expected} its catalog entry says")]
+    TooLong { id: String, expected: u64, got: u64 },
+    #[error(
+        "image {id} is unpacked on this node for container ids from {found}, but this agent maps containers at {wanted}: delete the image's instances on this node so it can be unpacked again"
+    )]
+    ShiftMismatch {
+        id: String,
+        found: String,
+        wanted: u32,
+    },
     #[error(transparent)]
     Zfs(#[from] zfs::ZfsError),
     #[error("image {id}: {what}")]
@@ -65,10 +81,29 @@ pub enum Progress {
     Ready,
 }
 
+/// What to ensure, as the headnode asks for it.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub id: String,
+    pub url: String,
+    pub sha256: String,
+    pub brand: nereid_api::Brand,
+    /// The file's size; 0 when unknown.
+    pub size: u64,
+    /// The most it may unpack to; 0 for the agent's default.
+    pub max_unpacked: u64,
+}
+
+/// Without a declared limit, an image unpacks to at most this much.
+pub const DEFAULT_MAX_UNPACKED: u64 = 16 << 30;
+const SHIFT_PROP: &str = "nereid:idshift";
+
 #[derive(Clone)]
 pub struct Images {
     pool: String,
-    downloads: PathBuf,
+    downloads: Arc<tokio::sync::OnceCell<PathBuf>>,
+    /// The node's shared container id range starts here.
+    shift: u32,
     credential: Arc<String>,
     http: reqwest::Client,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -81,10 +116,11 @@ pub struct Images {
 const ATTEMPTS: u32 = 5;
 
 impl Images {
-    pub fn new(pool: &str, state_dir: &std::path::Path, credential: &str) -> Images {
+    pub fn new(pool: &str, credential: &str, shift: u32) -> Images {
         Images {
             pool: pool.to_string(),
-            downloads: state_dir.join("downloads"),
+            downloads: Default::default(),
+            shift,
             credential: Arc::new(credential.to_string()),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
@@ -117,19 +153,51 @@ impl Images {
             .clone()
     }
 
-    /// True if the image is unpacked and final on this node.
+    /// True if the image is unpacked and final on this node (for a
+    /// container image: shifted into this node's container id range).
     pub async fn is_ready(&self, id: &str) -> Result<bool, ImageError> {
-        Ok(zfs::exists(&self.snapshot(id)).await?)
+        if !zfs::exists(&self.snapshot(id)).await? {
+            return Ok(false);
+        }
+        let props = zfs::get(&self.dataset(id), &[SHIFT_PROP]).await?;
+        match props.get(SHIFT_PROP) {
+            Some(v) if v != &self.shift.to_string() && v != "none" => {
+                Err(ImageError::ShiftMismatch {
+                    id: id.into(),
+                    found: v.clone(),
+                    wanted: self.shift,
+                })
+            }
+            // Unpacked before ids were shifted: as unusable as a wrong shift.
+            None => Err(ImageError::ShiftMismatch {
+                id: id.into(),
+                found: "0 (unshifted)".into(),
+                wanted: self.shift,
+            }),
+            Some(_) => Ok(true),
+        }
+    }
+
+    /// `<pool>/downloads`, made once per agent process: downloads are
+    /// staged on the pool, not on the node's root filesystem.
+    async fn downloads(&self) -> Result<PathBuf, ImageError> {
+        let ds = format!("{}/downloads", self.pool);
+        let mnt = self
+            .downloads
+            .get_or_try_init(|| async {
+                zfs::ensure(&ds, &[("atime", "off")]).await?;
+                zfs::mountpoint(&ds).await
+            })
+            .await?;
+        Ok(mnt.clone())
     }
 
     pub async fn ensure(
         &self,
-        id: &str,
-        url: &str,
-        sha256: &str,
-        brand: nereid_api::Brand,
+        req: &ImageRequest,
         progress: impl Fn(Progress),
     ) -> Result<(), ImageError> {
+        let id = req.id.as_str();
         uuid_like(id)?;
         if self.ready.lock().expect("ready set").contains(id) {
             progress(Progress::Ready);
@@ -142,15 +210,10 @@ impl Images {
             progress(Progress::Ready);
             return Ok(());
         }
-        std::fs::create_dir_all(&self.downloads).map_err(|source| ImageError::Io {
-            id: id.into(),
-            what: "creating the downloads dir".into(),
-            source,
-        })?;
-        let partial = self.downloads.join(format!("{id}.partial"));
+        let partial = self.downloads().await?.join(format!("{id}.partial"));
         // A partial file left by a crash is resumed; one that could not be
         // completed after all retries is removed, so a failure leaves nothing.
-        if let Err(e) = self.download(id, url, &partial, &progress).await {
+        if let Err(e) = self.download(req, &partial, &progress).await {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(e);
         }
@@ -163,17 +226,17 @@ impl Images {
                 what: "hashing the download".into(),
                 source,
             })?;
-        if actual != sha256.to_ascii_lowercase() {
+        if actual != req.sha256.to_ascii_lowercase() {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(ImageError::Checksum {
                 id: id.into(),
-                expected: sha256.into(),
+                expected: req.sha256.clone(),
                 actual,
             });
         }
 
         progress(Progress::Unpacking);
-        let result = self.unpack(id, &partial, brand).await;
+        let result = self.unpack(req, &partial).await;
         let _ = tokio::fs::remove_file(&partial).await;
         if result.is_err() {
             let _ = zfs::destroy(&self.dataset(id), true).await;
@@ -186,31 +249,65 @@ impl Images {
 
     async fn unpack(
         &self,
-        id: &str,
+        req: &ImageRequest,
         archive: &std::path::Path,
-        brand: nereid_api::Brand,
     ) -> Result<(), ImageError> {
+        let id = req.id.as_str();
         let ds = self.dataset(id);
+        let max = if req.max_unpacked == 0 {
+            DEFAULT_MAX_UNPACKED
+        } else {
+            req.max_unpacked
+        };
+        // Room for metadata beyond the files' bytes.
+        let quota = max.saturating_add((max / 8).max(16 << 20));
+        let shift = (req.brand == nereid_api::Brand::Container).then_some(self.shift);
         zfs::ensure(&format!("{}/images", self.pool), &[("atime", "off")]).await?;
         // A dataset without @final is what a crash left: start again.
         zfs::destroy(&ds, true).await?;
-        zfs::create(&ds, &[("atime", "off")]).await?;
+        let shift_prop = shift
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none".into());
+        zfs::create(
+            &ds,
+            &[
+                ("atime", "off"),
+                ("quota", &quota.to_string()),
+                (SHIFT_PROP, &shift_prop),
+            ],
+        )
+        .await?;
         let mnt = zfs::mountpoint(&ds).await?;
         let archive = archive.to_path_buf();
         let owned_id = id.to_string();
         let root = mnt.clone();
-        tokio::task::spawn_blocking(move || unpack::unpack_tar_gz(&archive, &mnt))
-            .await
-            .map_err(|e| ImageError::Io {
-                id: owned_id.clone(),
-                what: format!("unpack task: {e}"),
-                source: std::io::Error::other("join"),
-            })?
-            .map_err(|source| ImageError::Unpack {
-                id: owned_id,
-                source,
-            })?;
-        if brand == nereid_api::Brand::Kvm {
+        let opts = unpack::Options {
+            max_bytes: max,
+            shift,
+        };
+        tokio::task::spawn_blocking(move || {
+            // The dataset's root is the container's /: owned by its root.
+            if let Some(base) = shift {
+                std::os::unix::fs::lchown(&mnt, Some(base), Some(base)).map_err(|source| {
+                    UnpackError::Write {
+                        entry: "/".into(),
+                        source,
+                    }
+                })?;
+            }
+            unpack::unpack_tar_gz(&archive, &mnt, opts)
+        })
+        .await
+        .map_err(|e| ImageError::Io {
+            id: owned_id.clone(),
+            what: format!("unpack task: {e}"),
+            source: std::io::Error::other("join"),
+        })?
+        .map_err(|source| ImageError::Unpack {
+            id: owned_id,
+            source,
+        })?;
+        if req.brand == nereid_api::Brand::Kvm {
             crate::runtime::kvm::image::check(&root)
                 .await
                 .map_err(|reason| ImageError::NotBootable {
@@ -226,15 +323,22 @@ impl Images {
     /// Pulls the file into `partial`, resuming from what is already there.
     async fn download(
         &self,
-        id: &str,
-        url: &str,
+        req: &ImageRequest,
         partial: &std::path::Path,
         progress: &impl Fn(Progress),
     ) -> Result<(), ImageError> {
+        let (id, url) = (req.id.as_str(), req.url.as_str());
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
-            match self.download_once(url, partial, progress).await {
+            match self.download_once(url, req.size, partial, progress).await {
                 Ok(()) => return Ok(()),
+                Err(DownloadFailure::TooLong(got)) => {
+                    return Err(ImageError::TooLong {
+                        id: id.into(),
+                        expected: req.size,
+                        got,
+                    });
+                }
                 Err(DownloadFailure::Fatal(m)) => {
                     return Err(ImageError::Download {
                         id: id.into(),
@@ -258,9 +362,11 @@ impl Images {
         })
     }
 
+    /// One attempt; stops as soon as more than `size` bytes (when known) arrived.
     async fn download_once(
         &self,
         url: &str,
+        size: u64,
         partial: &std::path::Path,
         progress: &impl Fn(Progress),
     ) -> Result<(), DownloadFailure> {
@@ -329,6 +435,9 @@ impl Images {
                 DownloadFailure::Fatal(format!("writing {}: {e}", partial.display()))
             })?;
             done += chunk.len() as u64;
+            if size > 0 && done > size {
+                return Err(DownloadFailure::TooLong(done));
+            }
             if done - last_report >= 4 << 20 {
                 progress(Progress::Downloading { bytes: done, total });
                 last_report = done;
@@ -350,6 +459,8 @@ impl Images {
 enum DownloadFailure {
     Retry(String),
     Fatal(String),
+    /// More bytes than the image's size arrived.
+    TooLong(u64),
 }
 
 async fn open(

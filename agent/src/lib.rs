@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod config;
 pub mod fault;
 pub mod identity;
+pub mod idmap;
 pub mod images;
 pub mod net;
 pub mod registration;
@@ -31,6 +32,7 @@ pub const SETUP_FILE: &str = "setup.json";
 pub async fn run(flags: Flags) -> anyhow::Result<()> {
     std::fs::create_dir_all(&flags.state_dir)
         .with_context(|| format!("creating {}", flags.state_dir.display()))?;
+    idmap::check_host(&flags.uid_range).map_err(anyhow::Error::msg)?;
     std::fs::set_permissions(&flags.state_dir, std::fs::Permissions::from_mode(0o700))?;
     let overrides = sysinfo::Overrides {
         machine_id: flags.machine_id.clone(),
@@ -76,8 +78,12 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
 
     let node = std::sync::Arc::new(std::sync::RwLock::new(None));
     if let Some(setup) = identity::load::<identity::Setup>(&flags.state_dir.join(SETUP_FILE))? {
-        let runtime =
-            service::NodeRuntime::start(&setup, &flags.state_dir, &identity.node_credential);
+        let runtime = service::NodeRuntime::start(
+            &setup,
+            &flags.state_dir,
+            &identity.node_credential,
+            flags.uid_range,
+        );
         match runtime.instances.list().await {
             Ok(list) => {
                 tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS, runc and QEMU")
@@ -90,6 +96,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         state_dir: flags.state_dir.clone(),
         overrides: overrides.clone(),
         credential: identity.node_credential.clone(),
+        ids: flags.uid_range,
         node,
     };
     let server = nereid_proto::v1::agent_server::AgentServer::with_interceptor(

@@ -32,7 +32,12 @@ pub struct NodeRuntime {
 impl NodeRuntime {
     /// Builds the runtime for a pool, with a driver per brand, and starts
     /// watching the drivers for state changes.
-    pub fn start(setup: &Setup, state_dir: &std::path::Path, credential: &str) -> NodeRuntime {
+    pub fn start(
+        setup: &Setup,
+        state_dir: &std::path::Path,
+        credential: &str,
+        ids: crate::idmap::IdRange,
+    ) -> NodeRuntime {
         let pool = setup.zpool.as_str();
         let store = Store::new(pool);
         let events = Events::new();
@@ -45,6 +50,7 @@ impl NodeRuntime {
                 state_dir,
                 nic_tags.clone(),
                 events.clone(),
+                ids,
             )),
         );
         drivers.insert(
@@ -54,7 +60,7 @@ impl NodeRuntime {
         let instances = Instances::new(store, drivers, events);
         instances.watch();
         NodeRuntime {
-            images: Images::new(pool, state_dir, credential),
+            images: Images::new(pool, credential, ids.base),
             instances,
         }
     }
@@ -64,6 +70,7 @@ pub struct AgentService {
     pub state_dir: PathBuf,
     pub overrides: sysinfo::Overrides,
     pub credential: String,
+    pub ids: crate::idmap::IdRange,
     pub node: Arc<RwLock<Option<NodeRuntime>>>,
 }
 
@@ -112,7 +119,10 @@ fn image_status(e: ImageError) -> Status {
     let msg = crate::error_chain(&e);
     match e {
         ImageError::BadId(_) | ImageError::NotBootable { .. } => Status::invalid_argument(msg),
-        ImageError::Checksum { .. } | ImageError::Unpack { .. } => Status::data_loss(msg),
+        ImageError::Checksum { .. } | ImageError::Unpack { .. } | ImageError::TooLong { .. } => {
+            Status::data_loss(msg)
+        }
+        ImageError::ShiftMismatch { .. } => Status::failed_precondition(msg),
         ImageError::Download { .. } => Status::unavailable(msg),
         _ => Status::internal(msg),
     }
@@ -221,6 +231,7 @@ impl Agent for AgentService {
                     &setup,
                     &self.state_dir,
                     &self.credential,
+                    self.ids,
                 ));
             }
             tracing::info!(zpool = %setup.zpool, "setup recorded");
@@ -278,11 +289,15 @@ impl Agent for AgentService {
                 let _ = progress_tx.try_send(Ok(msg));
             };
             // The work goes on even if the caller hangs up: a retry then finds it done.
-            if let Err(e) = node
-                .images
-                .ensure(&req.image_id, &req.url, &req.sha256, brand, report)
-                .await
-            {
+            let image = crate::images::ImageRequest {
+                id: req.image_id.clone(),
+                url: req.url.clone(),
+                sha256: req.sha256.clone(),
+                brand,
+                size: req.size,
+                max_unpacked: req.max_unpacked_bytes,
+            };
+            if let Err(e) = node.images.ensure(&image, report).await {
                 tracing::warn!(image = %req.image_id, "EnsureImage failed: {}", crate::error_chain(&e));
                 let _ = tx.send(Err(image_status(e))).await;
             }

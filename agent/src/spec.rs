@@ -36,6 +36,14 @@ pub struct InstanceSpec {
     /// In order; the first is the primary NIC (default route, resolvers).
     #[serde(default)]
     pub nics: Vec<Nic>,
+    /// A container in a host id range of its own rather than the node's
+    /// shared one.
+    #[serde(default)]
+    pub isolated_ids: bool,
+    /// Recorded by the node, never sent: the first host id of an isolated
+    /// container's range (0 until one is given, and for shared ones).
+    #[serde(default)]
+    pub id_base: u32,
 }
 
 /// A NIC of an instance (see `net`).
@@ -148,6 +156,8 @@ impl TryFrom<pb::InstanceSpec> for InstanceSpec {
                 .into_iter()
                 .map(Nic::try_from)
                 .collect::<Result<Vec<_>, Invalid>>()?,
+            isolated_ids: s.isolated_ids,
+            id_base: 0,
         })
     }
 }
@@ -167,6 +177,7 @@ impl From<&InstanceSpec> for pb::InstanceSpec {
             pids_limit: s.pids_limit,
             generation: s.generation,
             nics: s.nics.iter().map(pb::NicSpec::from).collect(),
+            isolated_ids: s.isolated_ids,
         }
     }
 }
@@ -267,6 +278,8 @@ pub(crate) mod tests {
                 mtu: 1500,
                 mac: "92:00:00:00:00:01".into(),
             }],
+            isolated_ids: false,
+            id_base: 0,
         }
     }
 

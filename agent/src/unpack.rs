@@ -6,6 +6,11 @@
 //! Absolute symlink targets (`/bin/busybox`) are kept: inside a container
 //! they resolve against the container's root. Writing *through* a symlink is
 //! prevented by `tar`'s `unpack_in`, which checks every parent directory.
+//!
+//! Bounded: the sizes the entries declare (which is all the tar reader
+//! yields) may not add up to more than the limit, so a small archive of
+//! zeros (a gzip bomb) stops at the limit, before anything is written past
+//! it. Owners can be shifted into a container id range as entries land.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -22,6 +27,24 @@ pub enum UnpackError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the archive unpacks to more than the {limit} bytes it may take (entry {entry:?} reaches {reached}); a declared unpacked size must cover it"
+    )]
+    TooLarge {
+        entry: String,
+        limit: u64,
+        reached: u64,
+    },
+}
+
+/// How to unpack.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The most the entries may hold in all, in bytes.
+    pub max_bytes: u64,
+    /// Own every entry by `base + uid`, `base + gid` (a container image);
+    /// None keeps the unpacking user (root) as the owner.
+    pub shift: Option<u32>,
 }
 
 /// Normalizes a relative path without touching the disk; None if it climbs
@@ -95,21 +118,51 @@ fn check(
 /// Unpacks a gzip-compressed tar into `dest` (which must exist). Returns the
 /// number of entries. On error, `dest` may hold part of the archive: the
 /// caller removes it.
-pub fn unpack_tar_gz(archive: &Path, dest: &Path) -> Result<u64, UnpackError> {
+pub fn unpack_tar_gz(archive: &Path, dest: &Path, opts: Options) -> Result<u64, UnpackError> {
     let f = std::fs::File::open(archive).map_err(UnpackError::Read)?;
     unpack(
         flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, f)),
         dest,
+        opts,
     )
 }
 
-pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<u64, UnpackError> {
+/// Owns an unpacked entry by the shifted ids of its header; puts its mode
+/// back (chown clears setuid and setgid bits).
+fn shift_owner(path: &Path, h: &tar::Header, base: u32, name: &str) -> Result<(), UnpackError> {
+    let id = |v: std::io::Result<u64>, what: &'static str| -> Result<u32, UnpackError> {
+        let v = v.map_err(UnpackError::Read)?;
+        if v >= u64::from(crate::idmap::CONTAINER_IDS) {
+            return Err(UnpackError::Refused {
+                entry: name.to_string(),
+                why: what,
+            });
+        }
+        Ok(base + v as u32)
+    };
+    let uid = id(h.uid(), "its uid is beyond the 65536 ids of a container")?;
+    let gid = id(h.gid(), "its gid is beyond the 65536 ids of a container")?;
+    let write = |source| UnpackError::Write {
+        entry: name.to_string(),
+        source,
+    };
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(write)?;
+    if h.entry_type() != tar::EntryType::Symlink {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = h.mode().map_err(UnpackError::Read)? & 0o7777;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(write)?;
+    }
+    Ok(())
+}
+
+pub fn unpack<R: Read>(reader: R, dest: &Path, opts: Options) -> Result<u64, UnpackError> {
     let mut ar = tar::Archive::new(reader);
     ar.set_preserve_permissions(true);
     ar.set_preserve_mtime(true);
     ar.set_unpack_xattrs(false);
     ar.set_overwrite(true);
     let mut n = 0;
+    let mut total: u64 = 0;
     for entry in ar.entries().map_err(UnpackError::Read)? {
         let mut entry = entry.map_err(UnpackError::Read)?;
         let path = entry.path().map_err(UnpackError::Read)?.into_owned();
@@ -122,6 +175,14 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<u64, UnpackError> {
         if norm.as_os_str().is_empty() {
             continue; // "./" itself
         }
+        total = total.saturating_add(entry.header().entry_size().map_err(UnpackError::Read)?);
+        if total > opts.max_bytes {
+            return Err(UnpackError::TooLarge {
+                entry: name,
+                limit: opts.max_bytes,
+                reached: total,
+            });
+        }
         let unpacked = entry.unpack_in(dest).map_err(|source| UnpackError::Write {
             entry: name.clone(),
             source,
@@ -132,6 +193,17 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<u64, UnpackError> {
                 why: "it would be written outside the root",
             });
         }
+        if let Some(base) = opts.shift
+            && !matches!(
+                entry.header().entry_type(),
+                tar::EntryType::XHeader
+                    | tar::EntryType::XGlobalHeader
+                    | tar::EntryType::GNULongName
+                    | tar::EntryType::GNULongLink
+            )
+        {
+            shift_owner(&dest.join(&norm), entry.header(), base, &name)?;
+        }
         n += 1;
     }
     Ok(n)
@@ -140,6 +212,11 @@ pub fn unpack<R: Read>(reader: R, dest: &Path) -> Result<u64, UnpackError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OPTS: Options = Options {
+        max_bytes: 1 << 30,
+        shift: None,
+    };
 
     fn archive(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -175,7 +252,7 @@ mod tests {
 
     fn refused(data: Vec<u8>, entry: &str) {
         let dir = tempfile::tempdir().unwrap();
-        let err = unpack(&data[..], dir.path()).unwrap_err();
+        let err = unpack(&data[..], dir.path(), OPTS).unwrap_err();
         match &err {
             UnpackError::Refused { entry: e, .. } => assert_eq!(e, entry, "{err}"),
             other => panic!("expected a refusal of {entry}, got {other}"),
@@ -211,7 +288,7 @@ mod tests {
             );
         });
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(unpack(&data[..], dir.path()).unwrap(), 5);
+        assert_eq!(unpack(&data[..], dir.path(), OPTS).unwrap(), 5);
         assert_eq!(
             std::fs::read(dir.path().join("bin/busybox")).unwrap(),
             b"ELF"
@@ -267,10 +344,70 @@ mod tests {
             raw(b, tar::EntryType::Regular, "escape/owned", None, b"x");
         });
         let dir = tempfile::tempdir().unwrap();
-        assert!(unpack(&data[..], dir.path()).is_err());
+        assert!(unpack(&data[..], dir.path(), OPTS).is_err());
         assert!(
             !outside.path().join("owned").exists(),
             "nothing may be written outside the root"
         );
+    }
+
+    #[test]
+    fn entries_adding_up_past_the_limit_are_refused_before_they_are_written() {
+        let data = archive(|b| {
+            raw(b, tar::EntryType::Regular, "./a", None, &[1u8; 600]);
+            raw(b, tar::EntryType::Regular, "./b", None, &[2u8; 600]);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            max_bytes: 1000,
+            shift: None,
+        };
+        let err = unpack(&data[..], dir.path(), opts).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::TooLarge { entry, limit: 1000, reached: 1200 } if entry == "./b"),
+            "{err}"
+        );
+        assert!(!dir.path().join("b").exists());
+    }
+
+    #[test]
+    fn owners_are_shifted_into_the_container_range_and_setuid_survives() {
+        use std::os::unix::fs::MetadataExt;
+        let data = archive(|b| {
+            let mut h = header(tar::EntryType::Regular, 3);
+            h.set_mode(0o4755);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_cksum();
+            b.append_data(&mut h, "bin/suid", &b"ELF"[..]).unwrap();
+            let mut h = header(tar::EntryType::Regular, 1);
+            h.set_uid(1000);
+            h.set_gid(100);
+            h.set_cksum();
+            b.append_data(&mut h, "home/f", &b"x"[..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            max_bytes: 1 << 20,
+            shift: Some(500_000),
+        };
+        unpack(&data[..], dir.path(), opts).unwrap();
+        let s = std::fs::metadata(dir.path().join("bin/suid")).unwrap();
+        assert_eq!(
+            (s.uid(), s.gid(), s.mode() & 0o7777),
+            (500_000, 500_000, 0o4755)
+        );
+        let f = std::fs::metadata(dir.path().join("home/f")).unwrap();
+        assert_eq!((f.uid(), f.gid()), (501_000, 500_100));
+        // An owner beyond a container's ids is refused.
+        let data = archive(|b| {
+            let mut h = header(tar::EntryType::Regular, 1);
+            h.set_uid(70_000);
+            h.set_cksum();
+            b.append_data(&mut h, "big", &b"x"[..]).unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(&data[..], dir.path(), opts).unwrap_err();
+        assert!(err.to_string().contains("beyond the 65536 ids"), "{err}");
     }
 }

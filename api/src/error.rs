@@ -39,6 +39,9 @@ pub enum ErrorCode {
     InsufficientCapacity,
     /// 409: a pool (a network's addresses) has nothing left.
     Exhausted,
+    /// 409: the account would go over one of its quotas; the message names
+    /// the quota, its limit and the current usage.
+    QuotaExceeded,
     /// 416: the Range asked for lies outside the file.
     RangeNotSatisfiable,
     /// 413: the request body is larger than the route accepts.
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "MethodNotAllowed",
             ErrorCode::Conflict => "Conflict",
             ErrorCode::InsufficientCapacity => "InsufficientCapacity",
+            ErrorCode::QuotaExceeded => "QuotaExceeded",
             ErrorCode::Exhausted => "Exhausted",
             ErrorCode::RangeNotSatisfiable => "RangeNotSatisfiable",
             ErrorCode::PayloadTooLarge => "PayloadTooLarge",

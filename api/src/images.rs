@@ -61,6 +61,9 @@ pub struct Image {
     pub public: bool,
     pub state: ImageState,
     pub file: Option<ImageFile>,
+    /// The most its file unpacks to on a node, in bytes, as its manifest
+    /// declares (null: the headnode's default bound).
+    pub unpacked_size: Option<u64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -88,4 +91,8 @@ pub struct ImageCreate {
     pub public: bool,
     /// Whose image; defaults to the caller (operators may name another account).
     pub owner: Option<AccountId>,
+    /// The most the file unpacks to, in bytes: nodes refuse an archive that
+    /// holds more (and bound the image's dataset by it). Default: the
+    /// headnode's bound for images that declare none.
+    pub unpacked_size: Option<u64>,
 }

@@ -104,6 +104,8 @@ pub struct Instance {
     #[schema(value_type = Object)]
     pub metadata: BTreeMap<String, String>,
     pub firewall_enabled: bool,
+    /// A container in a host uid/gid range of its own.
+    pub isolated_ids: bool,
     /// Why the instance failed, when it did.
     pub error: Option<String>,
     /// The job working on it now, or the last one.
@@ -133,6 +135,10 @@ pub struct InstanceCreate {
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub firewall_enabled: bool,
+    /// Containers: run in a host uid/gid range of its own rather than the
+    /// node's range shared by containers (its files are shifted into it).
+    #[serde(default)]
+    pub isolated_ids: bool,
     /// Placement rules: `instance==web*` / `instance!=db1` (hard) or
     /// `instance==~web*` / `instance!=~db*` (soft), matched against the
     /// aliases of the owner's instances; `server==<id>` pins a server.

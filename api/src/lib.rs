@@ -14,6 +14,7 @@ pub mod named;
 pub mod networks;
 pub mod packages;
 pub mod page;
+pub mod quotas;
 pub mod servers;
 
 pub use accounts::*;
@@ -25,4 +26,5 @@ pub use jobs::*;
 pub use networks::*;
 pub use packages::*;
 pub use page::*;
+pub use quotas::*;
 pub use servers::*;

@@ -53,6 +53,33 @@ pub struct Flags {
     /// How often the reconciler compares each node's instances with the database, in ms.
     #[arg(long, env = "NEREID_RECONCILE_INTERVAL_MS")]
     pub reconcile_interval_ms: Option<u64>,
+    /// A default quota, KIND=LIMIT (instances, memory_mb, disk_mb, vcpus,
+    /// images, image_bytes), for accounts that set none; repeatable, over
+    /// the config file's [default_quotas].
+    #[arg(long = "default-quota", value_parser = parse_quota)]
+    pub default_quotas: Vec<(nereid_api::QuotaKind, u64)>,
+    /// The largest image file an upload may send, in bytes.
+    #[arg(long, env = "NEREID_MAX_IMAGE_BYTES")]
+    pub max_image_bytes: Option<u64>,
+    /// How much an image that declares no unpacked size may unpack to on a
+    /// node, in bytes.
+    #[arg(long, env = "NEREID_MAX_UNPACKED_IMAGE_BYTES")]
+    pub max_unpacked_image_bytes: Option<u64>,
+}
+
+fn parse_quota(s: &str) -> Result<(nereid_api::QuotaKind, u64), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KIND=LIMIT"))?;
+    let kind: nereid_api::QuotaKind = k.trim().parse()?;
+    let limit: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a number"))?;
+    if limit > kind.max() {
+        return Err(format!("{kind} may be at most {}", kind.max()));
+    }
+    Ok((kind, limit))
 }
 
 /// The file form; every field optional.
@@ -73,6 +100,8 @@ struct FileConfig {
     job_lease_ms: Option<u64>,
     job_workers: Option<usize>,
     reconcile_interval_ms: Option<u64>,
+    max_unpacked_image_bytes: Option<u64>,
+    default_quotas: Option<nereid_api::QuotaValues>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +117,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The largest image file an upload may send.
     pub max_image_bytes: u64,
+    /// How much an image that declares no unpacked size may unpack to.
+    pub max_unpacked_image_bytes: u64,
+    /// The quotas of accounts that set none of their own.
+    pub default_quotas: nereid_api::QuotaValues,
     /// Where image files are stored (default: `<state_dir>/images`).
     pub image_store: PathBuf,
     pub log_format: LogFormat,
@@ -96,6 +129,17 @@ pub struct Config {
     pub job_workers: usize,
     pub reconcile_interval: Duration,
 }
+
+/// The quotas of an account nobody set any for: generous for one tenant
+/// of a small cloud, but bounded.
+pub const DEFAULT_QUOTAS: nereid_api::QuotaValues = nereid_api::QuotaValues {
+    instances: Some(1000),
+    memory_mb: Some(1 << 20),
+    disk_mb: Some(10 << 20),
+    vcpus: Some(1024),
+    images: Some(100),
+    image_bytes: Some(100 << 30),
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -172,13 +216,33 @@ impl Config {
             .or(file.reconcile_interval_ms)
             .unwrap_or(10_000)
             .max(100);
+        let mut default_quotas = file.default_quotas.unwrap_or(DEFAULT_QUOTAS);
+        for (kind, limit) in &flags.default_quotas {
+            default_quotas.set(*kind, Some(*limit));
+        }
+        for k in nereid_api::QuotaKind::ALL {
+            if default_quotas.get(*k).is_some_and(|v| v > k.max()) {
+                return Err(ConfigError::Invalid(format!(
+                    "default_quotas.{k} may be at most {}",
+                    k.max()
+                )));
+            }
+        }
         Ok(Config {
+            default_quotas,
+            max_unpacked_image_bytes: flags
+                .max_unpacked_image_bytes
+                .or(file.max_unpacked_image_bytes)
+                .unwrap_or(16 << 30),
             advertise_host: flags.advertise_host.clone().or(file.advertise_host),
             job_lease: Duration::from_millis(job_lease_ms),
             job_workers,
             reconcile_interval: Duration::from_millis(reconcile_ms),
             image_store: file.image_store.unwrap_or_else(|| state_dir.join("images")),
-            max_image_bytes: file.max_image_bytes.unwrap_or(64 << 30),
+            max_image_bytes: flags
+                .max_image_bytes
+                .or(file.max_image_bytes)
+                .unwrap_or(64 << 30),
             database_url,
             rest_listen: flags
                 .rest_listen
@@ -250,6 +314,37 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn default_quotas_come_from_the_file_then_the_flags() {
+        let dir = tempfile_dir();
+        let path = dir.join("q.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"x\"\n[default_quotas]\ninstances = 5\nmemory_mb = 2048\n",
+        )
+        .unwrap();
+        let c = Config::load(&Flags {
+            config: Some(path),
+            default_quotas: vec![parse_quota("memory_mb=1024").unwrap()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.default_quotas.instances, Some(5));
+        assert_eq!(c.default_quotas.memory_mb, Some(1024));
+        assert_eq!(
+            c.default_quotas.disk_mb, None,
+            "the file's table replaces the built-in defaults"
+        );
+        assert!(parse_quota("instances=-1").is_err());
+        assert!(parse_quota("bogus=1").unwrap_err().contains("instances"));
+        assert!(
+            parse_quota("instances=99999999999")
+                .unwrap_err()
+                .contains("at most")
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -53,6 +53,8 @@ pub enum Error {
     #[error("no server can take this instance: {0}")]
     InsufficientCapacity(String),
     #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
     RangeNotSatisfiable(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -100,6 +102,7 @@ impl Error {
             Error::InsufficientCapacity(_) => {
                 (StatusCode::CONFLICT, ErrorCode::InsufficientCapacity)
             }
+            Error::QuotaExceeded(_) => (StatusCode::CONFLICT, ErrorCode::QuotaExceeded),
             Error::RangeNotSatisfiable(_) => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::RangeNotSatisfiable,

@@ -172,6 +172,12 @@ pub async fn create(
     let image = resolve_image(s, owner, &req.image).await?;
     let package = resolve_package(s, owner, &req.package).await?;
     let brand = package.brand;
+    if req.isolated_ids && brand != nereid_api::Brand::Container {
+        return Err(Error::invalid(
+            "isolated_ids",
+            "only containers run in host id ranges; a VM is isolated by its hypervisor",
+        ));
+    }
     if image.image_type.brand() != brand || image.requirements.brand.is_some_and(|b| b != brand) {
         return Err(Error::invalid(
             "package",
@@ -254,6 +260,7 @@ pub async fn create(
         tags: req.tags,
         metadata: req.metadata,
         firewall_enabled: req.firewall_enabled,
+        isolated_ids: req.isolated_ids,
         idempotency_key,
         package_used: package.used,
     };

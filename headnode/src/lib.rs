@@ -61,7 +61,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.heartbeat_deadline(),
         Duration::from_secs(30),
     )
-    .await?;
+    .await?
+    .with_default_quotas(config.default_quotas);
     let token_path = config.state_dir.join(OPERATOR_TOKEN_FILE);
     if db
         .bootstrap_first_operator(|secret| write_secret_file(&token_path, secret))

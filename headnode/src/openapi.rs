@@ -12,6 +12,7 @@ use crate::http;
     info(title = "Nereid", description = "The Nereid datacenter orchestrator's REST API."),
     paths(
         http::accounts::account_list, http::accounts::account_create, http::accounts::account_get,
+        http::accounts::quotas_get, http::accounts::quotas_set,
         http::tokens::token_list, http::tokens::token_create, http::tokens::token_delete,
         http::servers::server_list, http::servers::server_get, http::servers::server_setup,
         http::servers::server_reserve, http::servers::server_unreserve, http::servers::server_delete,

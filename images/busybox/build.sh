@@ -53,6 +53,8 @@ printf 'NAME="Nereid busybox"\nID=busybox\nVERSION_ID=%s\n' "$bb_version" >"$r/e
 # Written beside and renamed: a reader never sees a half-written archive.
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$r" -cf - . | gzip -n -9 >"$out/.busybox.tar.gz.$$"
 mv -f "$out/.busybox.tar.gz.$$" "$out/busybox.tar.gz"
-sed "s/@VERSION@/$bb_version/" "$here/manifest.json.in" >"$out/.manifest.json.$$"
+# The most it unpacks to (what nodes bound its unpacking by): its files' bytes and 1 MiB.
+unpacked=$(( $(tar -tvzf "$out/busybox.tar.gz" | awk '{s += $3} END {print s + 0}') + (1 << 20) ))
+sed "s/@VERSION@/$bb_version/; s/@UNPACKED@/$unpacked/" "$here/manifest.json.in" >"$out/.manifest.json.$$"
 mv -f "$out/.manifest.json.$$" "$out/manifest.json"
 echo "$out/busybox.tar.gz ($(stat -c %s "$out/busybox.tar.gz") bytes), $out/manifest.json"

@@ -117,6 +117,8 @@ printf 'console=ttyS0 panic=-1 quiet\n' >"$b/cmdline"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$b" -cf - . | gzip -n -9 >"$out/.tiny-vm.tar.gz.$$"
 mv -f "$out/.tiny-vm.tar.gz.$$" "$out/tiny-vm.tar.gz"
 version="$(dpkg-deb -f "$deb" Version | sed 's/[^0-9A-Za-z._-]/-/g')"
-sed "s/@VERSION@/$version/; s/@KERNEL@/$kver/" "$here/manifest.json.in" >"$out/.manifest.json.$$"
+# The most it unpacks to (what nodes bound its unpacking by): its files' bytes and 1 MiB.
+unpacked=$(( $(tar -tvzf "$out/tiny-vm.tar.gz" | awk '{s += $3} END {print s + 0}') + (1 << 20) ))
+sed "s/@VERSION@/$version/; s/@KERNEL@/$kver/; s/@UNPACKED@/$unpacked/" "$here/manifest.json.in" >"$out/.manifest.json.$$"
 mv -f "$out/.manifest.json.$$" "$out/manifest.json"
 echo "$out/tiny-vm.tar.gz ($(stat -c %s "$out/tiny-vm.tar.gz") bytes, kernel $kver), $out/manifest.json"

@@ -1,7 +1,10 @@
 //! Benchmark (prints, asserts nothing): EnsureInstance -> running for the
 //! busybox container through the agent, against the same steps done by hand
 //! in one shell script (zfs clone, netns, config.json, runc run), medians and
-//! ratio; then the agent's resident memory when idle with 20 containers.
+//! ratio; the same script with the agent's config without its user
+//! namespace and seccomp profile (what they cost); unpacking the busybox
+//! image shifted into the container id range against unshifted; then the
+//! agent's resident memory when idle with 20 containers.
 //!
 //!   deploy/dev bench
 
@@ -67,8 +70,29 @@ async fn main() {
     let bundles = node.agent.state.path().join("bench-bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     std::fs::write(bundles.join("template.json"), &template).unwrap();
+    // The same config as a privileged container: no user namespace, no seccomp.
+    let mut privileged: serde_json::Value = serde_json::from_str(&template).unwrap();
+    let linux = privileged["linux"].as_object_mut().unwrap();
+    linux.remove("uidMappings");
+    linux.remove("gidMappings");
+    linux.remove("seccomp");
+    linux["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "user");
+    std::fs::write(
+        bundles.join("privileged.json"),
+        serde_json::to_string(&privileged).unwrap(),
+    )
+    .unwrap();
     let mut manual_times = Vec::new();
-    for _ in 0..runs {
+    let mut privileged_times = Vec::new();
+    for i in 0..2 * runs {
+        let (template, times) = if i % 2 == 0 {
+            ("template.json", &mut manual_times)
+        } else {
+            ("privileged.json", &mut privileged_times)
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let ds = format!("{}/instances/{id}", node.pool.name);
         let script = format!(
@@ -77,7 +101,7 @@ async fn main() {
              ip netns add nrd-{id}
              ip -n nrd-{id} link set lo up
              mkdir -p {b}/{id}
-             sed 's/@ID@/{id}/g' {b}/template.json > {b}/{id}/config.json
+             sed 's/@ID@/{id}/g' {b}/{template} > {b}/{id}/config.json
              runc --root {root} run -d --bundle {b}/{id} {id} </dev/null >{b}/{id}/log 2>&1",
             b = bundles.display(),
             root = root.display(),
@@ -88,7 +112,7 @@ async fn main() {
             .arg(&script)
             .status()
             .unwrap();
-        manual_times.push(t.elapsed());
+        times.push(t.elapsed());
         assert!(st.success());
         let cleanup = format!(
             "runc --root {root} delete -f {id}; ip netns del nrd-{id}; zfs unmount -f {ds}; zfs destroy {ds}; \
@@ -101,12 +125,59 @@ async fn main() {
             .status()
             .unwrap();
     }
-    let (a, m) = (median(agent_times), median(manual_times));
+    let (a, m, p) = (
+        median(agent_times),
+        median(manual_times),
+        median(privileged_times),
+    );
     println!(
         "EnsureInstance -> running, median of {runs}: agent {:.1} ms, by hand {:.1} ms, ratio {:.2} (goal <= 1.25)",
         a.as_secs_f64() * 1e3,
         m.as_secs_f64() * 1e3,
         a.as_secs_f64() / m.as_secs_f64()
+    );
+    println!(
+        "user namespace + seccomp, by hand, median of {runs}: with {:.1} ms, without {:.1} ms: they cost {:+.1}% (goal <= 5%)",
+        m.as_secs_f64() * 1e3,
+        p.as_secs_f64() * 1e3,
+        (m.as_secs_f64() / p.as_secs_f64() - 1.0) * 100.0
+    );
+
+    // Unpacking the image, shifted into the container range or not, on the pool.
+    let archive = nereid_tests::node::build_sample("busybox").join("busybox.tar.gz");
+    let mnt = node.pool.mountpoint();
+    let (mut shifted, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..2 * runs {
+        let shift = (i % 2 == 0).then_some(1_000_000_000u32);
+        let ds = format!("{}/bench-unpack{i}", node.pool.name);
+        let ok = Command::new("zfs").args(["create", &ds]).status().unwrap();
+        assert!(ok.success());
+        let dir = mnt.join(format!("bench-unpack{i}"));
+        let t = Instant::now();
+        nereid_agent::unpack::unpack_tar_gz(
+            &archive,
+            &dir,
+            nereid_agent::unpack::Options {
+                max_bytes: 1 << 30,
+                shift,
+            },
+        )
+        .unwrap();
+        if shift.is_some() {
+            shifted.push(t.elapsed());
+        } else {
+            plain.push(t.elapsed());
+        }
+        Command::new("zfs")
+            .args(["destroy", "-f", &ds])
+            .status()
+            .unwrap();
+    }
+    let (s, u) = (median(shifted), median(plain));
+    println!(
+        "unpacking the busybox image, median of {runs}: shifted into the container range {:.1} ms, unshifted {:.1} ms (once per image and node)",
+        s.as_secs_f64() * 1e3,
+        u.as_secs_f64() * 1e3
     );
 
     // Idle memory with 20 containers.

@@ -56,6 +56,11 @@ impl Api {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::PUT, path).json(body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.send(self.request(reqwest::Method::DELETE, path)).await
     }

@@ -313,6 +313,22 @@ impl Datacenter {
         self.op().post("/v1/instances", &body).await
     }
 
+    /// A new tenant account and a client with its token: (account id, api).
+    pub async fn tenant(&self, name: &str) -> (String, Api) {
+        let op = self.op();
+        let (st, acct) = op
+            .post("/v1/accounts", &json!({"name": name, "role": "tenant"}))
+            .await;
+        assert_eq!(st, 201, "{acct}");
+        let id = acct["id"].as_str().unwrap().to_string();
+        let (st, tok) = op
+            .post("/v1/tokens", &json!({"account_id": id, "name": "main"}))
+            .await;
+        assert_eq!(st, 201, "{tok}");
+        let api = Api::new(&self.headnode().rest_url, tok["secret"].as_str().unwrap());
+        (id, api)
+    }
+
     /// POST /v1/instances with tiny-vm, `vm` and `net` (a datacenter with `vms`).
     pub async fn create_vm(&self, alias: &str, extra: Value) -> (u16, Value) {
         let mut body = json!({"image": "tiny-vm", "package": "vm"});

@@ -87,7 +87,11 @@ async fn a_tiny_vm_and_a_container_reach_each_other_and_the_host_and_delete_leav
             .env("HOME", "/nonexistent")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let shown = cli(&["instance", "get", "vm1"]);

@@ -138,14 +138,24 @@ impl Store {
                 })
             }
             Some(old) if old.generation >= spec.generation => Ok(old),
-            Some(_) => {
-                let json = serde_json::to_string(spec).expect("spec serializes");
-                zfs::set(&ds, SPEC_PROP, &json).await?;
+            Some(old) => {
+                // What the node recorded itself stays.
+                let spec = InstanceSpec {
+                    id_base: old.id_base,
+                    ..spec.clone()
+                };
+                self.record(&spec).await?;
                 zfs::set(&ds, GEN_PROP, &spec.generation.to_string()).await?;
                 zfs::set(&ds, "quota", &format!("{}M", spec.disk_mb)).await?;
-                Ok(spec.clone())
+                Ok(spec)
             }
         }
+    }
+
+    /// Records `spec` on its instance's dataset.
+    pub async fn record(&self, spec: &InstanceSpec) -> Result<()> {
+        let json = serde_json::to_string(spec).expect("spec serializes");
+        Ok(zfs::set(&self.dataset(&spec.id), SPEC_PROP, &json).await?)
     }
 
     /// Every recorded instance on the pool.

@@ -57,6 +57,10 @@ pub enum InstanceCmd {
         affinity: Vec<String>,
         #[arg(long)]
         firewall: bool,
+        /// Containers: a host uid/gid range of its own instead of the
+        /// node's shared one.
+        #[arg(long)]
+        isolated_ids: bool,
         /// Operators: create it for this account.
         #[arg(long)]
         owner: Option<String>,
@@ -193,6 +197,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
             metadata,
             affinity,
             firewall,
+            isolated_ids,
             owner,
             idempotency_key,
             wait,
@@ -208,6 +213,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
                     .collect(),
                 metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
                 firewall_enabled: firewall,
+                isolated_ids,
                 affinity,
                 owner: owner.map(|o| o.parse()).transpose()?,
             };

@@ -83,6 +83,7 @@ pub fn spec(s: &Spec) -> pb::InstanceSpec {
                 mac: n.mac.clone(),
             })
             .collect(),
+        isolated_ids: z.isolated_ids,
     }
 }
 

@@ -22,6 +22,19 @@ pub use convert::{NodeInstance, NodeState};
 use crate::db::AgentTarget;
 use crate::error::{Error, Result};
 
+/// What a node needs to pull an image.
+#[derive(Debug, Clone)]
+pub struct ImagePull {
+    pub id: ImageId,
+    /// The brand of the instances that boot it.
+    pub brand: Brand,
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+    /// The most it may unpack to on the node.
+    pub max_unpacked: u64,
+}
+
 #[derive(Clone, Default)]
 pub struct AgentPool {
     channels: Arc<Mutex<HashMap<ServerId, (String, Channel)>>>,
@@ -124,22 +137,18 @@ impl AgentPool {
     }
 
     /// Pulls an image onto the node; returns once it is ready there.
-    pub async fn ensure_image(
-        &self,
-        t: &AgentTarget,
-        image: ImageId,
-        brand: Brand,
-        url: &str,
-        sha256: &str,
-    ) -> Result<()> {
+    pub async fn ensure_image(&self, t: &AgentTarget, pull: &ImagePull) -> Result<()> {
+        let image = pull.id;
         if self.image_known(t.server, image) {
             return Ok(());
         }
         let msg = pb::EnsureImageRequest {
             image_id: image.to_string(),
-            url: url.to_string(),
-            sha256: sha256.to_string(),
-            brand: convert::brand(brand).into(),
+            url: pull.url.clone(),
+            sha256: pull.sha256.clone(),
+            brand: convert::brand(pull.brand).into(),
+            size: pull.size,
+            max_unpacked_bytes: pull.max_unpacked,
         };
         let mut stream = self
             .client(t)?

@@ -29,6 +29,7 @@ struct ImageRow {
     state: String,
     file_sha256: Option<String>,
     file_size: Option<i64>,
+    unpacked_size: Option<i64>,
     created_at: DateTime<Utc>,
 }
 
@@ -53,6 +54,7 @@ impl ImageRow {
             description: self.description,
             requirements: self.requirements.0,
             public: self.public,
+            unpacked_size: self.unpacked_size.map(|s| s as u64),
             created_at: self.created_at,
         })
     }
@@ -60,7 +62,7 @@ impl ImageRow {
 
 const SELECT: &str =
     "SELECT i.id, i.owner, i.name, i.version, i.type, i.os, i.description, i.requirements,
-        i.public, i.state, i.file_sha256, f.size AS file_size, i.created_at
+        i.public, i.state, i.file_sha256, f.size AS file_size, i.unpacked_size, i.created_at
     FROM images i LEFT JOIN image_files f ON f.sha256 = i.file_sha256";
 
 #[derive(Debug, Default)]
@@ -82,9 +84,16 @@ fn advisory_key(sha256: &str) -> i64 {
 impl Datastore {
     pub async fn image_create(&self, owner: AccountId, req: &ImageCreate) -> Result<Image> {
         let id = ImageId::new();
+        let mut tx = self.pool.begin().await?;
+        let need = super::quotas::Need {
+            images: 1,
+            ..Default::default()
+        };
+        super::quotas::reserve(&mut tx, owner, &self.default_quotas, &need).await?;
         sqlx::query(
-            "INSERT INTO images (id, owner, name, version, type, os, description, requirements, public)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO images (id, owner, name, version, type, os, description, requirements, public,
+                    unpacked_size)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id.as_uuid())
         .bind(owner.as_uuid())
@@ -95,7 +104,8 @@ impl Datastore {
         .bind(&req.description)
         .bind(Json(&req.requirements))
         .bind(req.public)
-        .execute(&self.pool)
+        .bind(req.unpacked_size.map(|s| s as i64))
+        .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
             e if is_unique_violation(e, "images_owner_name_version_key") => {
@@ -104,6 +114,7 @@ impl Datastore {
             sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => Error::not_found("account", owner),
             _ => e.into(),
         })?;
+        tx.commit().await?;
         self.image_get(id, None).await
     }
 
@@ -162,6 +173,23 @@ impl Datastore {
         Fut: std::future::Future<Output = Result<()>>,
     {
         let mut tx = self.pool.begin().await?;
+        // The owner's image-bytes quota, under the account's lock (taken
+        // before the image's, as every create takes them).
+        let found: Option<(Uuid, Option<i64>)> = sqlx::query_as(
+            "SELECT i.owner, f.size FROM images i LEFT JOIN image_files f ON f.sha256 = i.file_sha256
+             WHERE i.id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((owner, previous_size)) = found else {
+            return Err(Error::not_found("image", id));
+        };
+        let need = super::quotas::Need {
+            image_bytes: size.saturating_sub(previous_size.unwrap_or(0).max(0) as u64),
+            ..Default::default()
+        };
+        super::quotas::reserve(&mut tx, owner.into(), &self.default_quotas, &need).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(advisory_key(sha256))
             .execute(&mut *tx)

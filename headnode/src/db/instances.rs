@@ -40,6 +40,7 @@ pub struct NewInstance {
     pub tags: BTreeMap<String, serde_json::Value>,
     pub metadata: BTreeMap<String, String>,
     pub firewall_enabled: bool,
+    pub isolated_ids: bool,
     pub idempotency_key: Option<String>,
     /// Whether the package is already marked used (skips a write).
     pub package_used: bool,
@@ -95,6 +96,7 @@ struct InstanceRow {
     tags: Json<BTreeMap<String, serde_json::Value>>,
     metadata: Json<BTreeMap<String, String>>,
     firewall_enabled: bool,
+    isolated_ids: bool,
     error: Option<String>,
     job_id: Option<Uuid>,
     nics: Json<Vec<InstanceNic>>,
@@ -128,6 +130,7 @@ impl InstanceRow {
             tags: self.tags.0,
             metadata: self.metadata.0,
             firewall_enabled: self.firewall_enabled,
+            isolated_ids: self.isolated_ids,
             error: self.error,
             job_id: self.job_id.map(Into::into),
             created_at: self.created_at,
@@ -137,7 +140,8 @@ impl InstanceRow {
 }
 
 const SELECT: &str = "SELECT i.id, i.owner, i.alias, i.brand, i.accelerator, i.image_id, i.package_id, i.server_id, i.state,
-        i.ram_mb, i.disk_mb, i.vcpus, i.networks, i.tags, i.metadata, i.firewall_enabled, i.error,
+        i.ram_mb, i.disk_mb, i.vcpus, i.networks, i.tags, i.metadata, i.firewall_enabled,
+        i.isolated_ids, i.error,
         (SELECT j.id FROM jobs j WHERE j.instance_id = i.id ORDER BY j.created_at DESC LIMIT 1) AS job_id,
         COALESCE((SELECT jsonb_agg(jsonb_build_object('network_id', n.network_id, 'ip', host(n.ip),
                     'prefix_len', masklen(w.subnet), 'gateway', host(w.gateway), 'mac', n.mac,
@@ -245,10 +249,19 @@ impl Datastore {
             return Ok(found);
         }
         let mut tx = self.pool.begin().await?;
+        // The owner's quotas, counted from the rows under the account's lock.
+        let need = super::quotas::Need {
+            instances: 1,
+            memory_mb: new.ram_mb,
+            disk_mb: new.disk_mb,
+            vcpus: new.vcpus.into(),
+            ..Default::default()
+        };
+        super::quotas::reserve(&mut tx, new.owner, &self.default_quotas, &need).await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO instances (id, owner, alias, brand, image_id, package_id, state, ram_mb, disk_mb,
-                    vcpus, tags, metadata, firewall_enabled, networks, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5, $6, {INSTANCE_PROVISIONING}, $7, $8, $9, $10, $11, $12, $13, $14)
+                    vcpus, tags, metadata, firewall_enabled, networks, idempotency_key, isolated_ids)
+             VALUES ($1, $2, $3, $4, $5, $6, {INSTANCE_PROVISIONING}, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         )))
         .bind(new.id.as_uuid())
@@ -265,6 +278,7 @@ impl Datastore {
         .bind(new.firewall_enabled)
         .bind(new.networks.iter().map(|n| n.as_uuid()).collect::<Vec<_>>())
         .bind(new.idempotency_key.as_deref())
+        .bind(new.isolated_ids)
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -579,10 +593,21 @@ impl Datastore {
 
     /// What the node's spec needs of an instance and its package, in one query.
     pub async fn instance_sizes(&self, id: InstanceId) -> Result<InstanceSizes> {
-        type Row = (String, Option<Uuid>, String, i64, i64, i32, i64, i64, i32);
+        type Row = (
+            String,
+            Option<Uuid>,
+            String,
+            i64,
+            i64,
+            i32,
+            i64,
+            i64,
+            i32,
+            bool,
+        );
         let row: Option<Row> = sqlx::query_as(
             "SELECT i.alias, i.image_id, i.brand, p.memory_mb, p.swap_mb, p.cpu_cap, p.disk_mb,
-                    i.generation, p.vcpus
+                    i.generation, p.vcpus, i.isolated_ids
              FROM instances i JOIN packages p ON p.id = i.package_id WHERE i.id = $1",
         )
         .bind(id.as_uuid())
@@ -601,6 +626,7 @@ impl Datastore {
             disk_mb: r.6 as u64,
             generation: r.7 as u64,
             vcpus: r.8 as u32,
+            isolated_ids: r.9,
         })
     }
 
@@ -688,6 +714,8 @@ pub struct InstanceSizes {
     pub brand: Brand,
     /// The package's vCPUs (what a VM gets; containers ignore it).
     pub vcpus: u32,
+    /// A container in a host id range of its own.
+    pub isolated_ids: bool,
     pub memory_mb: u64,
     pub swap_mb: u64,
     pub cpu_cap: u32,

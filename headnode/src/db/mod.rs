@@ -11,6 +11,7 @@ mod jobs;
 mod join_tokens;
 mod networks;
 mod packages;
+mod quotas;
 mod servers;
 mod states;
 mod tokens;
@@ -21,6 +22,7 @@ pub use jobs::NewJob;
 pub use join_tokens::JoinTokenRefusal;
 pub use networks::NewNetwork;
 pub use packages::PackageFilter;
+pub use quotas::Need;
 pub use servers::{NewServer, ServerFilter, SetupBegin};
 pub use tokens::TokenOwner;
 
@@ -36,6 +38,8 @@ pub struct Datastore {
     pool: PgPool,
     /// How old the last heartbeat may be before a server is `unknown`.
     heartbeat_deadline: Duration,
+    /// The quotas of accounts that set none of their own.
+    default_quotas: nereid_api::QuotaValues,
 }
 
 impl Datastore {
@@ -70,7 +74,14 @@ impl Datastore {
         Ok(Datastore {
             pool,
             heartbeat_deadline,
+            default_quotas: Default::default(),
         })
+    }
+
+    /// The quotas of accounts that set none of their own.
+    pub fn with_default_quotas(mut self, q: nereid_api::QuotaValues) -> Datastore {
+        self.default_quotas = q;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {

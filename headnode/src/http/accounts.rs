@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use nereid_api::{Account, AccountCreate, AccountId, ErrorBody, Page, PageParams};
+use nereid_api::{
+    Account, AccountCreate, AccountId, ErrorBody, Page, PageParams, QuotaKind, QuotaValues, Quotas,
+};
 
 use super::{ApiJson, ApiPath, ApiQuery, Principal};
 use crate::AppState;
@@ -53,4 +55,48 @@ pub async fn account_get(
         return Err(Error::not_found("account", id));
     }
     Ok(Json(s.db.account_get(id).await?))
+}
+
+/// An account's quotas: the limits in force, those set on the account, and
+/// its usage. Tenants see their own; another account is a 404.
+#[utoipa::path(get, path = "/v1/accounts/{id}/quotas", tag = "accounts", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Quotas), (status = 404, body = ErrorBody)))]
+pub async fn quotas_get(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<AccountId>,
+) -> Result<Json<Quotas>> {
+    if p.owner_scope().is_some_and(|own| own != id) {
+        return Err(Error::not_found("account", id));
+    }
+    Ok(Json(s.db.quotas_get(id).await?))
+}
+
+/// Sets an account's quotas (operators only); a missing or null field is
+/// the headnode's default. A limit below the current usage is allowed:
+/// nothing new fits until the usage is under it.
+#[utoipa::path(put, path = "/v1/accounts/{id}/quotas", tag = "accounts", params(("id" = String, Path, format = Uuid)),
+    request_body = QuotaValues,
+    responses((status = 200, body = Quotas), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
+pub async fn quotas_set(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<AccountId>,
+    ApiJson(body): ApiJson<QuotaValues>,
+) -> Result<Json<Quotas>> {
+    p.require_operator()?;
+    for k in QuotaKind::ALL {
+        if let Some(v) = body.get(*k)
+            && v > k.max()
+        {
+            return Err(Error::invalid(
+                k.as_str(),
+                format!("{v} is more than the largest limit, {}", k.max()),
+            ));
+        }
+    }
+    let q = s.db.quotas_set(id, &body).await?;
+    tracing::info!(account = %id, "quotas set");
+    Ok(Json(q))
 }

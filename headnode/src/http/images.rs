@@ -77,6 +77,14 @@ pub async fn image_create(
     validate::name("version", &req.version)?;
     validate::name("os", &req.os)?;
     validate::text("description", &req.description, 1024)?;
+    if let Some(u) = req.unpacked_size
+        && !(1..=1 << 44).contains(&u)
+    {
+        return Err(Error::invalid(
+            "unpacked_size",
+            "must be within 1..=17592186044416 bytes (16 TiB)",
+        ));
+    }
     let r = &req.requirements;
     if let (Some(min), Some(max)) = (r.min_ram_mb, r.max_ram_mb)
         && min > max

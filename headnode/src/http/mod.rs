@@ -42,6 +42,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/accounts/{id}", get(accounts::account_get))
         .route(
+            "/v1/accounts/{id}/quotas",
+            get(accounts::quotas_get).put(accounts::quotas_set),
+        )
+        .route(
             "/v1/tokens",
             get(tokens::token_list).post(tokens::token_create),
         )

@@ -94,15 +94,20 @@ async fn ensure_image_on(c: &Ctx, t: &AgentTarget) -> StepResult {
         return Ok(());
     }
     let image = c.state.db.image_get(image_id, None).await?;
-    let url = format!("{}/v1/images/{}/file", c.state.public_url, image.id);
-    let sha256 = image
+    let file = image
         .file
-        .map(|f| f.sha256)
         .ok_or_else(|| StepError::Fail(format!("image {} has no file", image.id)))?;
-    c.state
-        .agents
-        .ensure_image(t, image.id, sizes.brand, &url, &sha256)
-        .await?;
+    let pull = crate::agent_client::ImagePull {
+        id: image.id,
+        brand: sizes.brand,
+        url: format!("{}/v1/images/{}/file", c.state.public_url, image.id),
+        sha256: file.sha256,
+        size: file.size,
+        max_unpacked: image
+            .unpacked_size
+            .unwrap_or(c.state.config.max_unpacked_image_bytes),
+    };
+    c.state.agents.ensure_image(t, &pull).await?;
     Ok(())
 }
 

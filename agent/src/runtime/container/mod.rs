@@ -1,6 +1,9 @@
 //! The `container` driver: an OCI bundle in the state dir whose root is the
 //! instance's dataset, a network namespace `nrd-<uuid>` plumbed by `net`, run
-//! by runc under the agent's own `--root`.
+//! by runc under the agent's own `--root`, unprivileged: in a user namespace
+//! mapped onto the node's shared container id range (the image was unpacked
+//! shifted into it) or, for an isolated instance, onto a range of its own
+//! (its clone is shifted into it once), under a seccomp profile.
 //!
 //! Every step checks before acting, so a retry after a crash at any step
 //! completes the instance instead of making a second one. It must never touch
@@ -8,6 +11,7 @@
 
 pub mod oci;
 pub mod runc;
+pub mod seccomp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,12 +23,16 @@ use runc::{Runc, Status};
 use super::store::Store;
 use super::undo::Undo;
 use super::{Console, Events, Instance, InstanceError, Result, Runtime, State};
+use crate::idmap::IdRange;
 use crate::net;
 use crate::spec::InstanceSpec;
 
 #[derive(Clone)]
 pub struct Containers {
     store: Store,
+    ids: IdRange,
+    /// Serialises handing out isolated id ranges.
+    alloc: Arc<tokio::sync::Mutex<()>>,
     bundles: PathBuf,
     runc: Runc,
     events: Events,
@@ -39,9 +47,12 @@ impl Containers {
         state_dir: &Path,
         nic_tags: Arc<BTreeMap<String, String>>,
         events: Events,
+        ids: IdRange,
     ) -> Containers {
         Containers {
             store,
+            ids,
+            alloc: Default::default(),
             bundles: state_dir.join("bundles"),
             runc: Runc::new(&state_dir.join("runc")),
             events,
@@ -56,6 +67,55 @@ impl Containers {
 
     fn bundle(&self, id: &str) -> PathBuf {
         self.bundles.join(id)
+    }
+
+    /// The first host id of the instance's range.
+    fn id_base(&self, spec: &InstanceSpec) -> u32 {
+        if spec.isolated_ids && spec.id_base != 0 {
+            spec.id_base
+        } else {
+            self.ids.base
+        }
+    }
+
+    /// Gives an isolated instance a range of its own (the lowest free slot),
+    /// recorded in its spec; its files move from the shared range into it.
+    /// Idempotent: a retry finds the range recorded and finishes the move.
+    async fn isolate(&self, spec: &InstanceSpec) -> Result<InstanceSpec> {
+        let mut spec = spec.clone();
+        if spec.id_base == 0 {
+            let _held = self.alloc.lock().await;
+            let used: std::collections::HashSet<u32> = self
+                .store
+                .list()
+                .await?
+                .iter()
+                .filter(|s| s.isolated_ids)
+                .map(|s| s.id_base)
+                .collect();
+            let base = (1..self.ids.slots())
+                .map(|k| self.ids.slot_base(k))
+                .find(|b| !used.contains(b))
+                .ok_or_else(|| {
+                    InstanceError::host(
+                        &spec.id,
+                        format!(
+                            "every isolated id range of {} is taken ({} instances)",
+                            self.ids,
+                            self.ids.slots() - 1
+                        ),
+                    )
+                })?;
+            spec.id_base = base;
+            self.store.record(&spec).await?;
+        }
+        let root = self.store.mountpoint(&spec.id).await?;
+        let (from, to) = (self.ids.base, spec.id_base);
+        tokio::task::spawn_blocking(move || crate::idmap::shift_tree(&root, from, to))
+            .await
+            .map_err(|e| InstanceError::host(&spec.id, format!("shift task: {e}")))?
+            .map_err(|e| InstanceError::host(&spec.id, format!("shifting its files: {e}")))?;
+        Ok(spec)
     }
 
     /// Makes the instance's network namespace exist with its NICs plumbed
@@ -108,6 +168,7 @@ impl Containers {
                 .to_string(),
             self.memsw,
             resolv.as_deref(),
+            self.id_base(spec),
         );
         let tmp = dir.join("config.json.tmp");
         tokio::fs::write(
@@ -212,6 +273,13 @@ impl Runtime for Containers {
         start: bool,
         undo: &mut Undo,
     ) -> Result<Instance> {
+        let isolated;
+        let spec = if spec.isolated_ids {
+            isolated = self.isolate(spec).await?;
+            &isolated
+        } else {
+            spec
+        };
         self.ensure_netns(spec, undo).await?;
         self.write_bundle(spec).await?;
         crate::fault::point("ensure_instance:after_bundle");

@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 
 use crate::spec::InstanceSpec;
 
-const CAPS: &[&str] = &[
+/// Docker's default capabilities: nothing more.
+pub(super) const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
@@ -25,13 +26,18 @@ const CAPS: &[&str] = &[
 /// config.json for `spec`, with its root filesystem at `rootfs` and its network
 /// namespace at `netns`. `memsw` says whether the host accounts swap;
 /// `resolv_conf` is a file bind-mounted read-only over /etc/resolv.conf.
+/// The container runs in a user namespace whose ids 0..65536 are the host's
+/// `id_base..id_base+65536` (never host root), under the default seccomp
+/// profile, with no new privileges and Docker's default capabilities.
 pub fn config(
     spec: &InstanceSpec,
     rootfs: &str,
     netns: &str,
     memsw: bool,
     resolv_conf: Option<&str>,
+    id_base: u32,
 ) -> Value {
+    let ids = json!([{ "containerID": 0, "hostID": id_base, "size": crate::idmap::CONTAINER_IDS }]);
     let memory = spec.memory_mb * 1024 * 1024;
     let mut mem = json!({ "limit": memory });
     if memsw {
@@ -76,11 +82,16 @@ pub fn config(
                 { "type": "network", "path": netns },
                 { "type": "ipc" },
                 { "type": "uts" },
-                { "type": "mount" }
+                { "type": "mount" },
+                { "type": "user" }
             ],
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                            "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            "uidMappings": ids,
+            "gidMappings": ids,
+            "seccomp": super::seccomp::profile(CAPS),
+            "maskedPaths": ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                            "/sys/firmware", "/sys/devices/virtual/powercap"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     });
     if let (Some(src), Some(mounts)) = (resolv_conf, config["mounts"].as_array_mut()) {
@@ -112,6 +123,7 @@ mod tests {
             "/run/netns/nrd-0e4f",
             true,
             None,
+            1_000_000_000,
         );
         assert_eq!(c["hostname"], "web1");
         assert_eq!(c["root"]["path"], "/pool/instances/0e4f");
@@ -128,12 +140,46 @@ mod tests {
     fn no_swap_accounting_means_no_swap_limit_and_no_cap_means_no_cpu_quota() {
         let mut s = spec();
         s.cpu_cap = 0;
-        let c = config(&s, "/r", "/n", false, Some("/b/resolv.conf"));
+        let c = config(&s, "/r", "/n", false, Some("/b/resolv.conf"), 1_000_000_000);
         assert!(c["linux"]["resources"]["memory"].get("swap").is_none());
         assert!(c["linux"]["resources"].get("cpu").is_none());
         let last = c["mounts"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(last["destination"], "/etc/resolv.conf");
         assert_eq!(last["source"], "/b/resolv.conf");
         assert!(last["options"].as_array().unwrap().contains(&json!("ro")));
+    }
+
+    #[test]
+    fn containers_run_unprivileged_in_their_id_range_under_seccomp() {
+        let c = config(&spec(), "/r", "/n", true, None, 1_000_065_536);
+        let l = &c["linux"];
+        assert!(
+            l["namespaces"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"type": "user"}))
+        );
+        for m in ["uidMappings", "gidMappings"] {
+            assert_eq!(
+                l[m],
+                json!([{"containerID": 0, "hostID": 1_000_065_536u32, "size": 65536}])
+            );
+        }
+        assert_eq!(l["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(c["process"]["noNewPrivileges"], true);
+        let caps = c["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(!caps.contains(&json!("CAP_SYS_ADMIN")) && caps.len() == CAPS.len());
+        assert!(
+            l["readonlyPaths"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("/proc/sys"))
+        );
+        assert!(
+            l["maskedPaths"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("/proc/kcore"))
+        );
     }
 }
