@@ -64,7 +64,7 @@ impl IdRange {
                 self.base
             ));
         }
-        if self.count < CONTAINER_IDS || self.count % CONTAINER_IDS != 0 {
+        if self.count < CONTAINER_IDS || !self.count.is_multiple_of(CONTAINER_IDS) {
             return Err(format!(
                 "the count must be a multiple of {CONTAINER_IDS} (one container's ids), not {}",
                 self.count

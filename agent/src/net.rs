@@ -66,18 +66,6 @@ pub fn netns_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new("/run/netns").join(name)
 }
 
-pub fn netns_exists(name: &str) -> bool {
-    netns_path(name).exists()
-}
-
-pub async fn netns_add(name: &str) -> Result<(), NetError> {
-    ip(&["netns", "add", name]).await
-}
-
-pub async fn netns_del(name: &str) -> Result<(), NetError> {
-    ip(&["netns", "del", name]).await
-}
-
 /// Whether a link of this name exists in the agent's network namespace
 /// (asked of the kernel, not of /sys, which shows the namespace it was mounted in).
 pub fn link_exists(name: &str) -> bool {

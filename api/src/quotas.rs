@@ -27,7 +27,7 @@ crate::named_enum! {
 
 impl QuotaKind {
     /// The largest limit that may be set (larger is a 400).
-    pub fn max(&self) -> u64 {
+    pub fn largest(&self) -> u64 {
         match self {
             QuotaKind::Instances => 1_000_000,
             QuotaKind::MemoryMb | QuotaKind::DiskMb => 1 << 40,

@@ -76,8 +76,8 @@ fn parse_quota(s: &str) -> Result<(nereid_api::QuotaKind, u64), String> {
         .trim()
         .parse()
         .map_err(|_| format!("{v:?} is not a number"))?;
-    if limit > kind.max() {
-        return Err(format!("{kind} may be at most {}", kind.max()));
+    if limit > kind.largest() {
+        return Err(format!("{kind} may be at most {}", kind.largest()));
     }
     Ok((kind, limit))
 }
@@ -221,10 +221,10 @@ impl Config {
             default_quotas.set(*kind, Some(*limit));
         }
         for k in nereid_api::QuotaKind::ALL {
-            if default_quotas.get(*k).is_some_and(|v| v > k.max()) {
+            if default_quotas.get(*k).is_some_and(|v| v > k.largest()) {
                 return Err(ConfigError::Invalid(format!(
                     "default_quotas.{k} may be at most {}",
-                    k.max()
+                    k.largest()
                 )));
             }
         }

@@ -98,7 +98,9 @@ async fn main() {
         let script = format!(
             "set -e
              zfs clone -o quota=256M -o atime=off {snap} {ds}
-             ip netns add nrd-{id}
+             mkdir -p /run/netns /run/nereid/userns
+             touch /run/nereid/userns/{id} /run/netns/nrd-{id}
+             unshare --user=/run/nereid/userns/{id} --net=/run/netns/nrd-{id} --map-users=1000000000,0,65536 --map-groups=1000000000,0,65536 true
              ip -n nrd-{id} link set lo up
              mkdir -p {b}/{id}
              sed 's/@ID@/{id}/g' {b}/{template} > {b}/{id}/config.json
@@ -115,7 +117,7 @@ async fn main() {
         times.push(t.elapsed());
         assert!(st.success());
         let cleanup = format!(
-            "runc --root {root} delete -f {id}; ip netns del nrd-{id}; zfs unmount -f {ds}; zfs destroy {ds}; \
+            "runc --root {root} delete -f {id}; umount -l /run/nereid/userns/{id} /run/netns/nrd-{id}; rm -f /run/nereid/userns/{id} /run/netns/nrd-{id}; zfs unmount -f {ds}; zfs destroy {ds}; \
              for c in /sys/fs/cgroup/*/nereid/{id}; do rmdir $c 2>/dev/null; done; true",
             root = root.display()
         );

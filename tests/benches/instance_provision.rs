@@ -131,7 +131,9 @@ async fn main() {
         let script = format!(
             "set -e
              zfs clone -o quota=2048M -o atime=off {snap} {ds}
-             ip netns add nrd-{id}
+             mkdir -p /run/netns /run/nereid/userns
+             touch /run/nereid/userns/{id} /run/netns/nrd-{id}
+             unshare --user=/run/nereid/userns/{id} --net=/run/netns/nrd-{id} --map-users=1000000000,0,65536 --map-groups=1000000000,0,65536 true
              ip -n nrd-{id} link set lo up
              ip link add {veth} type veth peer name eth0 netns nrd-{id}
              ip link set {veth} master {bridge} up
@@ -155,7 +157,7 @@ async fn main() {
         assert!(st.success());
         // zfs-fuse may call a just-stopped container's dataset busy for a moment.
         let cleanup = format!(
-            "runc --root {root} delete -f {id}; ip netns del nrd-{id}
+            "runc --root {root} delete -f {id}; umount -l /run/nereid/userns/{id} /run/netns/nrd-{id}; rm -f /run/nereid/userns/{id} /run/netns/nrd-{id}
              for _ in $(seq 50); do zfs unmount -f {ds} 2>/dev/null; zfs destroy {ds} 2>/dev/null && break; sleep 0.2; done
              for c in /sys/fs/cgroup/*/nereid/{id}; do rmdir $c 2>/dev/null; done; rm -rf {b}/{id}; true",
             root = root.display(),

@@ -167,6 +167,7 @@ impl TestNode {
             pids_limit: 256,
             generation: 1,
             nics: vec![],
+            isolated_ids: false,
         }
     }
 
@@ -228,6 +229,7 @@ pub async fn ensure_image(
             url: url.into(),
             sha256: sha256.into(),
             brand: pb::Brand::Container.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -420,6 +422,9 @@ pub fn clean_instances(agent_state: &std::path::Path, pool: &str) {
         let _ = Command::new("ip")
             .args(["netns", "del", &format!("nrd-{id}")])
             .output();
+        let userns = format!("/run/nereid/userns/{id}");
+        let _ = nix::mount::umount2(userns.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&userns);
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {
                 let _ = std::fs::remove_dir(c.path().join("nereid").join(id));

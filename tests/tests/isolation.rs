@@ -20,7 +20,8 @@ fn one_node() -> DcOpts {
     }
 }
 
-/// The busybox image plus `/bin/suidbb`, a setuid-root copy of busybox.
+/// The busybox image plus setuid-root copies of busybox as `/opt/suid/id`
+/// and `/opt/suid/sh` (busybox runs the applet its name says).
 fn attack_image() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -30,7 +31,8 @@ fn attack_image() -> Vec<u8> {
         assert!(st.success(), "{cmd}");
     };
     sh(&format!(
-        "tar -xzf {} -C {r} && cp {r}/bin/busybox {r}/bin/suidbb && chown 0:0 {r}/bin/suidbb && chmod 4755 {r}/bin/suidbb \
+        "tar -xzf {} -C {r} && mkdir -p {r}/opt/suid && for a in id sh; do cp {r}/bin/busybox {r}/opt/suid/$a; \
+         chown 0:0 {r}/opt/suid/$a; chmod 4755 {r}/opt/suid/$a; done \
          && tar --numeric-owner -C {r} -czf {d}/attack.tar.gz .",
         build_sample("busybox").join("busybox.tar.gz").display(),
         r = root.display(),
@@ -111,14 +113,14 @@ async fn a_container_is_unprivileged_under_seccomp_and_its_escapes_fail() {
 
     // A setuid-root binary run by an unprivileged user gives nothing: no new
     // privileges, and even the container's root is host uid 1000000000.
-    let (ok, out) = exec_as(&dc, &inst, "1000:1000", &["/bin/suidbb", "id", "-u"]);
+    let (ok, out) = exec_as(&dc, &inst, "1000:1000", &["/opt/suid/id", "-u"]);
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "1000", "the setuid bit must not elevate: {out}");
     let (ok, out) = exec_as(
         &dc,
         &inst,
         "1000:1000",
-        &["/bin/suidbb", "sh", "-c", "echo x > /etc/owned"],
+        &["/opt/suid/sh", "-c", "echo x > /etc/owned"],
     );
     assert!(
         !ok,

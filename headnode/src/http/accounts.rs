@@ -88,11 +88,11 @@ pub async fn quotas_set(
     p.require_operator()?;
     for k in QuotaKind::ALL {
         if let Some(v) = body.get(*k)
-            && v > k.max()
+            && v > k.largest()
         {
             return Err(Error::invalid(
                 k.as_str(),
-                format!("{v} is more than the largest limit, {}", k.max()),
+                format!("{v} is more than the largest limit, {}", k.largest()),
             ));
         }
     }

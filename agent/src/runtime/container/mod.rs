@@ -12,6 +12,7 @@
 pub mod oci;
 pub mod runc;
 pub mod seccomp;
+pub mod userns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -118,20 +119,29 @@ impl Containers {
         Ok(spec)
     }
 
-    /// Makes the instance's network namespace exist with its NICs plumbed
-    /// (after a crash or a host reboot too).
+    /// Makes the instance's user and network namespaces exist with its NICs
+    /// plumbed (after a crash or a host reboot too).
     async fn ensure_netns(&self, spec: &InstanceSpec, undo: &mut Undo) -> Result<()> {
         let id = &spec.id;
         let ns = net::netns_name(id);
         let host = |e: net::NetError| InstanceError::host(id, e.to_string());
-        let created = !net::netns_exists(&ns);
+        let (user, netns) = (userns::userns_path(id), net::netns_path(&ns));
+        let created = !(userns::is_namespace(&user) && userns::is_namespace(&netns));
         if created {
-            net::netns_add(&ns).await.map_err(host)?;
-            let (n, count) = (id.clone(), spec.nics.len());
-            undo.push("delete the network namespace", move || async move {
-                let _ = net::netns_del(&net::netns_name(&n)).await;
-                net::unplumb(&n, count).await;
-            });
+            let base = self.id_base(spec);
+            let (u, n) = (user.clone(), netns.clone());
+            tokio::task::spawn_blocking(move || userns::create(&u, &n, base))
+                .await
+                .map_err(|e| InstanceError::host(id, format!("namespace task: {e}")))?
+                .map_err(|e| InstanceError::host(id, format!("making its namespaces: {e}")))?;
+            let (i, count) = (id.clone(), spec.nics.len());
+            undo.push(
+                "remove the user and network namespaces",
+                move || async move {
+                    userns::remove(&user, &netns);
+                    net::unplumb(&i, count).await;
+                },
+            );
             crate::fault::point("ensure_instance:after_netns");
         }
         let missing = (0..spec.nics.len()).any(|i| !net::link_exists(&net::host_veth_name(id, i)));
@@ -166,9 +176,10 @@ impl Containers {
             &net::netns_path(&net::netns_name(&spec.id))
                 .display()
                 .to_string(),
+            &userns::userns_path(&spec.id).display().to_string(),
+            self.id_base(spec),
             self.memsw,
             resolv.as_deref(),
-            self.id_base(spec),
         );
         let tmp = dir.join("config.json.tmp");
         tokio::fs::write(
@@ -325,12 +336,10 @@ impl Runtime for Containers {
     async fn delete(&self, id: &str, spec: Option<&InstanceSpec>) -> Result<()> {
         self.stop_now(id, Duration::ZERO).await?;
         self.runc.delete(id).await?;
-        let ns = net::netns_name(id);
-        if net::netns_exists(&ns) {
-            net::netns_del(&ns)
-                .await
-                .map_err(|e| InstanceError::host(id, e.to_string()))?;
-        }
+        userns::remove(
+            &userns::userns_path(id),
+            &net::netns_path(&net::netns_name(id)),
+        );
         // Without a spec, the most NICs an instance can have.
         net::unplumb(id, spec.map(|s| s.nics.len()).unwrap_or(net::MAX_NICS)).await;
         remove_cgroups(id);

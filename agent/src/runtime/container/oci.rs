@@ -23,20 +23,25 @@ pub(super) const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// config.json for `spec`, with its root filesystem at `rootfs` and its network
-/// namespace at `netns`. `memsw` says whether the host accounts swap;
-/// `resolv_conf` is a file bind-mounted read-only over /etc/resolv.conf.
-/// The container runs in a user namespace whose ids 0..65536 are the host's
-/// `id_base..id_base+65536` (never host root), under the default seccomp
-/// profile, with no new privileges and Docker's default capabilities.
+/// config.json for `spec`, with its root filesystem at `rootfs`, its network
+/// namespace at `netns` and the user namespace that owns it at `userns` (its
+/// ids 0..65536 are the host's `id_base..`, which never holds host root; see
+/// `userns`).
+/// `memsw` says whether the host accounts swap; `resolv_conf` is a file
+/// bind-mounted read-only over /etc/resolv.conf. The container runs under
+/// the default seccomp profile, with no new privileges and Docker's default
+/// capabilities.
 pub fn config(
     spec: &InstanceSpec,
     rootfs: &str,
     netns: &str,
+    userns: &str,
+    id_base: u32,
     memsw: bool,
     resolv_conf: Option<&str>,
-    id_base: u32,
 ) -> Value {
+    // The user namespace exists already with this mapping; runc wants it
+    // told as well.
     let ids = json!([{ "containerID": 0, "hostID": id_base, "size": crate::idmap::CONTAINER_IDS }]);
     let memory = spec.memory_mb * 1024 * 1024;
     let mut mem = json!({ "limit": memory });
@@ -83,7 +88,7 @@ pub fn config(
                 { "type": "ipc" },
                 { "type": "uts" },
                 { "type": "mount" },
-                { "type": "user" }
+                { "type": "user", "path": userns }
             ],
             "uidMappings": ids,
             "gidMappings": ids,
@@ -121,9 +126,10 @@ mod tests {
             &spec(),
             "/pool/instances/0e4f",
             "/run/netns/nrd-0e4f",
+            "/run/nereid/userns/0e4f",
+            1_000_000_000,
             true,
             None,
-            1_000_000_000,
         );
         assert_eq!(c["hostname"], "web1");
         assert_eq!(c["root"]["path"], "/pool/instances/0e4f");
@@ -140,7 +146,15 @@ mod tests {
     fn no_swap_accounting_means_no_swap_limit_and_no_cap_means_no_cpu_quota() {
         let mut s = spec();
         s.cpu_cap = 0;
-        let c = config(&s, "/r", "/n", false, Some("/b/resolv.conf"), 1_000_000_000);
+        let c = config(
+            &s,
+            "/r",
+            "/n",
+            "/u",
+            1_000_000_000,
+            false,
+            Some("/b/resolv.conf"),
+        );
         assert!(c["linux"]["resources"]["memory"].get("swap").is_none());
         assert!(c["linux"]["resources"].get("cpu").is_none());
         let last = c["mounts"].as_array().unwrap().last().unwrap().clone();
@@ -151,14 +165,19 @@ mod tests {
 
     #[test]
     fn containers_run_unprivileged_in_their_id_range_under_seccomp() {
-        let c = config(&spec(), "/r", "/n", true, None, 1_000_065_536);
-        let l = &c["linux"];
-        assert!(
-            l["namespaces"]
-                .as_array()
-                .unwrap()
-                .contains(&json!({"type": "user"}))
+        let c = config(
+            &spec(),
+            "/r",
+            "/n",
+            "/run/nereid/userns/x",
+            1_000_065_536,
+            true,
+            None,
         );
+        let l = &c["linux"];
+        let ns = l["namespaces"].as_array().unwrap();
+        assert!(ns.contains(&json!({"type": "user", "path": "/run/nereid/userns/x"})));
+        assert!(ns.contains(&json!({"type": "network", "path": "/n"})));
         for m in ["uidMappings", "gidMappings"] {
             assert_eq!(
                 l[m],
