@@ -444,7 +444,7 @@ async fn path_traversal_archives_and_wrong_checksums_are_refused_and_leave_nothi
     assert_eq!(err.code(), tonic::Code::DataLoss);
     assert!(err.message().contains("sha256"), "{}", err.message());
     assert_eq!(
-        std::fs::read_dir(node.agent.state.path().join("downloads"))
+        std::fs::read_dir(node.pool.mountpoint().join("downloads"))
             .unwrap()
             .count(),
         0
@@ -593,7 +593,7 @@ async fn an_interrupted_image_download_resumes_with_range_and_a_hopeless_one_lea
     let err = ensure_image(&mut c, &other, &url, &sha).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(
-        std::fs::read_dir(node.agent.state.path().join("downloads"))
+        std::fs::read_dir(node.pool.mountpoint().join("downloads"))
             .unwrap()
             .count(),
         0
