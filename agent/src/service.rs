@@ -111,6 +111,7 @@ fn instance_status(e: InstanceError) -> Status {
         InstanceError::Conflict { .. } => Status::already_exists(msg),
         InstanceError::Unsupported(..) => Status::unimplemented(msg),
         InstanceError::Launch { .. } => Status::failed_precondition(msg),
+        InstanceError::PoolUnavailable(_) => Status::unavailable(msg),
         _ => Status::internal(msg),
     }
 }
@@ -312,13 +313,17 @@ impl Agent for AgentService {
         let node = self.node()?;
         let req = req.into_inner();
         let spec = spec_from_pb(req.spec)?;
+        tracing::info!(instance = %spec.id, generation = spec.generation, "EnsureInstance");
         let snapshot = node.images.snapshot(&spec.image_id);
         // The work goes on if the caller hangs up (a timeout, a headnode
         // restart): a half-made instance would wait for the retry otherwise.
         let work = {
             let instances = node.instances.clone();
             let spec = spec.clone();
-            tokio::spawn(async move { instances.ensure(&spec, &snapshot, req.start).await })
+            tokio::spawn(async move {
+                crate::fault::delay("ensure_instance").await;
+                instances.ensure(&spec, &snapshot, req.start).await
+            })
         };
         let result = work
             .await
@@ -377,6 +382,7 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
+        tracing::info!(instance = %req.get_ref().id, "DeleteInstance");
         self.instances()?
             .delete(&req.into_inner().id)
             .await

@@ -70,6 +70,9 @@ pub struct Job {
     /// How many times a headnode claimed it (more than 1 after a takeover).
     pub attempts: u32,
     pub error: Option<String>,
+    /// The server whose agent a step waits for: it does not answer (the job
+    /// retries; an operator may force-delete the instance instead).
+    pub waiting_on_node: Option<crate::ServerId>,
     pub request_id: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

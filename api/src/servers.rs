@@ -37,7 +37,23 @@ pub struct Server {
     pub agent_address: String,
     pub agent_version: String,
     pub last_heartbeat: Option<DateTime<Utc>>,
+    /// Why the last comparison of its instances with the node failed (the
+    /// node cannot see its pool, did not answer, ...); null when it worked.
+    pub sync_error: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// An instance a node has that the database does not place on it (unknown,
+/// deleted, or placed elsewhere): a leftover for an operator to look at.
+/// Nothing removes it automatically.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Orphan {
+    pub instance_id: String,
+    /// `running`, `stopped` or `failed`, as the node reports it.
+    pub state: String,
+    /// What the database knows of it: `unknown`, `deleted`, or
+    /// `on server <id>`.
+    pub known_as: String,
 }
 
 /// What an operator decides at setup.

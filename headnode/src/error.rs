@@ -40,8 +40,11 @@ pub enum Error {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("{0}")]
-    AgentUnavailable(String),
+    #[error("{message}")]
+    AgentUnavailable {
+        server: nereid_api::ServerId,
+        message: String,
+    },
     /// The agent answered that the request cannot succeed (a retry will not help).
     #[error("{0}")]
     AgentRefused(String),
@@ -50,6 +53,9 @@ pub enum Error {
     ImageMissingOnNode(String),
     #[error("{0}")]
     Exhausted(String),
+    /// A job's run lost its claim (another run holds it now): it must stop.
+    #[error("{0}")]
+    LeaseLost(String),
     #[error("no server can take this instance: {0}")]
     InsufficientCapacity(String),
     #[error("{0}")]
@@ -95,7 +101,9 @@ impl Error {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
             ),
-            Error::AgentUnavailable(_) | Error::AgentRefused(_) | Error::ImageMissingOnNode(_) => {
+            Error::AgentUnavailable { .. }
+            | Error::AgentRefused(_)
+            | Error::ImageMissingOnNode(_) => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::AgentUnavailable)
             }
             Error::Exhausted(_) => (StatusCode::CONFLICT, ErrorCode::Exhausted),
@@ -110,7 +118,7 @@ impl Error {
             Error::Database(e) if is_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
-            Error::Database(_) | Error::Internal(_) => {
+            Error::Database(_) | Error::Internal(_) | Error::LeaseLost(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
         }

@@ -5,9 +5,16 @@
 //! It only settles instances no job is working on, and it never deletes
 //! anything: an instance its node no longer has becomes `failed`, one its
 //! node reports failed (a VM whose QEMU died) too, with the node's reason;
-//! the instances of a server whose heartbeats stopped become `unknown`.
+//! one marked failed that its node reports again returns to what it is; the
+//! instances of a server whose heartbeats stopped become `unknown`. A node
+//! that cannot answer for its instances (it cannot see its pool, it does not
+//! answer) changes nothing: the server's `sync_error` says why.
+//!
+//! One headnode at a time runs it (a lease in the database); a pass asks the
+//! nodes at most `CONCURRENT` at a time, each within `NODE_TIMEOUT`.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use futures::StreamExt;
 use nereid_api::{InstanceId, InstanceState, ServerId};
@@ -17,12 +24,30 @@ use crate::AppState;
 use crate::agent_client::NodeInstance;
 use crate::db::AgentTarget;
 
-/// Runs until the process ends.
+const LEASE: &str = "reconciler";
+const CONCURRENT: usize = 16;
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs until the process ends; works while this headnode holds the lease.
 pub async fn run(state: AppState) {
+    let me = uuid::Uuid::new_v4();
     let mut watchers: HashMap<ServerId, JoinHandle<()>> = HashMap::new();
+    let missing = Missing::default();
     loop {
-        if let Err(e) = pass(&state, &mut watchers).await {
-            tracing::warn!("reconcile pass failed: {e}");
+        let ttl = state.config.reconcile_interval * 3 + NODE_TIMEOUT;
+        match state.db.lease_take(LEASE, me, ttl).await {
+            Ok(true) => {
+                if let Err(e) = pass(&state, &mut watchers, &missing).await {
+                    tracing::warn!("reconcile pass failed: {e}");
+                }
+            }
+            Ok(false) => {
+                // Another headnode reconciles: no watchers here either.
+                for (_, h) in watchers.drain() {
+                    h.abort();
+                }
+            }
+            Err(e) => tracing::warn!("cannot take the reconciler's lease: {e}"),
         }
         tokio::time::sleep(state.config.reconcile_interval).await;
     }
@@ -31,6 +56,7 @@ pub async fn run(state: AppState) {
 async fn pass(
     state: &AppState,
     watchers: &mut HashMap<ServerId, JoinHandle<()>>,
+    missing: &Missing,
 ) -> crate::error::Result<()> {
     let lost = state.db.instances_mark_unknown_on_lost_servers().await?;
     if lost > 0 {
@@ -45,10 +71,30 @@ async fn pass(
         watchers
             .entry(t.server)
             .or_insert_with(|| tokio::spawn(watch(state.clone(), t.clone())));
-        if let Err(e) = compare(state, t).await {
-            tracing::debug!(server = %t.server, "cannot compare with the node: {e}");
-        }
     }
+    futures::stream::iter(&targets)
+        .for_each_concurrent(CONCURRENT, |t| async move {
+            let outcome = match tokio::time::timeout(NODE_TIMEOUT, compare(state, t, missing)).await
+            {
+                Ok(Ok(())) => {
+                    remove_leftovers(state, t).await;
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("the node did not answer within {NODE_TIMEOUT:?}")),
+            };
+            if let Some(e) = &outcome {
+                tracing::debug!(server = %t.server, "cannot compare with the node: {e}");
+            }
+            if let Err(e) = state
+                .db
+                .server_set_sync_error(t.server, outcome.as_deref())
+                .await
+            {
+                tracing::warn!(server = %t.server, "recording the sync state failed: {e}");
+            }
+        })
+        .await;
     let known: HashSet<ServerId> = targets.iter().map(|t| t.server).collect();
     watchers.retain(|id, h| {
         let keep = known.contains(id);
@@ -62,23 +108,40 @@ async fn pass(
 
 /// Applies one node's full report. The database is read first: an instance
 /// settled before the node was asked must be in its answer.
-async fn compare(state: &AppState, t: &AgentTarget) -> crate::error::Result<()> {
+/// Instances a node's report did not hold, since when: one is marked failed
+/// only once it stayed missing for `MISSING_FOR` (a pool being imported can
+/// answer before all its datasets are there).
+type Missing = std::sync::Mutex<HashMap<InstanceId, tokio::time::Instant>>;
+
+fn missing_for(state: &AppState) -> Duration {
+    state.config.reconcile_interval * 2
+}
+
+async fn compare(state: &AppState, t: &AgentTarget, missing: &Missing) -> crate::error::Result<()> {
     let settled = state.db.instances_settled_on(t.server).await?;
-    if settled.is_empty() {
-        return Ok(());
-    }
+    // Asked even with nothing settled there: a node that cannot answer for
+    // its instances shows up in the server's sync_error.
     let report = state.agents.list_instances(t).await?;
     let on_node: HashMap<String, NodeInstance> =
         report.into_iter().map(|s| (s.id.clone(), s)).collect();
     for (id, db_state, _) in settled {
         match on_node.get(&id.to_string()) {
             Some(node) => {
+                missing.lock().expect("missing").remove(&id);
                 let st = node.state.instance_state();
                 if st != db_state && apply(state, t, id, node).await? {
                     tracing::info!(instance = %id, "now {st}, as its node reports");
                 }
             }
             None => {
+                let since = *missing
+                    .lock()
+                    .expect("missing")
+                    .entry(id)
+                    .or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() < missing_for(state) {
+                    continue;
+                }
                 let msg = format!("server {} no longer has this instance", t.server);
                 if state
                     .db
@@ -91,6 +154,7 @@ async fn compare(state: &AppState, t: &AgentTarget) -> crate::error::Result<()> 
                             InstanceState::Unknown,
                         ],
                         Some(&msg),
+                        None,
                     )
                     .await?
                 {
@@ -100,6 +164,25 @@ async fn compare(state: &AppState, t: &AgentTarget) -> crate::error::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Removes from a node that answers again what instances deleted by force
+/// left there.
+async fn remove_leftovers(state: &AppState, t: &AgentTarget) {
+    let Ok(ids) = state.db.leftovers_on(t.server).await else {
+        return;
+    };
+    for id in ids {
+        match state.agents.delete_instance(t, id).await {
+            Ok(()) => {
+                tracing::info!(server = %t.server, instance = %id, "removed what a forced delete left on the node");
+                let _ = state.db.leftover_removed(t.server, id).await;
+            }
+            Err(e) => {
+                tracing::warn!(server = %t.server, instance = %id, "cannot remove a leftover yet: {e}")
+            }
+        }
+    }
 }
 
 /// Follows a node's WatchEvents stream until it breaks (the next pass

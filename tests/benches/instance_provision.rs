@@ -133,7 +133,13 @@ async fn main() {
              zfs clone -o quota=2048M -o atime=off {snap} {ds}
              mkdir -p /run/netns /run/nereid/userns
              touch /run/nereid/userns/{id} /run/netns/nrd-{id}
-             unshare --user=/run/nereid/userns/{id} --net=/run/netns/nrd-{id} --map-users=1000000000,0,65536 --map-groups=1000000000,0,65536 true
+             unshare --user --net sleep 60 & p=$!
+             until [ \"$(readlink /proc/$p/ns/user)\" != \"$(readlink /proc/self/ns/user)\" ]; do :; done
+             echo '0 1000000000 65536' > /proc/$p/uid_map
+             echo '0 1000000000 65536' > /proc/$p/gid_map
+             mount --bind /proc/$p/ns/user /run/nereid/userns/{id}
+             mount --bind /proc/$p/ns/net /run/netns/nrd-{id}
+             kill $p
              ip -n nrd-{id} link set lo up
              ip link add {veth} type veth peer name eth0 netns nrd-{id}
              ip link set {veth} master {bridge} up

@@ -120,6 +120,55 @@ impl Cluster {
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
+
+    /// The postmaster and its backends.
+    fn processes(&self) -> Vec<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .expect("the postmaster's pid file");
+        let mut pids = vec![pid];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                });
+            if ppid == Some(pid) {
+                pids.push(child);
+            }
+        }
+        pids
+    }
+
+    /// Freezes the whole cluster (SIGSTOP): every query waits, as in an
+    /// outage where the database stops answering. For a test process of its
+    /// own: every test of the process shares the cluster.
+    pub fn freeze(&self) {
+        for p in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+    }
+
+    pub fn thaw(&self) {
+        for p in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
 }
 
 /// A fresh, empty database on the shared cluster; returns its URL.

@@ -38,6 +38,37 @@ impl TestPool {
             .unwrap_or_default()
     }
 
+    /// Exports the pool (a node that cannot see it any more); `import`
+    /// brings it back.
+    pub fn export(&self) {
+        let out = Command::new("zpool")
+            .args(["export", "-f", &self.name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "zpool export {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn import(&self) {
+        let dir = self.dir.as_ref().expect("the pool's dir").path();
+        let out = Command::new("zpool")
+            .args(["import", "-d"])
+            .arg(dir)
+            .arg(&self.name)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "zpool import {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn create(size: &str) -> TestPool {
         let name = crate::unique_name("nrdt");
         let dir = tempfile::Builder::new()

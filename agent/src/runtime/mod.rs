@@ -38,6 +38,8 @@ pub enum InstanceError {
     Conflict { id: String, message: String },
     #[error("brand {0} is not available on this node: {1}")]
     Unsupported(Brand, String),
+    #[error("this node cannot see its instances: {0}")]
+    PoolUnavailable(String),
     #[error(transparent)]
     Zfs(#[from] ZfsError),
     #[error(transparent)]

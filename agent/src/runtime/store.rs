@@ -158,11 +158,28 @@ impl Store {
         Ok(zfs::set(&self.dataset(&spec.id), SPEC_PROP, &json).await?)
     }
 
-    /// Every recorded instance on the pool.
+    /// Every recorded instance on the pool. A pool it cannot see is an
+    /// error, never "no instances": the headnode must not conclude that
+    /// every instance of the node is gone. `<pool>/instances` is made with
+    /// the first instance and never removed, so its absence on a pool that
+    /// had instances is the same kind of blindness (a pool half-imported,
+    /// a dataset removed by hand); on a fresh pool the list is empty.
     pub async fn list(&self) -> Result<Vec<InstanceSpec>> {
         let parent = format!("{}/instances", self.pool);
         let props = match zfs::get_recursive(&parent, &[SPEC_PROP]).await {
             Ok(p) => p,
+            Err(ZfsError::NotFound(_)) if !zfs::exists(&self.pool).await? => {
+                return Err(InstanceError::PoolUnavailable(format!(
+                    "zpool {} is not imported or does not exist",
+                    self.pool
+                )));
+            }
+            Err(ZfsError::NotFound(_)) if self.parent_mountpoint.get().is_some() => {
+                return Err(InstanceError::PoolUnavailable(format!(
+                    "{parent} is missing on zpool {}",
+                    self.pool
+                )));
+            }
             Err(ZfsError::NotFound(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };

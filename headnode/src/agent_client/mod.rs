@@ -167,10 +167,13 @@ impl AgentPool {
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    return Err(Error::AgentUnavailable(format!(
-                        "the agent of server {} ended EnsureImage of {image} before it was ready",
-                        t.server
-                    )));
+                    return Err(Error::AgentUnavailable {
+                        server: t.server,
+                        message: format!(
+                            "the agent of server {} ended EnsureImage of {image} before it was ready",
+                            t.server
+                        ),
+                    });
                 }
                 Err(st) => return Err(agent_error(t.server, &t.address, "EnsureImage", st)),
             }
@@ -350,10 +353,12 @@ fn agent_error(id: ServerId, address: &str, call: &str, st: tonic::Status) -> Er
             | Code::PermissionDenied
             | Code::Unauthenticated
     );
-    let make = if refused {
-        Error::AgentRefused
+    if refused {
+        Error::AgentRefused(message)
     } else {
-        Error::AgentUnavailable
-    };
-    make(message)
+        Error::AgentUnavailable {
+            server: id,
+            message,
+        }
+    }
 }

@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Datastore;
-use super::jobs::NewJob;
+use super::jobs::{Fence, NewJob, fence_check};
 use super::states::{
     INSTANCE_DELETED, INSTANCE_FAILED, INSTANCE_PROVISIONING, INSTANCE_SETTLED, INSTANCE_UNKNOWN,
     INSTANCE_UP_OR_DOWN, JOB_UNFINISHED,
@@ -400,14 +400,21 @@ impl Datastore {
         Ok(super::into_page(items, limit, |i| i.id.as_uuid()))
     }
 
-    /// Sets the state (and bumps `updated_at`); `from` limits the states it may leave.
+    /// Sets the state (and bumps `updated_at`); `from` limits the states it
+    /// may leave. A job's run passes its fence: the write then happens only
+    /// while the run holds its claim.
     pub async fn instance_set_state(
         &self,
         id: InstanceId,
         to: InstanceState,
         from: &[InstanceState],
         error: Option<&str>,
+        fence: Option<&Fence>,
     ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(f) = fence {
+            fence_check(&mut tx, f).await?;
+        }
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         let done = sqlx::query(AssertSqlSafe(format!(
             "UPDATE instances SET state = $2, error = COALESCE($4, error), updated_at = now(),
@@ -418,8 +425,9 @@ impl Datastore {
         .bind(to.as_str())
         .bind(&from)
         .bind(error)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -453,14 +461,22 @@ impl Datastore {
     }
 
     /// Records the accelerator a VM runs under, as its node reported it.
-    pub async fn instance_set_accelerator(&self, id: InstanceId, a: Accelerator) -> Result<()> {
+    pub async fn instance_set_accelerator(
+        &self,
+        id: InstanceId,
+        a: Accelerator,
+        fence: &Fence,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        fence_check(&mut tx, fence).await?;
         sqlx::query(
             "UPDATE instances SET accelerator = $2 WHERE id = $1 AND accelerator IS DISTINCT FROM $2",
         )
         .bind(id.as_uuid())
         .bind(a.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -501,52 +517,100 @@ impl Datastore {
     }
 
     /// Gives the instance's capacity back to its server, once.
-    pub async fn instance_release_capacity(&self, id: InstanceId) -> Result<()> {
+    pub async fn instance_release_capacity(&self, id: InstanceId, fence: &Fence) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let held: Option<(Uuid, i64, i64, i32)> = sqlx::query_as(
-            "UPDATE instances SET capacity_held = false WHERE id = $1 AND capacity_held
-             RETURNING server_id, ram_mb, disk_mb, vcpus",
-        )
-        .bind(id.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((server, ram, disk, vcpus)) = held {
-            sqlx::query(
-                "UPDATE servers SET used_ram_mb = used_ram_mb - $2, used_disk_mb = used_disk_mb - $3,
-                        used_vcpus = used_vcpus - $4 WHERE id = $1",
-            )
-            .bind(server)
-            .bind(ram)
-            .bind(disk)
-            .bind(vcpus)
-            .execute(&mut *tx)
-            .await?;
-        }
+        fence_check(&mut tx, fence).await?;
+        release_capacity(&mut tx, id).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Gives every address of the instance back to its network (NIC rows first).
-    pub async fn instance_free_nics(&self, id: InstanceId) -> Result<()> {
+    pub async fn instance_free_nics(&self, id: InstanceId, fence: &Fence) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM instance_nics WHERE instance_id = $1")
+        fence_check(&mut tx, fence).await?;
+        free_nics(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes an instance without its node (an operator's way out when the
+    /// node does not answer): the job working on it is ended (its run's
+    /// fence no longer holds, so it stops), its capacity and addresses are
+    /// given back, and what it may have left on its node is recorded, to be
+    /// removed there once the node answers. Deleting a deleted one is a no-op.
+    pub async fn instance_force_delete(&self, id: InstanceId, reason: &str) -> Result<Instance> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Option<Uuid>, String)> =
+            sqlx::query_as("SELECT server_id, state FROM instances WHERE id = $1 FOR UPDATE")
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((server, state)) = row else {
+            return Err(Error::not_found("instance", id));
+        };
+        if state != InstanceState::Deleted.as_str() {
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE jobs SET state = 'failed', error = $2, finished_at = now(), updated_at = now(),
+                        lease_owner = NULL, lease_token = NULL
+                 WHERE instance_id = $1 AND state IN {JOB_UNFINISHED}"
+            )))
             .bind(id.as_uuid())
+            .bind(reason)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE network_ips SET owner_type = NULL, owner_id = NULL, updated_at = now()
-             WHERE owner_type = 'instance' AND owner_id = $1 AND in_range",
-        )
-        .bind(id.as_uuid())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM network_ips WHERE owner_type = 'instance' AND owner_id = $1 AND NOT in_range",
-        )
-        .bind(id.as_uuid())
-        .execute(&mut *tx)
-        .await?;
+            release_capacity(&mut tx, id).await?;
+            free_nics(&mut tx, id).await?;
+            if let Some(server) = server {
+                sqlx::query(
+                    "INSERT INTO node_leftovers (server_id, instance_id) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(server)
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE instances SET state = {INSTANCE_DELETED}, deleted_at = now(), updated_at = now(),
+                        error = COALESCE(error, $2) WHERE id = $1"
+            )))
+            .bind(id.as_uuid())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
+        self.instance_get(id, None).await
+    }
+
+    /// The live instances of a server (to retire it).
+    pub async fn instances_live_on(&self, server: ServerId) -> Result<Vec<InstanceId>> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id FROM instances WHERE server_id = $1 AND state <> {INSTANCE_DELETED}"
+        )))
+        .bind(server.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0.into()).collect())
+    }
+
+    /// What force-deleted instances may have left on this server.
+    pub async fn leftovers_on(&self, server: ServerId) -> Result<Vec<InstanceId>> {
+        let rows: Vec<(Uuid,)> =
+            sqlx::query_as("SELECT instance_id FROM node_leftovers WHERE server_id = $1")
+                .bind(server.as_uuid())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| r.0.into()).collect())
+    }
+
+    pub async fn leftover_removed(&self, server: ServerId, id: InstanceId) -> Result<()> {
+        sqlx::query("DELETE FROM node_leftovers WHERE server_id = $1 AND instance_id = $2")
+            .bind(server.as_uuid())
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -554,11 +618,13 @@ impl Datastore {
     /// NIC yet: one statement per NIC takes the lowest free address and
     /// writes the NIC row together (so a crash never leaves one without the
     /// other), and does nothing for a NIC that exists.
-    pub async fn instance_allocate_nics(&self, id: InstanceId) -> Result<()> {
+    pub async fn instance_allocate_nics(&self, id: InstanceId, fence: &Fence) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        fence_check(&mut tx, fence).await?;
         let (networks,): (Vec<Uuid>,) =
             sqlx::query_as("SELECT networks FROM instances WHERE id = $1")
                 .bind(id.as_uuid())
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await?;
         for (idx, net) in networks.iter().enumerate() {
             let done: Option<(bool,)> = sqlx::query_as(
@@ -580,7 +646,7 @@ impl Datastore {
             .bind(id.as_uuid())
             .bind(idx as i32)
             .bind(mac_for(id, idx as u32))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
             if !done.is_some_and(|d| d.0) {
                 return Err(Error::Exhausted(format!(
@@ -588,6 +654,7 @@ impl Datastore {
                 )));
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -687,11 +754,35 @@ impl Datastore {
         }))
     }
 
+    /// What the database knows of these instance ids: (id, server, state).
+    pub async fn instances_known(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Option<Uuid>, String)>> {
+        Ok(
+            sqlx::query_as("SELECT id, server_id, state FROM instances WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The agent of one set-up server.
+    pub async fn agent_target(&self, server: ServerId) -> Result<AgentTarget> {
+        self.agent_targets_where(Some(server))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Conflict(format!("server {server} is not set up")))
+    }
+
     /// Every set-up server's agent (for the reconciler).
     pub async fn agent_targets(&self) -> Result<Vec<AgentTarget>> {
+        self.agent_targets_where(None).await
+    }
+
+    async fn agent_targets_where(&self, only: Option<ServerId>) -> Result<Vec<AgentTarget>> {
         let rows: Vec<(Uuid, String, String, Option<Json<ServerSetup>>)> = sqlx::query_as(
-            "SELECT id, agent_address, control_key, setup FROM servers WHERE setup_state = 'setup'",
+            "SELECT id, agent_address, control_key, setup FROM servers
+             WHERE setup_state = 'setup' AND ($1::uuid IS NULL OR id = $1)",
         )
+        .bind(only.map(|s| s.as_uuid()))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -730,6 +821,53 @@ pub struct AgentTarget {
     pub address: String,
     pub control_key: String,
     pub setup: ServerSetup,
+}
+
+/// Gives the instance's capacity back to its server, once (the flag on the
+/// instance says whether it still holds it).
+async fn release_capacity(tx: &mut Transaction<'_, Postgres>, id: InstanceId) -> Result<()> {
+    let held: Option<(Uuid, i64, i64, i32)> = sqlx::query_as(
+        "UPDATE instances SET capacity_held = false WHERE id = $1 AND capacity_held
+         RETURNING server_id, ram_mb, disk_mb, vcpus",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((server, ram, disk, vcpus)) = held {
+        sqlx::query(
+            "UPDATE servers SET used_ram_mb = used_ram_mb - $2, used_disk_mb = used_disk_mb - $3,
+                    used_vcpus = used_vcpus - $4 WHERE id = $1",
+        )
+        .bind(server)
+        .bind(ram)
+        .bind(disk)
+        .bind(vcpus)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Gives every address of the instance back to its network (NIC rows first).
+async fn free_nics(tx: &mut Transaction<'_, Postgres>, id: InstanceId) -> Result<()> {
+    sqlx::query("DELETE FROM instance_nics WHERE instance_id = $1")
+        .bind(id.as_uuid())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE network_ips SET owner_type = NULL, owner_id = NULL, updated_at = now()
+         WHERE owner_type = 'instance' AND owner_id = $1 AND in_range",
+    )
+    .bind(id.as_uuid())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM network_ips WHERE owner_type = 'instance' AND owner_id = $1 AND NOT in_range",
+    )
+    .bind(id.as_uuid())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Takes the instance's capacity on `c` if it still fits (decided by the row's

@@ -1,7 +1,9 @@
 //! Jobs: the durable state of sagas. A worker claims a job with
-//! `FOR UPDATE SKIP LOCKED` and holds it with a lease; every write of a
-//! running job is guarded by that lease, so a headnode that lost its lease
-//! (it stalled, another took over) can no longer change the job.
+//! `FOR UPDATE SKIP LOCKED` and holds it with a lease; every claim gets its
+//! own fencing token, and every write of that run (to the job, and by its
+//! steps to what they change, see `fence_check`) is guarded by the token, so
+//! a run whose lease was taken over (it stalled, the database was away) can
+//! no longer change anything, even on the same headnode.
 
 use chrono::{DateTime, Utc};
 use nereid_api::{AccountId, InstanceId, Job, JobId, JobKind, JobState, JobStep, Page};
@@ -11,6 +13,32 @@ use uuid::Uuid;
 
 use super::Datastore;
 use super::states::{JOB_FINISHED, JOB_LEASED, JOB_QUEUED, JOB_RUNNING};
+
+/// The claim a run holds: its job and the fencing token of that claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub job: JobId,
+    pub token: Uuid,
+}
+
+/// Inside a transaction of a step: fails with `LeaseLost` unless the run
+/// still holds its claim, and holds the job's row (FOR SHARE) so no new
+/// claim can take it before the transaction ends.
+pub(super) async fn fence_check(tx: &mut Transaction<'_, Postgres>, f: &Fence) -> Result<()> {
+    let held: Option<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM jobs WHERE id = $1 AND lease_token = $2 FOR SHARE")
+            .bind(f.job.as_uuid())
+            .bind(f.token)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(Error::LeaseLost(format!(
+            "job {} was claimed again; this run no longer holds it",
+            f.job
+        ))),
+    }
+}
 use crate::error::{Error, Result};
 
 pub struct NewJob {
@@ -32,6 +60,7 @@ struct JobRow {
     steps: Json<Vec<JobStep>>,
     attempts: i32,
     error: Option<String>,
+    waiting_on: Option<Uuid>,
     request_id: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -54,6 +83,7 @@ impl JobRow {
             steps: self.steps.0,
             attempts: self.attempts as u32,
             error: self.error,
+            waiting_on_node: self.waiting_on.map(Into::into),
             request_id: self.request_id,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -62,8 +92,8 @@ impl JobRow {
     }
 }
 
-const COLUMNS: &str = "id, kind, instance_id, owner, state, steps, attempts, error, request_id,
-    created_at, updated_at, finished_at";
+const COLUMNS: &str = "id, kind, instance_id, owner, state, steps, attempts, error, waiting_on,
+    request_id, created_at, updated_at, finished_at";
 
 pub(super) async fn insert(tx: &mut Transaction<'_, Postgres>, job: &NewJob) -> Result<()> {
     sqlx::query(
@@ -167,13 +197,18 @@ impl Datastore {
         Ok(super::into_page(jobs, limit, |j| j.id.as_uuid()))
     }
 
-    /// Claims the oldest runnable job: queued, or left by a headnode whose
-    /// lease ran out. Takes the lease for `lease` from now.
-    pub async fn job_claim(&self, worker: Uuid, lease: std::time::Duration) -> Result<Option<Job>> {
+    /// Claims the oldest runnable job: queued, or left by a run whose lease
+    /// ran out. Takes the lease for `lease` from now, with a new fencing token.
+    pub async fn job_claim(
+        &self,
+        worker: Uuid,
+        lease: std::time::Duration,
+    ) -> Result<Option<(Job, Fence)>> {
+        let token = Uuid::new_v4();
         let row = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET state = CASE WHEN state = {JOB_QUEUED} THEN {JOB_RUNNING} ELSE state END,
                     lease_owner = $1, lease_until = now() + make_interval(secs => $2),
-                    attempts = attempts + 1, updated_at = now()
+                    lease_token = $3, attempts = attempts + 1, updated_at = now()
              WHERE id = (SELECT id FROM jobs
                          WHERE run_after <= now() AND (state = {JOB_QUEUED}
                             OR (state IN {JOB_LEASED} AND lease_until < now()))
@@ -182,69 +217,67 @@ impl Datastore {
         )))
         .bind(worker)
         .bind(lease.as_secs_f64())
+        .bind(token)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(JobRow::into_api).transpose()
+        row.map(|r| {
+            let job = r.into_api()?;
+            let fence = Fence { job: job.id, token };
+            Ok((job, fence))
+        })
+        .transpose()
     }
 
-    /// Extends the lease; false when this worker no longer holds it.
-    pub async fn job_renew(
-        &self,
-        id: JobId,
-        worker: Uuid,
-        lease: std::time::Duration,
-    ) -> Result<bool> {
+    /// Extends the lease; false when this run no longer holds it.
+    pub async fn job_renew(&self, f: &Fence, lease: std::time::Duration) -> Result<bool> {
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
-             WHERE id = $1 AND lease_owner = $2 AND state IN {JOB_LEASED}"
+             WHERE id = $1 AND lease_token = $2 AND state IN {JOB_LEASED}"
         )))
-        .bind(id.as_uuid())
-        .bind(worker)
+        .bind(f.job.as_uuid())
+        .bind(f.token)
         .bind(lease.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Writes the step log and state of a job this worker holds; false when
+    /// Writes the step log and state of a job this run holds; false when
     /// the lease is lost.
     pub async fn job_save(
         &self,
-        id: JobId,
-        worker: Uuid,
+        f: &Fence,
         state: JobState,
         steps: &[JobStep],
         error: Option<&str>,
+        waiting_on: Option<nereid_api::ServerId>,
     ) -> Result<bool> {
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET state = $3, steps = $4, error = $5, updated_at = now(),
+            "UPDATE jobs SET state = $3, steps = $4, error = $5, waiting_on = $6, updated_at = now(),
                     finished_at = CASE WHEN $3 IN {JOB_FINISHED} THEN now() END,
-                    lease_owner = CASE WHEN $3 IN {JOB_FINISHED} THEN NULL ELSE lease_owner END
-             WHERE id = $1 AND lease_owner = $2 AND state IN {JOB_LEASED}"
+                    lease_owner = CASE WHEN $3 IN {JOB_FINISHED} THEN NULL ELSE lease_owner END,
+                    lease_token = CASE WHEN $3 IN {JOB_FINISHED} THEN NULL ELSE lease_token END
+             WHERE id = $1 AND lease_token = $2 AND state IN {JOB_LEASED}"
         )))
-        .bind(id.as_uuid())
-        .bind(worker)
+        .bind(f.job.as_uuid())
+        .bind(f.token)
         .bind(state.as_str())
         .bind(Json(steps))
         .bind(error)
+        .bind(waiting_on.map(|s| s.as_uuid()))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Lets a job wait (a transient failure): another claim may take it after `delay`.
-    pub async fn job_defer(
-        &self,
-        id: JobId,
-        worker: Uuid,
-        delay: std::time::Duration,
-    ) -> Result<()> {
+    pub async fn job_defer(&self, f: &Fence, delay: std::time::Duration) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET run_after = now() + make_interval(secs => $3), lease_until = now()
-             WHERE id = $1 AND lease_owner = $2",
+             WHERE id = $1 AND lease_token = $2",
         )
-        .bind(id.as_uuid())
-        .bind(worker)
+        .bind(f.job.as_uuid())
+        .bind(f.token)
         .bind(delay.as_secs_f64())
         .execute(&self.pool)
         .await?;

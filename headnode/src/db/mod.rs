@@ -9,6 +9,7 @@ mod images;
 mod instances;
 mod jobs;
 mod join_tokens;
+mod leases;
 mod networks;
 mod packages;
 mod quotas;
@@ -18,7 +19,7 @@ mod tokens;
 
 pub use images::ImageFilter;
 pub use instances::{AgentTarget, Created, InstanceFilter, InstanceSizes, NewInstance, NicPlan};
-pub use jobs::NewJob;
+pub use jobs::{Fence, NewJob};
 pub use join_tokens::JoinTokenRefusal;
 pub use networks::NewNetwork;
 pub use packages::PackageFilter;

@@ -40,6 +40,7 @@ struct ServerRow {
     agent_address: String,
     agent_version: String,
     last_heartbeat: Option<DateTime<Utc>>,
+    sync_error: Option<String>,
     created_at: DateTime<Utc>,
 }
 
@@ -60,6 +61,7 @@ impl ServerRow {
             agent_address: self.agent_address,
             agent_version: self.agent_version,
             last_heartbeat: self.last_heartbeat,
+            sync_error: self.sync_error,
             created_at: self.created_at,
         })
     }
@@ -67,7 +69,7 @@ impl ServerRow {
 
 /// The servers with their derived status; `$1` is the heartbeat deadline in seconds.
 pub(super) const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sysinfo, setup, usage, agent_address,
-        agent_version, last_heartbeat, created_at,
+        agent_version, last_heartbeat, sync_error, created_at,
         CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1) THEN 'unknown'
              WHEN setup_state = 'setup' THEN 'running'
              ELSE setup_state END AS status
@@ -85,6 +87,18 @@ pub enum SetupBegin {
 }
 
 impl Datastore {
+    /// Records why comparing a server with its node failed (None: it worked).
+    pub async fn server_set_sync_error(&self, id: ServerId, error: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "UPDATE servers SET sync_error = $2 WHERE id = $1 AND sync_error IS DISTINCT FROM $2",
+        )
+        .bind(id.as_uuid())
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     fn deadline_secs(&self) -> f64 {
         self.heartbeat_deadline.as_secs_f64()
     }

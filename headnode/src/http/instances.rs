@@ -151,12 +151,41 @@ action!(
     JobKind::Reboot,
     post
 );
-action!(
-    instance_delete,
-    "/v1/instances/{id}",
-    JobKind::Destroy,
-    delete
-);
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// Operators only: delete now, without the node (for a node that does
+    /// not answer). The job working on the instance ends, its capacity and
+    /// addresses are given back, and what it left on its node is removed
+    /// there once the node answers again. Answers 200 with the instance.
+    pub force: Option<bool>,
+}
+
+/// Deletes an instance: a `destroy` job (202), or at once with `force`.
+#[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances", params(("id" = InstanceId, Path), DeleteParams),
+    responses((status = 202, body = InstanceAccepted), (status = 200, body = Instance),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn instance_delete(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<InstanceId>,
+    ApiQuery(q): ApiQuery<DeleteParams>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if q.force == Some(true) {
+        p.require_operator()?;
+        let inst =
+            s.db.instance_force_delete(id, "deleted by force: its node did not answer")
+                .await?;
+        tracing::warn!(instance = %id, "instance deleted by force");
+        return Ok((StatusCode::OK, Json(inst)).into_response());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(instances::act(&s, p, id, JobKind::Destroy).await?),
+    )
+        .into_response())
+}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

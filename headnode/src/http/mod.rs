@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
             get(servers::server_get).delete(servers::server_delete),
         )
         .route("/v1/servers/{id}/setup", post(servers::server_setup))
+        .route("/v1/servers/{id}/orphans", get(servers::server_orphans))
         .route("/v1/servers/{id}/reserve", post(servers::server_reserve))
         .route(
             "/v1/servers/{id}/unreserve",

@@ -5,7 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use nereid_api::{
-    ErrorBody, JoinTokenCreate, JoinTokenCreated, Page, Server, ServerId, ServerSetup, ServerStatus,
+    ErrorBody, JoinTokenCreate, JoinTokenCreated, Orphan, Page, Server, ServerId, ServerSetup,
+    ServerStatus,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -99,16 +100,33 @@ pub async fn server_unreserve(
     Ok(Json(s.db.server_set_reserved(id, false).await?))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ServerDeleteParams {
+    /// Retire a dead server: its instances are deleted by force first.
+    pub force: Option<bool>,
+}
+
 /// Forgets a server. Its agent's credential stops working; to bring the node
-/// back, give it a new join token.
-#[utoipa::path(delete, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path, format = Uuid)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// back, give it a new join token. A server with live instances is a 409,
+/// unless `force` deletes them first (their capacity and addresses given
+/// back; the node is not asked).
+#[utoipa::path(delete, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path, format = Uuid), ServerDeleteParams),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn server_delete(
     State(s): State<AppState>,
     p: Principal,
     ApiPath(id): ApiPath<ServerId>,
+    ApiQuery(q): ApiQuery<ServerDeleteParams>,
 ) -> Result<StatusCode> {
     p.require_operator()?;
+    if q.force == Some(true) {
+        s.db.server_get(id).await?;
+        for inst in s.db.instances_live_on(id).await? {
+            s.db.instance_force_delete(inst, "deleted by force: its server was retired")
+                .await?;
+        }
+    }
     s.db.server_delete(id).await?;
     s.agents.forget(id);
     tracing::info!(server = %id, "server deleted");
@@ -145,4 +163,50 @@ pub async fn join_token_create(
             expires_at,
         }),
     ))
+}
+
+/// Instances the node has that the database does not place on it: unknown
+/// to the database, deleted there, or placed on another server. Asked of
+/// the node now; nothing is removed.
+#[utoipa::path(get, path = "/v1/servers/{id}/orphans", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Vec<Orphan>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+pub async fn server_orphans(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<ServerId>,
+) -> Result<Json<Vec<Orphan>>> {
+    p.require_operator()?;
+    s.db.server_get(id).await?;
+    let t = s.db.agent_target(id).await?;
+    let on_node = s.agents.list_instances(&t).await?;
+    let ids: Vec<uuid::Uuid> = on_node.iter().filter_map(|n| n.id.parse().ok()).collect();
+    let known: std::collections::HashMap<uuid::Uuid, (Option<uuid::Uuid>, String)> =
+        s.db.instances_known(&ids)
+            .await?
+            .into_iter()
+            .map(|(i, server, state)| (i, (server, state)))
+            .collect();
+    let mut out = Vec::new();
+    for n in on_node {
+        let known_as = match n.id.parse::<uuid::Uuid>().ok().and_then(|i| known.get(&i)) {
+            None => Some("unknown".to_string()),
+            Some((_, state)) if state == "deleted" => Some("deleted".to_string()),
+            Some((server, _)) if *server != Some(id.as_uuid()) => Some(format!(
+                "on server {}",
+                server
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "none".into())
+            )),
+            Some(_) => None,
+        };
+        if let Some(known_as) = known_as {
+            out.push(Orphan {
+                instance_id: n.id.clone(),
+                state: n.state.instance_state().to_string(),
+                known_as,
+            });
+        }
+    }
+    Ok(Json(out))
 }

@@ -98,7 +98,13 @@ pub(super) fn destroy() -> Saga {
             async move {
                 c.state
                     .db
-                    .instance_set_state(c.job.instance_id, InstanceState::Failed, &[], Some(e))
+                    .instance_set_state(
+                        c.job.instance_id,
+                        InstanceState::Failed,
+                        &[],
+                        Some(e),
+                        Some(&c.fence),
+                    )
                     .await?;
                 Ok(())
             }
@@ -117,7 +123,7 @@ async fn on_node(c: &Ctx) -> StepResult {
         _ => agents.stop_instance(&t, id, false).await?,
     };
     if let Some(a) = node.accelerator {
-        c.state.db.instance_set_accelerator(id, a).await?;
+        c.state.db.instance_set_accelerator(id, a, &c.fence).await?;
     }
     Ok(())
 }
@@ -125,7 +131,7 @@ async fn on_node(c: &Ctx) -> StepResult {
 async fn mark(c: &Ctx, to: InstanceState) -> StepResult {
     c.state
         .db
-        .instance_set_state(c.job.instance_id, to, &[], None)
+        .instance_set_state(c.job.instance_id, to, &[], None, Some(&c.fence))
         .await?;
     Ok(())
 }
@@ -151,7 +157,7 @@ fn settle_from_node<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult>
         };
         c.state
             .db
-            .instance_set_state(c.job.instance_id, state, &[], Some(error))
+            .instance_set_state(c.job.instance_id, state, &[], Some(error), Some(&c.fence))
             .await?;
         Ok(())
     }

@@ -6,7 +6,10 @@
 //! before it, newest first, and the undos resume after a crash too.
 //!
 //! It must never hold a database transaction across an agent call, and never
-//! write to a job whose lease it lost.
+//! act for a job whose lease it lost: every claim has its own fencing token,
+//! checked by every write of the run (the job's and its steps'), and a run
+//! that could not renew its lease before the lease ends stops at once (its
+//! in-flight node call is dropped), so no two runs of a job act together.
 
 mod lifecycle;
 mod provision;
@@ -32,12 +35,18 @@ pub enum StepError {
     Retry(String),
     /// Cannot succeed: unwind.
     Fail(String),
+    /// This run no longer holds the job: stop, leave it to the holder.
+    LeaseLost(String),
+    /// A node did not answer: like Retry, and the job says which.
+    NodeAway(nereid_api::ServerId, String),
 }
 
 impl From<Error> for StepError {
     fn from(e: Error) -> StepError {
         match e {
-            Error::AgentUnavailable(m) | Error::ImageMissingOnNode(m) => StepError::Retry(m),
+            Error::LeaseLost(m) => StepError::LeaseLost(m),
+            Error::AgentUnavailable { server, message } => StepError::NodeAway(server, message),
+            Error::ImageMissingOnNode(m) => StepError::Retry(m),
             Error::Database(ref d) => StepError::Retry(format!("database: {d}")),
             other => StepError::Fail(other.to_string()),
         }
@@ -58,6 +67,8 @@ pub struct Step {
 pub struct Ctx {
     pub state: AppState,
     pub job: Job,
+    /// This run's claim: steps pass it to every write they make.
+    pub fence: crate::db::Fence,
     /// The state the node reported for the instance earlier in this run
     /// (saves a call); empty after a takeover, so steps then ask the node.
     pub reported: std::sync::Mutex<Option<crate::agent_client::NodeState>>,
@@ -133,12 +144,12 @@ impl Runner {
         loop {
             let permit = slots.clone().acquire_owned().await.expect("semaphore open");
             match state.db.job_claim(worker, state.config.job_lease).await {
-                Ok(Some(job)) => {
+                Ok(Some((job, fence))) => {
                     let state = state.clone();
                     // Another free slot may find more work at once.
                     self.notify.notify_one();
                     tokio::spawn(async move {
-                        run_job(state, worker, job).await;
+                        run_job(state, job, fence).await;
                         drop(permit);
                     });
                 }
@@ -165,21 +176,38 @@ impl Default for Runner {
     }
 }
 
-/// Runs one claimed job while renewing its lease; stops when the lease is lost.
-async fn run_job(state: AppState, worker: Uuid, job: Job) {
+/// Runs one claimed job while renewing its lease. It stops acting (drops
+/// the step in flight) as soon as the lease is lost, or when it could not be
+/// renewed before it ends: a renewal is counted from when it was sent, so
+/// this run stops no later than the database lets another claim it.
+async fn run_job(state: AppState, job: Job, fence: crate::db::Fence) {
     let id = job.id;
     let lease = state.config.job_lease;
     let span = tracing::info_span!("job", job = %id, kind = %job.kind, instance = %job.instance_id, request_id = %job.request_id);
     let _enter = span.clone();
+    let claimed = tokio::time::Instant::now();
     let renew = {
         let db = state.db.clone();
         async move {
+            let mut valid_until = claimed + lease;
+            let mut next = claimed + lease / 3;
             loop {
-                tokio::time::sleep(lease / 3).await;
-                match db.job_renew(id, worker, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => tracing::warn!("renewing the lease of job {id} failed: {e}"),
+                tokio::time::sleep_until(next.min(valid_until)).await;
+                let now = tokio::time::Instant::now();
+                if now >= valid_until {
+                    return "its lease ran out before it could be renewed";
+                }
+                match tokio::time::timeout(valid_until - now, db.job_renew(&fence, lease)).await {
+                    Ok(Ok(true)) => {
+                        valid_until = now + lease;
+                        next = now + lease / 3;
+                    }
+                    Ok(Ok(false)) => return "another run holds it",
+                    Ok(Err(e)) => {
+                        tracing::warn!("renewing the lease of job {id} failed: {e}");
+                        next = now + lease / 10;
+                    }
+                    Err(_) => next = now,
                 }
             }
         }
@@ -191,21 +219,23 @@ async fn run_job(state: AppState, worker: Uuid, job: Job) {
             ctx: Ctx {
                 state,
                 job,
+                fence,
                 reported: Default::default(),
             },
-            worker,
+            waiting_on: None,
         }
         .drive(),
     );
     tokio::select! {
         _ = drive => {}
-        _ = renew => tracing::warn!(parent: &span, "lost the lease of job {id}; another headnode has it"),
+        why = renew => tracing::warn!(parent: &span, "stopped working on job {id}: {why}"),
     }
 }
 
 struct Driver {
     ctx: Ctx,
-    worker: Uuid,
+    /// The node a step waits for, saved with the job.
+    waiting_on: Option<nereid_api::ServerId>,
 }
 
 /// Why driving stopped early.
@@ -221,11 +251,11 @@ impl Driver {
             .state
             .db
             .job_save(
-                self.ctx.job.id,
-                self.worker,
+                &self.ctx.fence,
                 state,
                 &self.ctx.job.steps,
                 error,
+                self.waiting_on,
             )
             .await
         {
@@ -266,7 +296,7 @@ impl Driver {
                     .ctx
                     .state
                     .db
-                    .job_defer(self.ctx.job.id, self.worker, Duration::from_secs(2))
+                    .job_defer(&self.ctx.fence, Duration::from_secs(2))
                     .await;
             }
         }
@@ -292,7 +322,16 @@ impl Driver {
                 }
                 fresh_mark = false;
                 fault_point(kind, step.name, "before");
-                let result = (step.forward)(&self.ctx).await;
+                let result = match (step.forward)(&self.ctx).await {
+                    Err(StepError::NodeAway(server, m)) => {
+                        self.waiting_on = Some(server);
+                        Err(StepError::Retry(m))
+                    }
+                    other => {
+                        self.waiting_on = None;
+                        other
+                    }
+                };
                 let attempts = self.ctx.job.steps[i].attempts;
                 match result {
                     Ok(()) => {
@@ -320,13 +359,19 @@ impl Driver {
                         self.save(JobState::Running, None).await?;
                         break;
                     }
+                    Err(StepError::LeaseLost(m)) => {
+                        tracing::warn!(step = step.name, "stopping: {m}");
+                        return Err(Stop::LeaseLost);
+                    }
                     Err(StepError::Retry(m)) if attempts < MAX_ATTEMPTS => {
                         tracing::info!(step = step.name, attempts, "step failed, retrying: {m}");
                         self.ctx.job.steps[i].error = Some(m);
                         self.save(JobState::Running, None).await?;
                         tokio::time::sleep(backoff(attempts)).await;
                     }
-                    Err(StepError::Retry(m)) | Err(StepError::Fail(m)) => {
+                    Err(StepError::Retry(m))
+                    | Err(StepError::Fail(m))
+                    | Err(StepError::NodeAway(_, m)) => {
                         let error = format!("{}: {m}", step.name);
                         tracing::warn!("job failed at {error}; unwinding");
                         let s = &mut self.ctx.job.steps[i];
@@ -356,7 +401,25 @@ impl Driver {
             let mut tries = 0;
             loop {
                 match undo(&self.ctx).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.waiting_on = None;
+                        break;
+                    }
+                    Err(StepError::LeaseLost(m)) => {
+                        tracing::warn!(step = step.name, "stopping the unwind: {m}");
+                        return Err(Stop::LeaseLost);
+                    }
+                    Err(StepError::NodeAway(server, m)) => {
+                        self.waiting_on = Some(server);
+                        tries += 1;
+                        tracing::warn!(step = step.name, tries, "undo waits for a node: {m}");
+                        if tries >= MAX_ATTEMPTS {
+                            // Say so, then come back to it later: nothing may leak.
+                            let _ = self.save(JobState::Unwinding, Some(error)).await;
+                            return Err(Stop::Deferred);
+                        }
+                        tokio::time::sleep(backoff(tries)).await;
+                    }
                     Err(StepError::Retry(m)) | Err(StepError::Fail(m)) => {
                         tries += 1;
                         tracing::warn!(step = step.name, tries, "undo failed: {m}");

@@ -67,17 +67,23 @@ pub(super) async fn target(c: &Ctx) -> Result<AgentTarget, StepError> {
 pub(super) async fn release_capacity(c: &Ctx) -> StepResult {
     Ok(c.state
         .db
-        .instance_release_capacity(c.job.instance_id)
+        .instance_release_capacity(c.job.instance_id, &c.fence)
         .await?)
 }
 
 async fn allocate_nics(c: &Ctx) -> StepResult {
-    c.state.db.instance_allocate_nics(c.job.instance_id).await?;
+    c.state
+        .db
+        .instance_allocate_nics(c.job.instance_id, &c.fence)
+        .await?;
     Ok(())
 }
 
 pub(super) async fn free_nics(c: &Ctx) -> StepResult {
-    Ok(c.state.db.instance_free_nics(c.job.instance_id).await?)
+    Ok(c.state
+        .db
+        .instance_free_nics(c.job.instance_id, &c.fence)
+        .await?)
 }
 
 async fn ensure_image(c: &Ctx) -> StepResult {
@@ -139,7 +145,7 @@ async fn ensure_instance(c: &Ctx) -> StepResult {
     if let Some(a) = node.accelerator {
         c.state
             .db
-            .instance_set_accelerator(c.job.instance_id, a)
+            .instance_set_accelerator(c.job.instance_id, a, &c.fence)
             .await?;
     }
     *c.reported.lock().expect("reported") = Some(node.state);
@@ -170,7 +176,7 @@ async fn wait_running(c: &Ctx) -> StepResult {
                 if let Some(a) = s.accelerator {
                     c.state
                         .db
-                        .instance_set_accelerator(c.job.instance_id, a)
+                        .instance_set_accelerator(c.job.instance_id, a, &c.fence)
                         .await?;
                 }
                 return Ok(());
@@ -202,6 +208,7 @@ async fn mark_running(c: &Ctx) -> StepResult {
             InstanceState::Running,
             &[InstanceState::Provisioning],
             None,
+            Some(&c.fence),
         )
         .await?;
     Ok(())
@@ -211,7 +218,13 @@ fn mark_failed<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult> {
     async move {
         c.state
             .db
-            .instance_set_state(c.job.instance_id, InstanceState::Failed, &[], Some(error))
+            .instance_set_state(
+                c.job.instance_id,
+                InstanceState::Failed,
+                &[],
+                Some(error),
+                Some(&c.fence),
+            )
             .await?;
         Ok(())
     }
