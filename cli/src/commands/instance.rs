@@ -93,6 +93,10 @@ pub enum InstanceCmd {
         id: String,
         #[arg(long)]
         wait: bool,
+        /// Operators: delete it now, without its node (one that does not
+        /// answer); what it left there goes when the node answers again.
+        #[arg(long)]
+        force: bool,
     },
     /// Show the end of an instance's console (a VM's serial console, a
     /// container's output).
@@ -227,7 +231,24 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
         InstanceCmd::Start { id, wait } => act(c, fmt, &id, "start", Method::POST, wait).await,
         InstanceCmd::Stop { id, wait } => act(c, fmt, &id, "stop", Method::POST, wait).await,
         InstanceCmd::Reboot { id, wait } => act(c, fmt, &id, "reboot", Method::POST, wait).await,
-        InstanceCmd::Delete { id, wait } => act(c, fmt, &id, "", Method::DELETE, wait).await,
+        InstanceCmd::Delete { id, force: true, .. } => {
+            let id = resolve(c, &id).await?;
+            let inst: Instance = c
+                .call::<(), _>(
+                    Method::DELETE,
+                    &format!("/v1/instances/{id}"),
+                    &[("force", "true".to_string())],
+                    None,
+                )
+                .await?;
+            if fmt == Format::Json {
+                output::json(&inst);
+            } else {
+                println!("instance {} ({}) deleted by force", inst.id, inst.alias);
+            }
+            Ok(())
+        }
+        InstanceCmd::Delete { id, wait, .. } => act(c, fmt, &id, "", Method::DELETE, wait).await,
         InstanceCmd::Console { id, tail } => {
             let id = resolve(c, &id).await?;
             let console: InstanceConsole = c

@@ -39,7 +39,14 @@ pub enum ServerCmd {
     /// Let new instances land on a server again.
     Unreserve { id: String },
     /// Forget a server (it must have no instances).
-    Delete { id: String },
+    Delete {
+        id: String,
+        /// Retire a dead server: delete its instances by force first.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Instances the node has that the database does not place on it.
+    Orphans { id: String },
     /// Join tokens.
     #[command(subcommand, name = "join-token")]
     JoinToken(JoinTokenCmd),
@@ -131,8 +138,27 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
             fmt,
             &c.post(&format!("/v1/servers/{id}/unreserve"), &()).await?,
         ),
-        ServerCmd::Delete { id } => {
-            c.delete(&format!("/v1/servers/{id}")).await?;
+        ServerCmd::Orphans { id } => {
+            let orphans: Vec<nereid_api::Orphan> =
+                c.get(&format!("/v1/servers/{id}/orphans"), &[]).await?;
+            match fmt {
+                Format::Json => output::json(&orphans),
+                Format::Table => output::table(
+                    &["INSTANCE", "STATE", "DATABASE"],
+                    orphans
+                        .iter()
+                        .map(|o| vec![o.instance_id.clone(), o.state.clone(), o.known_as.clone()])
+                        .collect(),
+                ),
+            }
+        }
+        ServerCmd::Delete { id, force } => {
+            let path = if force {
+                format!("/v1/servers/{id}?force=true")
+            } else {
+                format!("/v1/servers/{id}")
+            };
+            c.delete(&path).await?;
             if fmt == Format::Table {
                 println!("server {id} deleted");
             }
@@ -207,5 +233,9 @@ fn show(fmt: Format, s: &Server) {
         ),
         ("agent", format!("{} v{}", s.agent_address, s.agent_version)),
         ("last heartbeat", super::time(&s.last_heartbeat)),
+        (
+            "sync error",
+            s.sync_error.clone().unwrap_or_else(|| "-".into()),
+        ),
     ]);
 }
