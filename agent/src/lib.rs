@@ -111,7 +111,11 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         overrides,
         interval_ms,
     ));
+    // Node work (a pull, a VM's boot) can take minutes; a burst of
+    // provisions arrives over the one connection of a headnode.
     let serve = tonic::transport::Server::builder()
+        .timeout(std::time::Duration::from_secs(900))
+        .concurrency_limit_per_connection(512)
         .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown());
     serve.await.context("the agent's gRPC service failed")?;

@@ -46,6 +46,11 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// 413: the request body is larger than the route accepts.
     PayloadTooLarge,
+    /// 429: too many requests (per token, or failed logins per address);
+    /// `Retry-After` says when to try again.
+    TooManyRequests,
+    /// 408: the request took longer than the headnode allows.
+    RequestTimeout,
     /// 415: the body is not JSON.
     UnsupportedMediaType,
     /// 502: a node did not answer or failed.
@@ -67,6 +72,8 @@ impl ErrorCode {
             ErrorCode::Conflict => "Conflict",
             ErrorCode::InsufficientCapacity => "InsufficientCapacity",
             ErrorCode::QuotaExceeded => "QuotaExceeded",
+            ErrorCode::TooManyRequests => "TooManyRequests",
+            ErrorCode::RequestTimeout => "RequestTimeout",
             ErrorCode::Exhausted => "Exhausted",
             ErrorCode::RangeNotSatisfiable => "RangeNotSatisfiable",
             ErrorCode::PayloadTooLarge => "PayloadTooLarge",

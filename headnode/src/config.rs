@@ -65,6 +65,12 @@ pub struct Flags {
     /// node, in bytes.
     #[arg(long, env = "NEREID_MAX_UNPACKED_IMAGE_BYTES")]
     pub max_unpacked_image_bytes: Option<u64>,
+    /// Requests per second one API token may make (over [limits]).
+    #[arg(long, env = "NEREID_REQUESTS_PER_TOKEN")]
+    pub requests_per_token: Option<f64>,
+    /// Failed authentications per second one address may make (over [limits]).
+    #[arg(long, env = "NEREID_AUTH_FAILURES_PER_ADDRESS")]
+    pub auth_failures_per_address: Option<f64>,
 }
 
 fn parse_quota(s: &str) -> Result<(nereid_api::QuotaKind, u64), String> {
@@ -102,6 +108,47 @@ struct FileConfig {
     reconcile_interval_ms: Option<u64>,
     max_unpacked_image_bytes: Option<u64>,
     default_quotas: Option<nereid_api::QuotaValues>,
+    limits: Option<Limits>,
+}
+
+/// Limits on the REST API and the database (the `[limits]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Requests per second one API token may make (twice that at once); 0: no limit.
+    pub requests_per_token: f64,
+    /// Failed authentications per second one client address may make (20
+    /// at once); past it, its unknown tokens are refused without a lookup.
+    pub auth_failures_per_address: f64,
+    /// A REST request (except image file transfers) gets this long.
+    pub request_timeout_ms: u64,
+    /// REST requests served at once; more wait.
+    pub max_concurrent_requests: usize,
+    /// gRPC calls served at once per agent connection.
+    pub max_concurrent_grpc_per_connection: usize,
+    /// Connections of the REST API's, the job workers' and the agents'
+    /// (registry) database pools: one cannot starve another.
+    pub db_api_connections: u32,
+    pub db_jobs_connections: u32,
+    pub db_registry_connections: u32,
+    /// `/metrics` only with an operator's token.
+    pub metrics_need_token: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            requests_per_token: 1000.0,
+            auth_failures_per_address: 1.0,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 512,
+            max_concurrent_grpc_per_connection: 256,
+            db_api_connections: 24,
+            db_jobs_connections: 20,
+            db_registry_connections: 8,
+            metrics_need_token: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +168,7 @@ pub struct Config {
     pub max_unpacked_image_bytes: u64,
     /// The quotas of accounts that set none of their own.
     pub default_quotas: nereid_api::QuotaValues,
+    pub limits: Limits,
     /// Where image files are stored (default: `<state_dir>/images`).
     pub image_store: PathBuf,
     pub log_format: LogFormat,
@@ -228,7 +276,29 @@ impl Config {
                 )));
             }
         }
+        let mut limits = file.limits.unwrap_or_default();
+        if let Some(r) = flags.requests_per_token {
+            limits.requests_per_token = r;
+        }
+        if let Some(r) = flags.auth_failures_per_address {
+            limits.auth_failures_per_address = r;
+        }
+        if limits.requests_per_token < 0.0 || limits.auth_failures_per_address < 0.0 {
+            return Err(ConfigError::Invalid(
+                "rate limits may not be negative".into(),
+            ));
+        }
+        if limits.db_api_connections == 0
+            || limits.db_jobs_connections == 0
+            || limits.db_registry_connections == 0
+            || limits.max_concurrent_requests == 0
+        {
+            return Err(ConfigError::Invalid(
+                "connection and concurrency limits must be at least 1".into(),
+            ));
+        }
         Ok(Config {
+            limits,
             default_quotas,
             max_unpacked_image_bytes: flags
                 .max_unpacked_image_bytes

@@ -60,6 +60,11 @@ pub enum Error {
     InsufficientCapacity(String),
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Over a rate limit; try again after this many seconds.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     RangeNotSatisfiable(String),
     #[error("database error")]
@@ -111,6 +116,10 @@ impl Error {
                 (StatusCode::CONFLICT, ErrorCode::InsufficientCapacity)
             }
             Error::QuotaExceeded(_) => (StatusCode::CONFLICT, ErrorCode::QuotaExceeded),
+            Error::TooManyRequests(..) => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRequests)
+            }
+            Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
             Error::RangeNotSatisfiable(_) => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::RangeNotSatisfiable,
@@ -171,6 +180,13 @@ impl IntoResponse for Error {
                 request_id: current_request_id(),
             },
         };
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Error::TooManyRequests(_, secs) = &self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        resp
     }
 }

@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
 pub mod reconciler;
 pub mod scheduler;
 pub mod secrets;
@@ -42,6 +43,35 @@ pub struct AppState {
     pub jobs: jobs::Runner,
     /// The REST API's base URL as agents reach it (image downloads).
     pub public_url: Arc<String>,
+    pub limits: Arc<ApiLimits>,
+}
+
+/// The REST API's rate limits, in memory.
+pub struct ApiLimits {
+    /// Calls per token (by its hash).
+    pub per_token: ratelimit::Limiter<[u8; 32]>,
+    /// Failed authentications per client address.
+    pub bad_auth: ratelimit::Limiter<std::net::IpAddr>,
+    /// Hashes of tokens that authenticated lately: from an address over its
+    /// failure limit, only these are still looked up.
+    pub known_good: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// When the database last answered /healthz.
+    pub health_ok: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ApiLimits {
+    pub fn new(l: &config::Limits) -> ApiLimits {
+        ApiLimits {
+            per_token: ratelimit::Limiter::new(
+                l.requests_per_token,
+                l.requests_per_token * 2.0,
+                100_000,
+            ),
+            bad_auth: ratelimit::Limiter::new(l.auth_failures_per_address, 20.0, 100_000),
+            known_good: Default::default(),
+            health_ok: Default::default(),
+        }
+    }
 }
 
 /// The file in the state dir holding the first operator's token (mode 0600).
@@ -60,9 +90,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.database_url,
         config.heartbeat_deadline(),
         Duration::from_secs(30),
+        config.limits.db_api_connections,
     )
     .await?
     .with_default_quotas(config.default_quotas);
+    // The job workers (and the reconciler) and the agents' registry get
+    // pools of their own: a flood of API calls cannot starve them.
+    let jobs_db = db.with_pool(config.limits.db_jobs_connections).await?;
+    let registry_db = db.with_pool(config.limits.db_registry_connections).await?;
     let token_path = config.state_dir.join(OPERATOR_TOKEN_FILE);
     if db
         .bootstrap_first_operator(|secret| write_secret_file(&token_path, secret))
@@ -96,9 +131,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         agents: agent_client::AgentPool::default(),
         jobs: jobs::Runner::new(),
         public_url: Arc::new(format!("http://{public_host}:{}", rest_addr.port())),
+        limits: Arc::new(ApiLimits::new(&config.limits)),
     };
-    tokio::spawn(state.jobs.clone().run(state.clone()));
-    tokio::spawn(reconciler::run(state.clone()));
+    let jobs_state = AppState {
+        db: jobs_db,
+        ..state.clone()
+    };
+    tokio::spawn(state.jobs.clone().run(jobs_state.clone()));
+    tokio::spawn(reconciler::run(jobs_state));
     write_run_file(&config.state_dir.join(RUN_FILE), rest_addr, grpc_addr)?;
     tracing::info!(%rest_addr, %grpc_addr, "headnode listening");
 
@@ -108,21 +148,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let mut rx = stop_rx.clone();
         let app = http::router(state.clone());
         tokio::spawn(async move {
-            axum::serve(rest, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.changed().await;
-                })
-                .await
+            axum::serve(
+                rest,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.changed().await;
+            })
+            .await
         })
     };
     let grpc_task = {
         let mut rx = stop_rx.clone();
         let svc = nereid_proto::v1::registry_server::RegistryServer::new(
-            grpc::RegistryService::new(state.clone()),
+            grpc::RegistryService::new(AppState {
+                db: registry_db,
+                ..state.clone()
+            }),
         );
         let incoming = tokio_stream_listener(grpc);
+        let per_conn = config.limits.max_concurrent_grpc_per_connection;
         tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .timeout(Duration::from_secs(30))
+                .concurrency_limit_per_connection(per_conn)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.changed().await;

@@ -231,7 +231,9 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
         InstanceCmd::Start { id, wait } => act(c, fmt, &id, "start", Method::POST, wait).await,
         InstanceCmd::Stop { id, wait } => act(c, fmt, &id, "stop", Method::POST, wait).await,
         InstanceCmd::Reboot { id, wait } => act(c, fmt, &id, "reboot", Method::POST, wait).await,
-        InstanceCmd::Delete { id, force: true, .. } => {
+        InstanceCmd::Delete {
+            id, force: true, ..
+        } => {
             let id = resolve(c, &id).await?;
             let inst: Instance = c
                 .call::<(), _>(

@@ -49,13 +49,14 @@ impl Datastore {
         url: &str,
         heartbeat_deadline: Duration,
         wait: Duration,
+        max_connections: u32,
     ) -> anyhow::Result<Datastore> {
         let opts: PgConnectOptions = url.parse()?;
         let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
         let deadline = tokio::time::Instant::now() + wait;
         let pool = loop {
             match PgPoolOptions::new()
-                .max_connections(40)
+                .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts.clone())
                 .await
@@ -76,6 +77,20 @@ impl Datastore {
             pool,
             heartbeat_deadline,
             default_quotas: Default::default(),
+        })
+    }
+
+    /// The same database through a pool of its own, of `max_connections`.
+    pub async fn with_pool(&self, max_connections: u32) -> anyhow::Result<Datastore> {
+        let opts = self.pool.connect_options().as_ref().clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        Ok(Datastore {
+            pool,
+            ..self.clone()
         })
     }
 

@@ -11,10 +11,68 @@ use crate::AppState;
 use crate::error::Error;
 
 /// A JSON body; malformed JSON, wrong types and unknown fields are 400, a body
-/// over the limit 413, a missing content type 415.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(Error))]
+/// over the limit 413, a missing content type 415, and a string (or key)
+/// holding a control character other than tab, newline and carriage return
+/// (NUL among them, which PostgreSQL refuses) 400.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Error> {
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if let Some(path) = control_character(&value, "") {
+            return Err(Error::invalid(
+                if path.is_empty() { "body" } else { &path },
+                "holds a control character (NUL or below U+0020 other than tab, newline, carriage return)",
+            ));
+        }
+        from_value(value).map(ApiJson)
+    }
+}
+
+/// The body as `T`; an error names the field it is about.
+fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            Error::InvalidArgument(e.into_inner().to_string())
+        } else {
+            Error::InvalidArgument(format!("{path}: {}", e.into_inner()))
+        }
+    })
+}
+
+fn bad_char(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// Where in `v` a string or key holds a forbidden control character.
+fn control_character(v: &serde_json::Value, at: &str) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => s.chars().any(bad_char).then(|| at.to_string()),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| control_character(x, &format!("{at}[{i}]"))),
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let here = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.chars().any(bad_char) {
+                return Some(here);
+            }
+            control_character(x, &here)
+        }),
+        _ => None,
+    }
+}
 
 /// Path parameters; a malformed id is 400.
 #[derive(FromRequestParts)]
@@ -128,12 +186,62 @@ fn bearer(parts: &Parts) -> Result<&str, Error> {
         .ok_or_else(missing)
 }
 
-async fn principal(token: &str, state: &AppState) -> Result<Principal, Error> {
-    let owner = state
-        .db
-        .token_authenticate(&crate::secrets::hash(token))
-        .await?
-        .ok_or_else(|| Error::Unauthorized("the bearer token is unknown or expired".into()))?;
+/// The client's address, when the server knows it.
+fn client(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+fn too_many(what: &str, wait: std::time::Duration) -> Error {
+    let secs = crate::ratelimit::retry_after_secs(wait);
+    Error::TooManyRequests(format!("{what}; try again in {secs} s"), secs)
+}
+
+/// Looks the token up, within the rate limits: an address past its limit
+/// of failed authentications gets a 429 without a lookup for any token that
+/// has not authenticated lately; a token past its rate gets a 429.
+async fn principal(
+    token: &str,
+    state: &AppState,
+    from: Option<std::net::IpAddr>,
+) -> Result<Principal, Error> {
+    let hash = crate::secrets::hash(token);
+    let key: [u8; 32] = hash.as_slice().try_into().unwrap_or([0; 32]);
+    let limits = &state.limits;
+    if let Some(ip) = from
+        && let Some(wait) = limits.bad_auth.exhausted(&ip)
+        && !limits.known_good.lock().expect("known good").contains(&key)
+    {
+        return Err(too_many(
+            "too many failed authentications from this address",
+            wait,
+        ));
+    }
+    let Some(owner) = state.db.token_authenticate(&hash).await? else {
+        if let Some(ip) = from
+            && let Err(wait) = limits.bad_auth.check(&ip)
+        {
+            return Err(too_many(
+                "too many failed authentications from this address",
+                wait,
+            ));
+        }
+        return Err(Error::Unauthorized(
+            "the bearer token is unknown or expired".into(),
+        ));
+    };
+    {
+        let mut good = limits.known_good.lock().expect("known good");
+        if good.len() >= 100_000 {
+            good.clear();
+        }
+        good.insert(key);
+    }
+    if let Err(wait) = limits.per_token.check(&key) {
+        return Err(too_many("this token made too many requests", wait));
+    }
     tracing::Span::current().record("account", tracing::field::display(owner.account_id));
     Ok(Principal {
         account_id: owner.account_id,
@@ -145,7 +253,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        principal(bearer(parts)?, state).await
+        principal(bearer(parts)?, state, client(parts)).await
     }
 }
 
@@ -169,6 +277,28 @@ impl FromRequestParts<AppState> for Caller {
                 .ok_or_else(|| Error::Unauthorized("the node credential is unknown".into()))?;
             return Ok(Caller::Node(server));
         }
-        Ok(Caller::Account(principal(token, state).await?))
+        Ok(Caller::Account(
+            principal(token, state, client(parts)).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn control_characters_are_found_with_their_path_and_whitespace_is_fine() {
+        let v = json!({"name": "ok", "tags": {"a\u{1}": 1}, "list": ["x", "y\u{0}"]});
+        let found = super::control_character(&v, "").unwrap();
+        assert!(found == "list[1]" || found == "tags.a\u{1}", "{found}");
+        assert_eq!(
+            super::control_character(&json!({"d": "line\nnext\ttab\r"}), ""),
+            None
+        );
+        assert_eq!(
+            super::control_character(&json!("\u{0}"), ""),
+            Some(String::new())
+        );
     }
 }

@@ -140,11 +140,33 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.config.limits.max_concurrent_requests,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_context,
         ))
         .with_state(state)
+}
+
+/// Bounds how long a request may take; image file transfers (which stream
+/// gigabytes) are bounded by their own progress instead.
+async fn time_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    if req.uri().path().ends_with("/file") {
+        return next.run(req).await;
+    }
+    let limit = std::time::Duration::from_millis(state.config.limits.request_timeout_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => Error::RequestTimeout(format!(
+            "the request took longer than {} ms; nothing was done past that point (retry with the same Idempotency-Key where there is one)",
+            limit.as_millis()
+        ))
+        .into_response(),
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> Error {
