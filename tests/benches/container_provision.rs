@@ -176,10 +176,9 @@ async fn main() {
         } else {
             plain.push(t.elapsed());
         }
-        Command::new("zfs")
-            .args(["destroy", "-f", &ds])
-            .status()
-            .unwrap();
+        // zfs-fuse calls a dataset just written busy: unmount it first.
+        let _ = Command::new("zfs").args(["unmount", "-f", &ds]).output();
+        let _ = Command::new("zfs").args(["destroy", "-f", &ds]).output();
     }
     let (s, u) = (median(shifted), median(plain));
     println!(
