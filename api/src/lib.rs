@@ -5,6 +5,7 @@
 //! socket or the host.
 
 pub mod accounts;
+pub mod audit;
 pub mod error;
 pub mod ids;
 pub mod images;
@@ -18,6 +19,7 @@ pub mod quotas;
 pub mod servers;
 
 pub use accounts::*;
+pub use audit::*;
 pub use error::*;
 pub use ids::*;
 pub use images::*;

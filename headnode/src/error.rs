@@ -173,6 +173,10 @@ impl IntoResponse for Error {
             }
             other => other.to_string(),
         };
+        let failure = crate::audit::Failure {
+            code: code.as_str(),
+            message: message.clone(),
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code,
@@ -181,6 +185,7 @@ impl IntoResponse for Error {
             },
         };
         let mut resp = (status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(failure);
         if let Error::TooManyRequests(_, secs) = &self
             && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
         {

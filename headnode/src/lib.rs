@@ -3,6 +3,7 @@
 //! gRPC registry to agents, and calls agents to act on nodes.
 
 pub mod agent_client;
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -44,6 +45,8 @@ pub struct AppState {
     /// The REST API's base URL as agents reach it (image downloads).
     pub public_url: Arc<String>,
     pub limits: Arc<ApiLimits>,
+    /// Writes the audit entries of failed requests.
+    pub audit: audit::FailureLog,
 }
 
 /// The REST API's rate limits, in memory.
@@ -123,11 +126,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None if rest_addr.ip().is_unspecified() => "127.0.0.1".to_string(),
         None => rest_addr.ip().to_string(),
     };
+    let metrics = Arc::new(metrics::Metrics::default());
     let state = AppState {
+        audit: audit::FailureLog::start(jobs_db.pool().clone(), metrics.clone()),
         images,
         db,
         config: Arc::new(config.clone()),
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
         agents: agent_client::AgentPool::default(),
         jobs: jobs::Runner::new(),
         public_url: Arc::new(format!("http://{public_host}:{}", rest_addr.port())),

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub registrations_refused: AtomicU64,
     pub heartbeats: AtomicU64,
     pub heartbeats_refused: AtomicU64,
+    pub audit_failures_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -53,6 +54,11 @@ impl Metrics {
                 "nereid_agent_heartbeats_refused_total",
                 "Heartbeats refused (unknown server or credential).",
                 &self.heartbeats_refused,
+            ),
+            (
+                "nereid_audit_failures_dropped_total",
+                "Failed requests not written to the audit log because its queue was full.",
+                &self.audit_failures_dropped,
             ),
         ] {
             let _ = writeln!(

@@ -30,6 +30,7 @@ use crate::http;
         http::instances::instance_start, http::instances::instance_stop, http::instances::instance_reboot,
         http::instances::instance_delete, http::instances::instance_console,
         http::instances::job_list, http::instances::job_get,
+        http::audit::audit_list,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

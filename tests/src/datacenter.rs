@@ -315,18 +315,7 @@ impl Datacenter {
 
     /// A new tenant account and a client with its token: (account id, api).
     pub async fn tenant(&self, name: &str) -> (String, Api) {
-        let op = self.op();
-        let (st, acct) = op
-            .post("/v1/accounts", &json!({"name": name, "role": "tenant"}))
-            .await;
-        assert_eq!(st, 201, "{acct}");
-        let id = acct["id"].as_str().unwrap().to_string();
-        let (st, tok) = op
-            .post("/v1/tokens", &json!({"account_id": id, "name": "main"}))
-            .await;
-        assert_eq!(st, 201, "{tok}");
-        let api = Api::new(&self.headnode().rest_url, tok["secret"].as_str().unwrap());
-        (id, api)
+        self.headnode().tenant(name).await
     }
 
     /// POST /v1/instances with tiny-vm, `vm` and `net` (a datacenter with `vms`).

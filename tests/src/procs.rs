@@ -280,6 +280,28 @@ impl Headnode {
         crate::api::Api::new(&self.rest_url, &self.operator_token())
     }
 
+    /// A new tenant account and a client with its token: (account id, api).
+    pub async fn tenant(&self, name: &str) -> (String, crate::api::Api) {
+        let op = self.operator();
+        let (st, acct) = op
+            .post(
+                "/v1/accounts",
+                &serde_json::json!({"name": name, "role": "tenant"}),
+            )
+            .await;
+        assert_eq!(st, 201, "{acct}");
+        let id = acct["id"].as_str().unwrap().to_string();
+        let (st, tok) = op
+            .post(
+                "/v1/tokens",
+                &serde_json::json!({"account_id": id, "name": "main"}),
+            )
+            .await;
+        assert_eq!(st, 201, "{tok}");
+        let api = crate::api::Api::new(&self.rest_url, tok["secret"].as_str().unwrap());
+        (id, api)
+    }
+
     /// A new single-use join token.
     pub async fn join_token(&self) -> String {
         let (st, body) = self

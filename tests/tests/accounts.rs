@@ -7,20 +7,6 @@ use nereid_tests::api::{Api, assert_error};
 use nereid_tests::procs::{Headnode, HeadnodeOpts};
 use serde_json::json;
 
-async fn tenant(h: &Headnode, name: &str) -> (String, Api) {
-    let op = h.operator();
-    let (st, acct) = op
-        .post("/v1/accounts", &json!({"name": name, "role": "tenant"}))
-        .await;
-    assert_eq!(st, 201, "{acct}");
-    let id = acct["id"].as_str().unwrap().to_string();
-    let (st, tok) = op
-        .post("/v1/tokens", &json!({"account_id": id, "name": "main"}))
-        .await;
-    assert_eq!(st, 201, "{tok}");
-    (id, Api::new(&h.rest_url, tok["secret"].as_str().unwrap()))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_start_writes_the_operator_token_once_to_a_root_only_file() {
     let h = Headnode::start(HeadnodeOpts::default()).await;
@@ -85,8 +71,8 @@ async fn two_headnodes_starting_on_one_empty_database_make_exactly_one_operator(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_sees_only_its_own_account_and_tokens() {
     let h = Headnode::start(HeadnodeOpts::default()).await;
-    let (a_id, a) = tenant(&h, "alice").await;
-    let (b_id, b) = tenant(&h, "bob").await;
+    let (a_id, a) = h.tenant("alice").await;
+    let (b_id, b) = h.tenant("bob").await;
 
     let (_, list) = a.get("/v1/accounts").await;
     let items = list["items"].as_array().unwrap();

@@ -113,6 +113,24 @@ async fn the_cli_lists_servers_creates_accounts_and_reports_errors_in_one_line()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the headnode"));
+
+    // The audit log shows what was done above, newest first.
+    let out = nereid(&h, &["audit", "list", "--action", "token.", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+    assert_eq!(entries[0]["owner"], carol["id"]);
+    let out = nereid(&h, &["audit", "list", "--limit", "3"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().contains("token.create"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -317,21 +317,10 @@ async fn tenants_see_and_act_on_only_their_own_instances() {
     else {
         return;
     };
-    let h = dc.headnode();
     let op = dc.op();
     let mut tenants = Vec::new();
     for name in ["alice", "bob"] {
-        let (st, acct) = op
-            .post("/v1/accounts", &json!({"name": name, "role": "tenant"}))
-            .await;
-        assert_eq!(st, 201, "{acct}");
-        let id = acct["id"].as_str().unwrap().to_string();
-        let (st, tok) = op
-            .post("/v1/tokens", &json!({"account_id": id, "name": "main"}))
-            .await;
-        assert_eq!(st, 201, "{tok}");
-        let api = nereid_tests::api::Api::new(&h.rest_url, tok["secret"].as_str().unwrap());
-        tenants.push((id, api));
+        tenants.push(dc.tenant(name).await);
     }
     let (alice_id, alice) = &tenants[0];
     let (_, bob) = &tenants[1];

@@ -1,6 +1,7 @@
 //! The nouns and verbs of the CLI, one module per noun.
 
 mod account;
+mod audit;
 mod image;
 mod instance;
 mod network;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Jobs: the steps of provisioning and other instance work.
     #[command(subcommand)]
     Job(instance::JobCmd),
+    /// The audit log: who changed what, from where.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
@@ -53,6 +57,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
         Command::Network(n) => network::run(c, fmt, n).await,
         Command::Instance(i) => instance::run(c, fmt, i).await,
         Command::Job(j) => instance::run_job(c, fmt, j).await,
+        Command::Audit(a) => audit::run(c, fmt, a).await,
     }
 }
 

@@ -31,7 +31,15 @@ impl AccountRow {
 
 impl Datastore {
     pub async fn account_create(&self, name: &str, role: Role) -> Result<Account> {
-        account_insert(&self.pool, name, role).await
+        let mut tx = self.pool.begin().await?;
+        let a = account_insert(&mut *tx, name, role).await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("account.create", "account", a.id).owned_by(a.id),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(a)
     }
 
     pub async fn account_get(&self, id: AccountId) -> Result<Account> {

@@ -114,6 +114,11 @@ impl Datastore {
             sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => Error::not_found("account", owner),
             _ => e.into(),
         })?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("image.create", "image", id).owned_by(owner),
+        )
+        .await?;
         tx.commit().await?;
         self.image_get(id, None).await
     }
@@ -216,6 +221,11 @@ impl Datastore {
             .bind(sha256)
             .execute(&mut *tx)
             .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("image.upload", "image", id).owned_by(owner.into()),
+        )
+        .await?;
         tx.commit().await?;
         Ok(previous.filter(|p| p != sha256))
     }
@@ -265,14 +275,28 @@ impl Datastore {
         to: ImageState,
     ) -> Result<Image> {
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        let done = sqlx::query("UPDATE images SET state = $3 WHERE id = $1 AND state = ANY($2) AND (file_sha256 IS NOT NULL OR $3 = 'unactivated')")
+        let mut tx = self.pool.begin().await?;
+        let done: Option<(Uuid,)> = sqlx::query_as("UPDATE images SET state = $3 WHERE id = $1 AND state = ANY($2) AND (file_sha256 IS NOT NULL OR $3 = 'unactivated') RETURNING owner")
             .bind(id.as_uuid())
             .bind(&from)
             .bind(to.as_str())
-            .execute(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+        if let Some((owner,)) = done {
+            let action = match to {
+                ImageState::Active => "image.activate",
+                ImageState::Disabled => "image.disable",
+                ImageState::Unactivated => "image.unactivate",
+            };
+            crate::audit::record(
+                &mut tx,
+                crate::audit::Event::new(action, "image", id).owned_by(owner.into()),
+            )
+            .await?;
+        }
+        tx.commit().await?;
         let image = self.image_get(id, None).await?;
-        if done.rows_affected() == 0 && image.state != to {
+        if done.is_none() && image.state != to {
             let why = if image.file.is_none() {
                 "it has no file yet (upload it first)".to_string()
             } else {
@@ -292,13 +316,13 @@ impl Datastore {
         // Locked first: a create referencing the image waits for this
         // transaction, and then finds the image gone.
         let found: Option<(Uuid,)> =
-            sqlx::query_as("SELECT id FROM images WHERE id = $1 FOR UPDATE")
+            sqlx::query_as("SELECT owner FROM images WHERE id = $1 FOR UPDATE")
                 .bind(id.as_uuid())
                 .fetch_optional(&mut *tx)
                 .await?;
-        if found.is_none() {
+        let Some((owner,)) = found else {
             return Err(Error::not_found("image", id));
-        }
+        };
         let (live,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM instances WHERE image_id = $1 AND state <> {}",
             super::states::INSTANCE_DELETED
@@ -316,6 +340,11 @@ impl Datastore {
                 .bind(id.as_uuid())
                 .fetch_one(&mut *tx)
                 .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("image.delete", "image", id).owned_by(owner.into()),
+        )
+        .await?;
         tx.commit().await?;
         Ok(sha)
     }

@@ -323,6 +323,11 @@ impl Datastore {
                 .insert("filled up by concurrent placements".into(), ranked.len());
             return Err(Error::InsufficientCapacity(r.to_string()));
         }
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("instance.create", "instance", new.id).owned_by(new.owner),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Created::New(self.instance_get(new.id, None).await?, job.id))
     }
@@ -541,12 +546,13 @@ impl Datastore {
     /// removed there once the node answers. Deleting a deleted one is a no-op.
     pub async fn instance_force_delete(&self, id: InstanceId, reason: &str) -> Result<Instance> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(Option<Uuid>, String)> =
-            sqlx::query_as("SELECT server_id, state FROM instances WHERE id = $1 FOR UPDATE")
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((server, state)) = row else {
+        let row: Option<(Option<Uuid>, String, Uuid)> = sqlx::query_as(
+            "SELECT server_id, state, owner FROM instances WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((server, state, owner)) = row else {
             return Err(Error::not_found("instance", id));
         };
         if state != InstanceState::Deleted.as_str() {
@@ -578,6 +584,12 @@ impl Datastore {
             .bind(id.as_uuid())
             .bind(reason)
             .execute(&mut *tx)
+            .await?;
+            crate::audit::record(
+                &mut tx,
+                crate::audit::Event::new("instance.force_delete", "instance", id)
+                    .owned_by(owner.into()),
+            )
             .await?;
         }
         tx.commit().await?;

@@ -154,6 +154,12 @@ impl Datastore {
             .bind(to.as_str())
             .execute(&mut *tx)
             .await?;
+        let action = format!("instance.{}", job.kind.as_str());
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new(&action, "instance", job.instance_id).owned_by(job.owner),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -39,13 +39,20 @@ impl Datastore {
         expires_at: DateTime<Utc>,
     ) -> Result<JoinTokenId> {
         let id = JoinTokenId::new();
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO join_tokens (id, secret_hash, created_by, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(id.as_uuid())
             .bind(secret_hash)
             .bind(created_by.as_uuid())
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("join_token.create", "join_token", id),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(id)
     }
 

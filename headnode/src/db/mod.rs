@@ -5,6 +5,7 @@
 //! It must never call an agent or know about HTTP.
 
 mod accounts;
+mod audit;
 mod images;
 mod instances;
 mod jobs;
@@ -17,6 +18,7 @@ mod servers;
 mod states;
 mod tokens;
 
+pub use audit::AuditFilter;
 pub use images::ImageFilter;
 pub use instances::{AgentTarget, Created, InstanceFilter, InstanceSizes, NewInstance, NicPlan};
 pub use jobs::{Fence, NewJob};

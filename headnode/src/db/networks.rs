@@ -118,13 +118,14 @@ pub struct NewNetwork<'a> {
 
 impl Datastore {
     pub async fn nic_tag_create(&self, name: &str, mtu: u32, description: &str) -> Result<NicTag> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query_as::<_, NicTagRow>(
             "INSERT INTO nic_tags (name, mtu, description) VALUES ($1, $2, $3) RETURNING name, mtu, description, created_at",
         )
         .bind(name)
         .bind(mtu as i32)
         .bind(description)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e, "nic_tags_pkey") {
@@ -133,6 +134,12 @@ impl Datastore {
                 e.into()
             }
         })?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("nictag.create", "nictag", name),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -146,9 +153,10 @@ impl Datastore {
     }
 
     pub async fn nic_tag_delete(&self, name: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM nic_tags WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| match &e {
                 sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
@@ -161,6 +169,12 @@ impl Datastore {
         if done.rows_affected() == 0 {
             return Err(Error::not_found("nic tag", name));
         }
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("nictag.delete", "nictag", name),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -247,6 +261,11 @@ impl Datastore {
         .bind((a.range_len() - 1) as i64)
         .bind(a.gateway.map(|g| g.to_string()))
         .execute(&mut *tx)
+        .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("network.create", "network", id),
+        )
         .await?;
         tx.commit().await?;
         self.network_get(id, None).await
@@ -338,6 +357,11 @@ impl Datastore {
             .bind(id.as_uuid())
             .execute(&mut *tx)
             .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("network.delete", "network", id),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -349,6 +373,7 @@ impl Datastore {
         owner_type: &str,
         owner_id: Option<Uuid>,
     ) -> Result<NetworkIp> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
             "UPDATE network_ips SET owner_type = $2, owner_id = $3, updated_at = now()
              WHERE (network_id, ip) = (
@@ -360,11 +385,23 @@ impl Datastore {
         .bind(id.as_uuid())
         .bind(owner_type)
         .bind(owner_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         match row {
-            Some(r) => Ok(r.into()),
+            Some(r) => {
+                let ip: NetworkIp = r.into();
+                let target = format!("{id}/{}", ip.ip);
+                crate::audit::record(
+                    &mut tx,
+                    crate::audit::Event::new("ip.allocate", "ip", target),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(ip)
+            }
             None => {
+                // Give the connection back before taking another.
+                drop(tx);
                 self.network_get(id, None).await?;
                 Err(Error::Exhausted(format!(
                     "network {id} has no free address left in its provision range"
@@ -381,6 +418,7 @@ impl Datastore {
         owner_type: &str,
         owner_id: Option<Uuid>,
     ) -> Result<NetworkIp> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query_as::<_, IpRow>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO network_ips (network_id, ip, in_range, owner_type, owner_id) VALUES ($1, $2::inet, false, $3, $4)
              ON CONFLICT (network_id, ip) DO UPDATE SET owner_type = $3, owner_id = $4, updated_at = now()
@@ -391,10 +429,18 @@ impl Datastore {
         .bind(ip.to_string())
         .bind(owner_type)
         .bind(owner_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.map(NetworkIp::from)
-            .ok_or_else(|| Error::Conflict(format!("{ip} of network {id} is already taken")))
+        let taken = row
+            .map(NetworkIp::from)
+            .ok_or_else(|| Error::Conflict(format!("{ip} of network {id} is already taken")))?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("ip.reserve", "ip", format!("{id}/{ip}")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(taken)
     }
 
     /// Gives a reserved address back; an instance's address is a 409.
@@ -434,6 +480,11 @@ impl Datastore {
                     .await?;
             }
         }
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("ip.free", "ip", format!("{id}/{ip}")),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

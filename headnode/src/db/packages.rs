@@ -86,6 +86,7 @@ impl Datastore {
     }
 
     pub async fn package_create(&self, p: &PackageCreate) -> Result<Package> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query_as::<_, PackageRow>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO packages (id, name, version, description, memory_mb, swap_mb, vcpus, cpu_cap, disk_mb, brand, traits, owners)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
@@ -102,7 +103,7 @@ impl Datastore {
         .bind(p.brand.as_str())
         .bind(Json(&p.traits))
         .bind(uuids(&p.owners))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e, "packages_name_version_key") {
@@ -111,6 +112,12 @@ impl Datastore {
                 e.into()
             }
         })?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("package.create", "package", row.id),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -224,19 +231,32 @@ impl Datastore {
         .bind(u.traits.as_ref().map(Json))
         .fetch_one(&mut *tx)
         .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("package.update", "package", id),
+        )
+        .await?;
         tx.commit().await?;
         Ok(row.into())
     }
 
     pub async fn package_delete(&self, id: PackageId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         let row: Option<(bool,)> =
             sqlx::query_as("DELETE FROM packages WHERE id = $1 AND NOT used RETURNING true")
                 .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
         if row.is_some() {
+            crate::audit::record(
+                &mut tx,
+                crate::audit::Event::new("package.delete", "package", id),
+            )
+            .await?;
+            tx.commit().await?;
             return Ok(());
         }
+        drop(tx);
         let p = self.package_get(id, None).await?;
         Err(Error::Conflict(format!(
             "package {} {} was used by instances and cannot be deleted; deactivate it instead",

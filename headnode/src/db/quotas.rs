@@ -155,6 +155,7 @@ impl Datastore {
     /// below the current usage is allowed: nothing new fits until under it.
     pub async fn quotas_set(&self, account: AccountId, v: &QuotaValues) -> Result<Quotas> {
         let i = |x: Option<u64>| x.map(|x| x as i64);
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO account_quotas (account_id, instances, memory_mb, disk_mb, vcpus, images, image_bytes)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -168,7 +169,7 @@ impl Datastore {
         .bind(i(v.vcpus))
         .bind(i(v.images))
         .bind(i(v.image_bytes))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
@@ -176,6 +177,12 @@ impl Datastore {
             }
             _ => e.into(),
         })?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("quota.set", "account", account).owned_by(account),
+        )
+        .await?;
+        tx.commit().await?;
         self.quotas_get(account).await
     }
 }

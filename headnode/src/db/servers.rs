@@ -210,11 +210,18 @@ impl Datastore {
     }
 
     pub async fn server_setup_finish(&self, id: ServerId, setup: &ServerSetup) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE servers SET setup_state = 'setup', setup = $2 WHERE id = $1 AND setup_state = 'setting_up'")
             .bind(id.as_uuid())
             .bind(Json(setup))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("server.setup", "server", id),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -227,14 +234,22 @@ impl Datastore {
     }
 
     pub async fn server_set_reserved(&self, id: ServerId, reserved: bool) -> Result<Server> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE servers SET reserved = $2 WHERE id = $1")
             .bind(id.as_uuid())
             .bind(reserved)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found("server", id));
         }
+        let action = if reserved {
+            "server.reserve"
+        } else {
+            "server.unreserve"
+        };
+        crate::audit::record(&mut tx, crate::audit::Event::new(action, "server", id)).await?;
+        tx.commit().await?;
         self.server_get(id).await
     }
 
@@ -278,6 +293,11 @@ impl Datastore {
             .bind(id.as_uuid())
             .execute(&mut *tx)
             .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("server.delete", "server", id),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -49,6 +49,7 @@ impl Datastore {
         expires_at: Option<DateTime<Utc>>,
         secret_hash: &[u8],
     ) -> Result<Token> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query_as::<_, TokenRow>(AssertSqlSafe(format!(
             "INSERT INTO tokens (id, account_id, name, secret_hash, expires_at)
              SELECT $1, id, $3, $4, $5 FROM accounts WHERE id = $2
@@ -59,9 +60,15 @@ impl Datastore {
         .bind(name)
         .bind(secret_hash)
         .bind(expires_at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::not_found("account", account))?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("token.create", "token", row.id).owned_by(account),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -90,16 +97,24 @@ impl Datastore {
 
     /// Deletes a token; `owner` restricts it to that account's tokens.
     pub async fn token_delete(&self, id: TokenId, owner: Option<AccountId>) -> Result<()> {
-        let done = sqlx::query(
-            "DELETE FROM tokens WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)",
+        let mut tx = self.pool.begin().await?;
+        let done: Option<(Uuid,)> = sqlx::query_as(
+            "DELETE FROM tokens WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)
+             RETURNING account_id",
         )
         .bind(id.as_uuid())
         .bind(owner.map(|a| a.as_uuid()))
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some((account,)) = done else {
             return Err(Error::not_found("token", id));
-        }
+        };
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("token.delete", "token", id).owned_by(account.into()),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -243,6 +243,10 @@ async fn principal(
         return Err(too_many("this token made too many requests", wait));
     }
     tracing::Span::current().record("account", tracing::field::display(owner.account_id));
+    crate::audit::set_actor(crate::audit::Actor {
+        account: owner.account_id,
+        role: owner.role,
+    });
     Ok(Principal {
         account_id: owner.account_id,
         role: owner.role,

@@ -6,6 +6,7 @@
 //! app layer, return a view. No SQL and no agent calls in this module tree.
 
 pub(crate) mod accounts;
+pub(crate) mod audit;
 mod extract;
 pub(crate) mod images;
 pub(crate) mod instances;
@@ -17,6 +18,7 @@ pub(crate) mod tokens;
 
 pub use extract::{ApiJson, ApiPath, ApiQuery, Caller, Principal};
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -136,6 +138,7 @@ pub fn router(state: AppState) -> Router {
             get(instances::instance_console),
         )
         .route("/v1/jobs", get(instances::job_list))
+        .route("/v1/audit", get(audit::audit_list))
         .route("/v1/jobs/{id}", get(instances::job_get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -198,10 +201,29 @@ async fn request_context(State(state): State<AppState>, req: Request, next: Next
     let id = request_id_from(&req);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let started = Instant::now();
-    let mut resp = REQUEST_ID
-        .scope(id.clone(), next.run(req).instrument(span.clone()))
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let audit_ctx = Arc::new(crate::audit::RequestContext {
+        request_id: id.clone(),
+        source: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+        ..Default::default()
+    });
+    let mut resp = crate::audit::CONTEXT
+        .scope(
+            audit_ctx.clone(),
+            REQUEST_ID.scope(id.clone(), next.run(req).instrument(span.clone())),
+        )
         .await;
     let status = resp.status();
+    if crate::audit::is_mutation(&method)
+        && let Some(failure) = resp.extensions_mut().remove::<crate::audit::Failure>()
+    {
+        let action = crate::audit::failed_action(&method, &path);
+        state.audit.submit(&audit_ctx, action, path, failure);
+    }
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),
