@@ -43,6 +43,18 @@ pub async fn run_with_input(
     input: Option<&str>,
     timeout: Duration,
 ) -> Result<String, CmdError> {
+    let started = std::time::Instant::now();
+    let result = run_inner(program, args, input, timeout).await;
+    crate::metrics::command_done(program, args, started.elapsed(), result.is_ok());
+    result
+}
+
+async fn run_inner(
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+    timeout: Duration,
+) -> Result<String, CmdError> {
     let cmd = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()

@@ -32,6 +32,10 @@ pub struct Flags {
     /// Where the agent's gRPC service listens (port 0 picks a free port).
     #[arg(long, env = "NEREID_AGENT_LISTEN", default_value = "0.0.0.0:8442")]
     pub listen: SocketAddr,
+    /// Where the Prometheus metrics are served (`GET /metrics`, plain HTTP:
+    /// bind it to an address only the monitoring can reach). Off by default.
+    #[arg(long, env = "NEREID_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// The address the headnode uses to reach this agent; defaults to the
     /// listen address (required when listening on 0.0.0.0).
     #[arg(long, env = "NEREID_AGENT_ADVERTISE")]

@@ -8,6 +8,7 @@ pub mod fault;
 pub mod identity;
 pub mod idmap;
 pub mod images;
+pub mod metrics;
 pub mod net;
 pub mod registration;
 pub mod runtime;
@@ -28,6 +29,8 @@ use crate::identity::Identity;
 
 pub const IDENTITY_FILE: &str = "identity.json";
 pub const SETUP_FILE: &str = "setup.json";
+/// Where a running agent writes its addresses and pid.
+pub const RUN_FILE: &str = "agent.json";
 
 pub async fn run(flags: Flags) -> anyhow::Result<()> {
     std::fs::create_dir_all(&flags.state_dir)
@@ -92,6 +95,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         }
         *node.write().expect("node lock") = Some(runtime);
     }
+    let node_for_metrics = node.clone();
     let svc = service::AgentService {
         state_dir: flags.state_dir.clone(),
         overrides: overrides.clone(),
@@ -103,6 +107,11 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         svc,
         service::auth_interceptor(Arc::new(identity.control_key_sha256.clone())),
     );
+    let metrics_addr = match flags.metrics_listen {
+        Some(at) => Some(serve_metrics(at, node_for_metrics).await?),
+        None => None,
+    };
+    write_run_file(&flags.state_dir, &address, metrics_addr)?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tracing::info!(%address, "agent listening");
     let heartbeats = tokio::spawn(registration::heartbeat_loop(
@@ -116,11 +125,87 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let serve = tonic::transport::Server::builder()
         .timeout(std::time::Duration::from_secs(900))
         .concurrency_limit_per_connection(512)
+        .layer(metrics::RpcMetricsLayer)
         .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown());
     serve.await.context("the agent's gRPC service failed")?;
     heartbeats.abort();
     tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Serves `GET /metrics` on `at`; returns the bound address.
+async fn serve_metrics(
+    at: SocketAddr,
+    node: Arc<std::sync::RwLock<Option<service::NodeRuntime>>>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("binding the agent's metrics to {at}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let node = node.clone();
+            async move {
+                let instances = node
+                    .read()
+                    .expect("node lock")
+                    .as_ref()
+                    .map(|n| n.instances.clone());
+                let by_state = match instances {
+                    Some(i) => {
+                        match tokio::time::timeout(std::time::Duration::from_secs(10), i.list())
+                            .await
+                        {
+                            Ok(Ok(list)) => {
+                                let mut by_state = std::collections::BTreeMap::new();
+                                for s in ["running", "stopped", "failed"] {
+                                    by_state.insert(s, 0u64);
+                                }
+                                for inst in list {
+                                    *by_state.entry(inst.state.as_str()).or_default() += 1;
+                                }
+                                Some(by_state)
+                            }
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                };
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    metrics::render(by_state.as_ref()),
+                )
+            }
+        }),
+    );
+    tracing::info!(%bound, "metrics listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the metrics listener failed: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+fn write_run_file(
+    state_dir: &std::path::Path,
+    grpc: &str,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "grpc": grpc,
+        "metrics": metrics.map(|m| m.to_string()),
+        "pid": std::process::id(),
+    });
+    let path = state_dir.join(RUN_FILE);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -353,7 +353,8 @@ fn spawn_agent(headnode_grpc: &str, opts: &AgentOpts, state: &Path) -> Proc {
         .arg(headnode_grpc)
         .arg("--state-dir")
         .arg(state)
-        .args(["--listen", listen, "--machine-id", &opts.machine_id]);
+        .args(["--listen", listen, "--machine-id", &opts.machine_id])
+        .args(["--metrics-listen", "127.0.0.1:0"]);
     if let Some(mb) = opts.memory_mb {
         cmd.args(["--memory-mb", &mb.to_string()]);
     }
@@ -442,6 +443,25 @@ impl Agent {
             },
             state,
         )
+    }
+
+    /// The `GET /metrics` URL of the running agent (from the run file it
+    /// writes once listening; only reachable when it runs in the host's
+    /// network namespace).
+    pub async fn metrics_url(&self) -> String {
+        let path = self.state.path().join("agent.json");
+        let pid = self.proc.pid();
+        crate::wait_for("the agent's run file", Duration::from_secs(60), || {
+            let p = path.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                if v["pid"].as_i64()? != i64::from(pid) {
+                    return None;
+                }
+                v["metrics"].as_str().map(|a| format!("http://{a}/metrics"))
+            }
+        })
+        .await
     }
 
     /// The server id, once the agent has joined.

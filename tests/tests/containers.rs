@@ -184,6 +184,39 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
     // Deleting twice is fine.
     c.delete_instance(pb::InstanceRef { id }).await.unwrap();
+
+    // The agent's metrics counted what happened above.
+    let text = reqwest::get(node.agent.metrics_url().await)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(
+        value(r#"nereid_agent_rpc_total{method="EnsureInstance",code="OK"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"nereid_agent_rpc_total{method="GetInstance",code="NotFound"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"nereid_agent_rpc_total{method="ListInstances",code="Unauthenticated"}"#),
+        1.0
+    );
+    assert_eq!(value(r#"nereid_agent_instances{state="running"}"#), 0.0);
+    assert_eq!(value("nereid_agent_instances_listed"), 1.0);
+    assert!(value(r#"nereid_agent_command_duration_seconds_count{command="zfs clone"}"#) >= 1.0);
+    assert!(value(r#"nereid_agent_command_duration_seconds_count{command="runc run"}"#) >= 2.0);
+    assert!(
+        value(r#"nereid_agent_rpc_duration_seconds_bucket{method="EnsureInstance",le="+Inf"}"#)
+            == 2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -93,8 +93,15 @@ impl Runc {
             .stderr(err)
             .kill_on_drop(true)
             .status();
-        let st = tokio::time::timeout(T, child)
-            .await
+        let started = std::time::Instant::now();
+        let st = tokio::time::timeout(T, child).await;
+        crate::metrics::command_done(
+            "runc",
+            &["run"],
+            started.elapsed(),
+            matches!(st, Ok(Ok(s)) if s.success()),
+        );
+        let st = st
             .map_err(|_| RuncError::Other {
                 op: "run",
                 id: id.into(),
