@@ -36,6 +36,10 @@ pub struct Flags {
     /// bind it to an address only the monitoring can reach). Off by default.
     #[arg(long, env = "NEREID_AGENT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The nftables table (bridge family) this agent owns for its ports'
+    /// anti-spoofing rules; it never touches another.
+    #[arg(long, env = "NEREID_AGENT_NFT_TABLE", default_value = "nereid")]
+    pub nft_table: String,
     /// The address the headnode uses to reach this agent; defaults to the
     /// listen address (required when listening on 0.0.0.0).
     #[arg(long, env = "NEREID_AGENT_ADVERTISE")]

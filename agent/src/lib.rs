@@ -79,6 +79,9 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         }
     };
 
+    net::antispoof::init(&flags.nft_table)
+        .await
+        .with_context(|| format!("making the nftables table bridge {}", flags.nft_table))?;
     let node = std::sync::Arc::new(std::sync::RwLock::new(None));
     if let Some(setup) = identity::load::<identity::Setup>(&flags.state_dir.join(SETUP_FILE))? {
         let runtime = service::NodeRuntime::start(
@@ -89,6 +92,11 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         );
         match runtime.instances.list().await {
             Ok(list) => {
+                for inst in &list {
+                    if let Err(e) = net::protect_instance(&inst.spec).await {
+                        tracing::warn!(instance = %inst.spec.id, "re-asserting its anti-spoofing rules: {e}");
+                    }
+                }
                 tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS, runc and QEMU")
             }
             Err(e) => tracing::warn!("cannot list instances yet: {}", error_chain(&e)),

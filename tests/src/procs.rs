@@ -326,6 +326,8 @@ pub struct AgentOpts {
     pub listen: Option<String>,
     /// `--memory-mb`: the memory the node offers.
     pub memory_mb: Option<u64>,
+    /// `--nft-table`: unique per agent (set by `Agent::start_opts`).
+    pub nft_table: String,
 }
 
 fn spawn_agent(headnode_grpc: &str, opts: &AgentOpts, state: &Path) -> Proc {
@@ -355,6 +357,9 @@ fn spawn_agent(headnode_grpc: &str, opts: &AgentOpts, state: &Path) -> Proc {
         .arg(state)
         .args(["--listen", listen, "--machine-id", &opts.machine_id])
         .args(["--metrics-listen", "127.0.0.1:0"]);
+    if !opts.nft_table.is_empty() {
+        cmd.args(["--nft-table", &opts.nft_table]);
+    }
     if let Some(mb) = opts.memory_mb {
         cmd.args(["--memory-mb", &mb.to_string()]);
     }
@@ -378,6 +383,29 @@ pub struct Agent {
     pub machine_id: String,
     /// What it was started with (restarts keep it, minus the join token).
     pub opts: AgentOpts,
+    /// Its nftables table, deleted when the agent goes (after its process:
+    /// fields drop in order).
+    _nft: NftTable,
+}
+
+/// An agent's nftables table (bridge family), deleted on drop.
+struct NftTable {
+    name: String,
+    netns: Option<String>,
+}
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str(), "nft"]);
+                c
+            }
+            None => Command::new("nft"),
+        };
+        let _ = cmd.args(["delete", "table", "bridge", &self.name]).output();
+    }
 }
 
 impl Agent {
@@ -400,7 +428,18 @@ impl Agent {
         )
     }
 
-    pub fn start_with(headnode_grpc: &str, opts: AgentOpts, state: TempDir) -> Agent {
+    pub fn start_with(headnode_grpc: &str, mut opts: AgentOpts, state: TempDir) -> Agent {
+        if opts.nft_table.is_empty() {
+            opts.nft_table = crate::unique_name("nrdt");
+        }
+        let nft = NftTable {
+            name: opts.nft_table.clone(),
+            netns: opts.netns.clone(),
+        };
+        Agent::spawn(headnode_grpc, opts, state, nft)
+    }
+
+    fn spawn(headnode_grpc: &str, opts: AgentOpts, state: TempDir, nft: NftTable) -> Agent {
         let proc = spawn_agent(headnode_grpc, &opts, state.path());
         Agent {
             proc,
@@ -411,6 +450,7 @@ impl Agent {
                 join_token: None,
                 ..opts
             },
+            _nft: nft,
         }
     }
 
@@ -432,16 +472,18 @@ impl Agent {
             state,
             headnode_grpc,
             opts,
+            _nft,
             ..
         } = self;
         proc.kill();
-        Agent::start_with(
+        Agent::spawn(
             &headnode_grpc,
             AgentOpts {
                 env: Vec::new(),
                 ..opts
             },
             state,
+            _nft,
         )
     }
 

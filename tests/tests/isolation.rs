@@ -3,7 +3,8 @@
 //! binary gives nothing, /proc/sys is read-only; an isolated container has a
 //! range of its own; a gzip bomb and an image lying about its size are refused
 //! and leave nothing; quotas stop a tenant at its limit and nobody else; an
-//! agent refuses a uid range it must not use.
+//! agent refuses a uid range it must not use; an instance that claims a
+//! neighbour's address in ARP poisons nobody.
 
 use std::process::Command;
 use std::time::Duration;
@@ -389,4 +390,151 @@ fn the_agent_refuses_a_uid_range_it_must_not_use() {
         assert!(err.contains(says), "{range}: {err}");
     }
     let _ = Duration::ZERO;
+}
+
+/// `ip` in a network namespace; returns stdout, panicking with stderr.
+fn ip_in(netns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["-n", netns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip -n {netns} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The MAC `netns` has for `ip` in its neighbour table ("" if none).
+fn neighbour_mac(netns: &str, ip: &str) -> String {
+    let out = ip_in(netns, &["neigh", "show", ip]);
+    let mut words = out.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "lladdr" {
+            return words.next().unwrap_or_default().to_string();
+        }
+    }
+    String::new()
+}
+
+/// The attacker's netns takes the victim's address and announces it with
+/// gratuitous ARP (what a VM's root, or a container that could, would do).
+fn claim_in_arp(attacker_ns: &str, victim_ip: &str) {
+    // Past the neighbour table's lock time since the entry was last confirmed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{attacker_ns}"))
+        .args([
+            "busybox", "arping", "-U", "-c", "3", "-w", "3", "-I", "eth0", victim_ip,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "arping: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// `nft ARGS <the agent's table> EXTRA` in the (only) node's network namespace.
+fn node_nft_with(dc: &Datacenter, args: &[&str], extra: &[&str]) -> std::process::Output {
+    let node = &dc.nodes[0];
+    Command::new("ip")
+        .args(["netns", "exec", &node.netns, "nft"])
+        .args(args)
+        .arg(&node.agent.opts.nft_table)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn node_nft(dc: &Datacenter, args: &[&str]) -> std::process::Output {
+    node_nft_with(dc, args, &[])
+}
+
+/// Kills the node's agent, starts it again and waits until its table holds
+/// the chain of port `chain` again.
+async fn restart_agent_until_chain(dc: &mut Datacenter, chain: &str) {
+    dc.nodes[0].agent.restart_in_place(vec![]);
+    let dc = &*dc;
+    nereid_tests::wait_for(
+        "the restarted agent's rules",
+        Duration::from_secs(60),
+        || async {
+            node_nft_with(dc, &["list", "chain", "bridge"], &[chain])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_claiming_a_neighbours_address_in_arp_poisons_nobody() {
+    let Some(mut dc) = Datacenter::start(one_node()).await else {
+        return;
+    };
+    let mut insts = Vec::new();
+    for alias in ["spoofer", "victim", "witness"] {
+        insts.push(dc.provision(alias, json!({})).await);
+    }
+    let ns = |i: &Value| format!("nrd-{}", i["id"].as_str().unwrap());
+    let mac = |i: &Value| i["nics"][0]["mac"].as_str().unwrap().to_lowercase();
+    let (spoofer, victim, witness) = (&insts[0], &insts[1], &insts[2]);
+    let victim_ip = nereid_tests::datacenter::ip_of(victim);
+    // The witness knows the victim by its real MAC.
+    let (ok, out) = dc.exec(witness, &["ping", "-c", "1", "-W", "3", &victim_ip]);
+    assert!(ok, "{out}");
+    assert_eq!(neighbour_mac(&ns(witness), &victim_ip), mac(victim));
+
+    // The spoofer takes the victim's address and claims it: dropped on its port.
+    ip_in(
+        &ns(spoofer),
+        &["addr", "add", &format!("{victim_ip}/32"), "dev", "eth0"],
+    );
+    claim_in_arp(&ns(spoofer), &victim_ip);
+    assert_eq!(neighbour_mac(&ns(witness), &victim_ip), mac(victim));
+    let (ok, out) = dc.exec(witness, &["ping", "-c", "1", "-W", "3", &victim_ip]);
+    assert!(ok, "{out}");
+
+    // An agent restarted (after its table was removed by hand) puts the
+    // rules of its instances back.
+    let port = format!("port_nv{}0", {
+        let hex: String = spoofer["id"].as_str().unwrap().replace('-', "");
+        hex[hex.len() - 12..].to_string()
+    });
+    assert!(
+        node_nft(&dc, &["delete", "table", "bridge"])
+            .status
+            .success()
+    );
+    restart_agent_until_chain(&mut dc, &port).await;
+    claim_in_arp(&ns(spoofer), &victim_ip);
+    assert_eq!(neighbour_mac(&ns(witness), &victim_ip), mac(victim));
+
+    // The same claim without the agent's table poisons the witness: the
+    // attack above was real.
+    assert!(
+        node_nft(&dc, &["delete", "table", "bridge"])
+            .status
+            .success()
+    );
+    claim_in_arp(&ns(spoofer), &victim_ip);
+    assert_eq!(neighbour_mac(&ns(witness), &victim_ip), mac(spoofer));
+
+    // Deleting the instances takes their ports' rules away (the agent's table
+    // comes back with its next restart; its instances' ports with it).
+    restart_agent_until_chain(&mut dc, &port).await;
+    for i in &insts {
+        dc.act(i["id"].as_str().unwrap(), "delete").await;
+    }
+    let listed =
+        String::from_utf8_lossy(&node_nft(&dc, &["list", "table", "bridge"]).stdout).into_owned();
+    assert!(!listed.contains("port_"), "{listed}");
+    dc.assert_nothing_held().await;
 }

@@ -5,10 +5,15 @@
 //! is `eth<index>` in the instance's network namespace (`nrd-<uuid>`); per NIC
 //! of a VM a tap device (`nt<12 hex><index>`) on the bridge, opened by QEMU.
 //!
+//! Every port is filtered against spoofing (`antispoof`) from before it
+//! exists until after it is gone.
+//!
 //! Every operation is idempotent (a retry after a crash converges). The
 //! kernel is driven through iproute2's `ip`, which speaks netlink; see
 //! docs/decisions.md. It must never touch an interface it did not name
 //! (`nb*`, `nv*`, `nt*`) other than enslaving the nic tag's uplink to a bridge.
+
+pub mod antispoof;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +29,10 @@ pub enum NetError {
         "network {network}: VLAN {vlan} needs 802.1Q support, which this agent does not provide yet"
     )]
     Vlan { network: String, vlan: u16 },
+    #[error("{0:?} is not a MAC address (six hex pairs separated by ':')")]
+    BadMac(String),
+    #[error("{0:?} is not an interface or table name this agent makes")]
+    BadPort(String),
     #[error(transparent)]
     Cmd(#[from] cmd::CmdError),
     #[error("writing {path}: {source}")]
@@ -152,6 +161,7 @@ pub async fn plumb(
     nics: &[Nic],
     nic_tags: &BTreeMap<String, String>,
 ) -> Result<(), NetError> {
+    protect_ports(nics, |idx| host_veth_name(instance_id, idx)).await?;
     let mut host = Vec::new();
     let mut guest = vec!["link set lo up".to_string()];
     for (idx, nic) in nics.iter().enumerate() {
@@ -192,6 +202,7 @@ pub async fn plumb_taps(
     nics: &[Nic],
     nic_tags: &BTreeMap<String, String>,
 ) -> Result<(), NetError> {
+    protect_ports(nics, |idx| tap_name(instance_id, idx)).await?;
     let mut lines = Vec::new();
     for (idx, nic) in nics.iter().enumerate() {
         let br = ensure_bridge(nic, nic_tags).await?;
@@ -206,6 +217,41 @@ pub async fn plumb_taps(
         return Ok(());
     }
     ip_batch(None, &lines).await
+}
+
+/// Puts the anti-spoofing rules of every NIC's port (named by `port`) in
+/// place, before the port exists.
+async fn protect_ports(nics: &[Nic], port: impl Fn(usize) -> String) -> Result<(), NetError> {
+    let mut ports = Vec::new();
+    for (idx, nic) in nics.iter().enumerate() {
+        ports.push(antispoof::Port {
+            ifname: port(idx),
+            mac: nic.mac.parse()?,
+            ips: vec![nic.ip],
+        });
+    }
+    antispoof::protect(&ports).await
+}
+
+/// Re-asserts the anti-spoofing rules of an instance's ports (at agent start:
+/// rules removed by hand, or made by an older agent, come back).
+pub async fn protect_instance(spec: &crate::spec::InstanceSpec) -> Result<(), NetError> {
+    let id = spec.id.as_str();
+    match spec.brand {
+        nereid_api::Brand::Kvm => protect_ports(&spec.nics, |idx| tap_name(id, idx)).await,
+        nereid_api::Brand::Container => {
+            protect_ports(&spec.nics, |idx| host_veth_name(id, idx)).await
+        }
+    }
+}
+
+/// Forgets the anti-spoofing rules of `nics` ports (a failure is logged:
+/// rules for a port that no longer exists match nothing).
+async fn release_ports(nics: usize, port: impl Fn(usize) -> String) {
+    let names: Vec<String> = (0..nics).map(port).collect();
+    if let Err(e) = antispoof::release(&names).await {
+        tracing::warn!("removing the anti-spoofing rules of {names:?}: {e}");
+    }
 }
 
 /// The `ip -batch` lines that make tap `tap` a port of `br`.
@@ -226,6 +272,7 @@ pub async fn unplumb_taps(instance_id: &str, nics: usize) {
             let _ = ip(&["link", "del", &tap]).await;
         }
     }
+    release_ports(nics, |idx| tap_name(instance_id, idx)).await;
 }
 
 /// Removes the host ends of an instance's NICs (deleting the namespace
@@ -237,6 +284,7 @@ pub async fn unplumb(instance_id: &str, nics: usize) {
             let _ = ip(&["link", "del", &host]).await;
         }
     }
+    release_ports(nics, |idx| host_veth_name(instance_id, idx)).await;
 }
 
 /// The instance's `/etc/resolv.conf`, from the primary NIC's resolvers; None
