@@ -1,0 +1,7 @@
+//! Firewall rules in Triton's language: parsing (`parse`) and, for each
+//! node, the rule set its agent enforces (`compile`). Never talks to a node
+//! or the database itself.
+
+pub mod parse;
+
+pub use parse::{Action, IcmpType, ParseError, Ports, Protocol, Rule, Target, Targets, parse};
