@@ -82,6 +82,13 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     net::antispoof::init(&flags.nft_table)
         .await
         .with_context(|| format!("making the nftables table bridge {}", flags.nft_table))?;
+    let firewall = Arc::new(net::firewall::Firewall::new(
+        &flags.nft_table,
+        &flags.state_dir,
+    ));
+    if let Err(e) = firewall.restore().await {
+        tracing::error!("restoring the node's firewall: {}", error_chain(&e));
+    }
     let node = std::sync::Arc::new(std::sync::RwLock::new(None));
     if let Some(setup) = identity::load::<identity::Setup>(&flags.state_dir.join(SETUP_FILE))? {
         let runtime = service::NodeRuntime::start(
@@ -110,6 +117,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         credential: identity.node_credential.clone(),
         ids: flags.uid_range,
         node,
+        firewall,
     };
     let server = nereid_proto::v1::agent_server::AgentServer::with_interceptor(
         svc,

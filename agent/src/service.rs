@@ -72,6 +72,7 @@ pub struct AgentService {
     pub credential: String,
     pub ids: crate::idmap::IdRange,
     pub node: Arc<RwLock<Option<NodeRuntime>>>,
+    pub firewall: Arc<crate::net::firewall::Firewall>,
 }
 
 impl AgentService {
@@ -468,6 +469,23 @@ impl Agent for AgentService {
             text: c.text,
             truncated: c.truncated,
         }))
+    }
+
+    async fn apply_firewall(
+        &self,
+        req: Request<pb::FirewallSet>,
+    ) -> Result<Response<pb::ApplyFirewallResponse>, Status> {
+        let set = req.into_inner();
+        match self.firewall.apply(&set).await {
+            Ok(generation) => Ok(Response::new(pb::ApplyFirewallResponse { generation })),
+            Err(e @ crate::net::firewall::FirewallError::Invalid(_)) => {
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(format!(
+                "applying the firewall: {}",
+                crate::error_chain(&e)
+            ))),
+        }
     }
 }
 

@@ -97,6 +97,10 @@ typed_id!(
     /// A job: one run of a saga (provision, start, stop, reboot, destroy).
     JobId
 );
+typed_id!(
+    /// A firewall rule.
+    FwRuleId
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod error;
+pub mod fwrules;
 pub mod ids;
 pub mod images;
 pub mod instances;
@@ -21,6 +22,7 @@ pub mod servers;
 pub use accounts::*;
 pub use audit::*;
 pub use error::*;
+pub use fwrules::*;
 pub use ids::*;
 pub use images::*;
 pub use instances::*;

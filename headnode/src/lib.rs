@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod firewall;
 pub mod fwrule;
 pub mod grpc;
 pub mod http;

@@ -31,6 +31,8 @@ use crate::http;
         http::instances::instance_delete, http::instances::instance_console,
         http::instances::job_list, http::instances::job_get,
         http::audit::audit_list,
+        http::fwrules::fwrule_list, http::fwrules::fwrule_create, http::fwrules::fwrule_get,
+        http::fwrules::fwrule_update, http::fwrules::fwrule_delete,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

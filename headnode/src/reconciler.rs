@@ -78,6 +78,9 @@ async fn pass(
             {
                 Ok(Ok(())) => {
                     remove_leftovers(state, t).await;
+                    if let Err(e) = crate::firewall::sync_server(state, t).await {
+                        tracing::warn!(server = %t.server, "firewall sync: {e}");
+                    }
                     None
                 }
                 Ok(Err(e)) => Some(e.to_string()),

@@ -61,6 +61,11 @@ impl Api {
             .await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::PATCH, path).json(body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.send(self.request(reqwest::Method::DELETE, path)).await
     }
@@ -71,6 +76,13 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
+}
+
+/// Like `assert_error`, and the message says `says`.
+pub fn assert_error_says(resp: &(u16, Value), status: u16, code: &str, says: &str) {
+    assert_error(resp, status, code);
+    let message = resp.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{says:?} not in {}", resp.1);
 }
 
 /// Asserts that a response is the JSON error body with this status and code.

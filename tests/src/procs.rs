@@ -388,7 +388,7 @@ pub struct Agent {
     _nft: NftTable,
 }
 
-/// An agent's nftables table (bridge family), deleted on drop.
+/// An agent's nftables tables (bridge and inet families), deleted on drop.
 struct NftTable {
     name: String,
     netns: Option<String>,
@@ -396,15 +396,17 @@ struct NftTable {
 
 impl Drop for NftTable {
     fn drop(&mut self) {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns.as_str(), "nft"]);
-                c
-            }
-            None => Command::new("nft"),
-        };
-        let _ = cmd.args(["delete", "table", "bridge", &self.name]).output();
+        for family in ["bridge", "inet"] {
+            let mut cmd = match &self.netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns.as_str(), "nft"]);
+                    c
+                }
+                None => Command::new("nft"),
+            };
+            let _ = cmd.args(["delete", "table", family, &self.name]).output();
+        }
     }
 }
 

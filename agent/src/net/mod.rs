@@ -14,6 +14,7 @@
 //! (`nb*`, `nv*`, `nt*`) other than enslaving the nic tag's uplink to a bridge.
 
 pub mod antispoof;
+pub mod firewall;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 
 mod account;
 mod audit;
+mod fwrule;
 mod image;
 mod instance;
 mod network;
@@ -44,6 +45,9 @@ pub enum Command {
     /// The audit log: who changed what, from where.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Firewall rules (Triton's language) for instances with their firewall enabled.
+    #[command(subcommand)]
+    Fwrule(fwrule::FwRuleCmd),
 }
 
 pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
@@ -58,6 +62,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
         Command::Instance(i) => instance::run(c, fmt, i).await,
         Command::Job(j) => instance::run_job(c, fmt, j).await,
         Command::Audit(a) => audit::run(c, fmt, a).await,
+        Command::Fwrule(f) => fwrule::run(c, fmt, f).await,
     }
 }
 

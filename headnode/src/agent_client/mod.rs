@@ -41,6 +41,8 @@ pub struct AgentPool {
     /// Images this process saw ready on a server: EnsureImage is not asked
     /// again. EnsureInstance answering "image missing" drops the entry.
     images_on: Arc<Mutex<std::collections::HashSet<(ServerId, ImageId)>>>,
+    /// The firewall generation this process last saw applied on a server.
+    firewalls: Arc<Mutex<HashMap<ServerId, u64>>>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +74,7 @@ impl AgentPool {
 
     pub fn forget(&self, id: ServerId) {
         self.channels.lock().expect("agent pool lock").remove(&id);
+        self.firewalls.lock().expect("firewalls lock").remove(&id);
         self.images_on
             .lock()
             .expect("images lock")
@@ -260,6 +263,30 @@ impl AgentPool {
             Err(st) if st.code() == tonic::Code::NotFound => Ok(None),
             Err(st) => Err(agent_error(t.server, &t.address, "GetInstance", st)),
         }
+    }
+
+    /// Replaces the node's firewall unless this process saw this generation
+    /// applied there already; returns whether it was sent.
+    pub async fn apply_firewall(&self, t: &AgentTarget, set: pb::FirewallSet) -> Result<bool> {
+        let generation = set.generation;
+        if self
+            .firewalls
+            .lock()
+            .expect("firewalls lock")
+            .get(&t.server)
+            == Some(&generation)
+        {
+            return Ok(false);
+        }
+        self.client(t)?
+            .apply_firewall(self.request(set, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "ApplyFirewall", st))?;
+        self.firewalls
+            .lock()
+            .expect("firewalls lock")
+            .insert(t.server, generation);
+        Ok(true)
     }
 
     pub async fn list_instances(&self, t: &AgentTarget) -> Result<Vec<NodeInstance>> {

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod audit;
+mod fwrules;
 mod images;
 mod instances;
 mod jobs;
@@ -19,6 +20,7 @@ mod states;
 mod tokens;
 
 pub use audit::AuditFilter;
+pub use fwrules::{ActiveRule, FwInstance};
 pub use images::ImageFilter;
 pub use instances::{AgentTarget, Created, InstanceFilter, InstanceSizes, NewInstance, NicPlan};
 pub use jobs::{Fence, NewJob};

@@ -8,6 +8,7 @@
 pub(crate) mod accounts;
 pub(crate) mod audit;
 mod extract;
+pub(crate) mod fwrules;
 pub(crate) mod images;
 pub(crate) mod instances;
 pub(crate) mod networks;
@@ -85,6 +86,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images/{id}/activate", post(images::image_activate))
         .route("/v1/images/{id}/disable", post(images::image_disable))
         .route("/v1/images/{id}/enable", post(images::image_enable))
+        .route(
+            "/v1/fwrules",
+            get(fwrules::fwrule_list).post(fwrules::fwrule_create),
+        )
+        .route(
+            "/v1/fwrules/{id}",
+            get(fwrules::fwrule_get)
+                .patch(fwrules::fwrule_update)
+                .delete(fwrules::fwrule_delete),
+        )
         .route(
             "/v1/packages",
             get(packages::package_list).post(packages::package_create),

@@ -90,7 +90,7 @@ pub(super) fn destroy() -> Saga {
             },
             Step {
                 name: "mark_deleted",
-                forward: |c| mark(c, InstanceState::Deleted).boxed(),
+                forward: |c| mark_deleted(c).boxed(),
                 undo: None,
             },
         ],
@@ -133,6 +133,13 @@ async fn mark(c: &Ctx, to: InstanceState) -> StepResult {
         .db
         .instance_set_state(c.job.instance_id, to, &[], None, Some(&c.fence))
         .await?;
+    Ok(())
+}
+
+/// The instance is gone: rules elsewhere that named its address follow.
+async fn mark_deleted(c: &Ctx) -> StepResult {
+    mark(c, InstanceState::Deleted).await?;
+    crate::firewall::spawn_sync_all(&c.state);
     Ok(())
 }
 

@@ -131,6 +131,8 @@ pub(super) async fn instance_spec(c: &Ctx) -> Result<convert::Spec, StepError> {
 async fn ensure_instance(c: &Ctx) -> StepResult {
     let spec = instance_spec(c).await?;
     let t = target(c).await?;
+    // The node's firewall knows the instance before it starts.
+    crate::firewall::sync_server(&c.state, &t).await?;
     let node = match c.state.agents.ensure_instance(&t, &spec, true).await {
         // The image went missing from the node since it was ensured: pull it again.
         Err(Error::ImageMissingOnNode(_)) => {
@@ -211,6 +213,8 @@ async fn mark_running(c: &Ctx) -> StepResult {
             Some(&c.fence),
         )
         .await?;
+    // Rules on other nodes that name it (tags, `all vms`) take its address.
+    crate::firewall::spawn_sync_all(&c.state);
     Ok(())
 }
 
@@ -226,6 +230,7 @@ fn mark_failed<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult> {
                 Some(&c.fence),
             )
             .await?;
+        crate::firewall::spawn_sync_all(&c.state);
         Ok(())
     }
     .boxed()
