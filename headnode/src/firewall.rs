@@ -13,6 +13,9 @@ use crate::error::Result;
 /// Compiles and pushes one node's firewall (nothing is sent when the node
 /// has this generation already).
 pub async fn sync_server(state: &AppState, t: &AgentTarget) -> Result<()> {
+    // Compiled under the lock: the last sync to take it reads the newest rows.
+    let lock = state.agents.firewall_lock(t.server);
+    let _held = lock.lock().await;
     let owners = state.db.fw_owners_on(t.server).await?;
     let set = if owners.is_empty() {
         crate::fwrule::node_firewall(t.server, &[], &[])

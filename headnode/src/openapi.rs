@@ -29,6 +29,7 @@ use crate::http;
         http::instances::instance_create, http::instances::instance_list, http::instances::instance_get,
         http::instances::instance_start, http::instances::instance_stop, http::instances::instance_reboot,
         http::instances::instance_delete, http::instances::instance_console,
+        http::instances::instance_enable_firewall, http::instances::instance_disable_firewall,
         http::instances::job_list, http::instances::job_get,
         http::audit::audit_list,
         http::fwrules::fwrule_list, http::fwrules::fwrule_create, http::fwrules::fwrule_get,

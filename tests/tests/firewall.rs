@@ -155,6 +155,32 @@ async fn rules_open_a_firewalled_instance_to_exactly_what_they_allow() {
     until_reach(&dc, &client, &web, 81, false).await;
     assert!(reaches(&dc, &client, &web, 80));
 
+    // The instance's firewall off: everything gets in; on again: as before.
+    let web_id = web["id"].as_str().unwrap();
+    let (st, body) = dc
+        .op()
+        .post(
+            &format!("/v1/instances/{web_id}/disable-firewall"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        (st, &body["firewall_enabled"]),
+        (200, &json!(false)),
+        "{body}"
+    );
+    until_reach(&dc, &client, &web, 81, true).await;
+    let (st, _) = dc
+        .op()
+        .post(
+            &format!("/v1/instances/{web_id}/enable-firewall"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    until_reach(&dc, &client, &web, 81, false).await;
+    assert!(reaches(&dc, &client, &web, 80));
+
     // Gone with the instances: the node's table keeps no chain of theirs.
     for i in [&web, &client] {
         dc.act(i["id"].as_str().unwrap(), "delete").await;

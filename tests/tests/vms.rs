@@ -201,11 +201,19 @@ async fn a_vm_outlives_a_killed_agent_is_readopted_and_a_dead_qemu_is_reported_f
         },
     )
     .await;
-    let (st, c) = dc
-        .op()
-        .get(&format!("/v1/instances/{id}/console?tail=5"))
-        .await;
-    assert_eq!(st, 200, "the new agent serves the console: {c}");
+    // The headnode learns the new agent's address from its next heartbeat.
+    wait_for(
+        "the new agent to serve the console",
+        Duration::from_secs(30),
+        || async {
+            let (st, _) = dc
+                .op()
+                .get(&format!("/v1/instances/{id}/console?tail=5"))
+                .await;
+            (st == 200).then_some(())
+        },
+    )
+    .await;
     assert_eq!(dc.instance(&id).await["state"], "running");
 
     // QEMU killed behind the agent's back: failed, with how it died.

@@ -88,6 +88,10 @@ pub enum InstanceCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Turn the instance's firewall on: inbound only as rules allow.
+    EnableFirewall { id: String },
+    /// Turn the instance's firewall off.
+    DisableFirewall { id: String },
     /// Delete an instance and everything it holds.
     Delete {
         id: String,
@@ -231,6 +235,8 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
         InstanceCmd::Start { id, wait } => act(c, fmt, &id, "start", Method::POST, wait).await,
         InstanceCmd::Stop { id, wait } => act(c, fmt, &id, "stop", Method::POST, wait).await,
         InstanceCmd::Reboot { id, wait } => act(c, fmt, &id, "reboot", Method::POST, wait).await,
+        InstanceCmd::EnableFirewall { id } => switch_firewall(c, fmt, &id, "enable").await,
+        InstanceCmd::DisableFirewall { id } => switch_firewall(c, fmt, &id, "disable").await,
         InstanceCmd::Delete {
             id, force: true, ..
         } => {
@@ -457,6 +463,20 @@ pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()>
     Ok(())
 }
 
+async fn switch_firewall(c: &Client, fmt: Format, id: &str, verb: &str) -> anyhow::Result<()> {
+    let id = resolve(c, id).await?;
+    let inst: Instance = c
+        .call::<(), _>(
+            Method::POST,
+            &format!("/v1/instances/{id}/{verb}-firewall"),
+            &[],
+            None,
+        )
+        .await?;
+    show(fmt, &inst);
+    Ok(())
+}
+
 fn show(fmt: Format, i: &Instance) {
     if fmt == Format::Json {
         return output::json(i);
@@ -493,6 +513,26 @@ fn show(fmt: Format, i: &Instance) {
         ("memory", output::bytes(i.memory_mb << 20)),
         ("disk", output::bytes(i.disk_mb << 20)),
         ("nics", if nics.is_empty() { "-".into() } else { nics }),
+        (
+            "tags",
+            i.tags
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "firewall",
+            if i.firewall_enabled {
+                "enabled"
+            } else {
+                "disabled"
+            }
+            .into(),
+        ),
         ("error", i.error.clone().unwrap_or_else(|| "-".into())),
         ("created", time(&Some(i.created_at))),
     ]);

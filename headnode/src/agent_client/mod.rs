@@ -43,6 +43,9 @@ pub struct AgentPool {
     images_on: Arc<Mutex<std::collections::HashSet<(ServerId, ImageId)>>>,
     /// The firewall generation this process last saw applied on a server.
     firewalls: Arc<Mutex<HashMap<ServerId, u64>>>,
+    /// One firewall sync at a time per server, so an older set never
+    /// overtakes a newer one.
+    firewall_locks: Arc<Mutex<HashMap<ServerId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -263,6 +266,16 @@ impl AgentPool {
             Err(st) if st.code() == tonic::Code::NotFound => Ok(None),
             Err(st) => Err(agent_error(t.server, &t.address, "GetInstance", st)),
         }
+    }
+
+    /// The lock a server's firewall sync holds from compiling to pushing.
+    pub fn firewall_lock(&self, server: ServerId) -> Arc<tokio::sync::Mutex<()>> {
+        self.firewall_locks
+            .lock()
+            .expect("firewall locks")
+            .entry(server)
+            .or_default()
+            .clone()
     }
 
     /// Replaces the node's firewall unless this process saw this generation

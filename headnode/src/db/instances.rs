@@ -465,6 +465,43 @@ impl Datastore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Turns an instance's firewall on or off (a live one, within `scope`);
+    /// returns it.
+    pub async fn instance_set_firewall(
+        &self,
+        id: InstanceId,
+        scope: Option<AccountId>,
+        on: bool,
+    ) -> Result<Instance> {
+        let mut tx = self.pool.begin().await?;
+        let owner: Option<(Uuid,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE instances SET firewall_enabled = $3, updated_at = now()
+              WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2)
+                AND state <> {INSTANCE_DELETED}
+              RETURNING owner"
+        )))
+        .bind(id.as_uuid())
+        .bind(scope.map(|o| o.as_uuid()))
+        .bind(on)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((owner,)) = owner else {
+            return Err(Error::not_found("instance", id));
+        };
+        let action = if on {
+            "instance.enable_firewall"
+        } else {
+            "instance.disable_firewall"
+        };
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new(action, "instance", id).owned_by(owner.into()),
+        )
+        .await?;
+        tx.commit().await?;
+        self.instance_get(id, scope).await
+    }
+
     /// Records the accelerator a VM runs under, as its node reported it.
     pub async fn instance_set_accelerator(
         &self,

@@ -151,6 +151,37 @@ action!(
     JobKind::Reboot,
     post
 );
+macro_rules! firewall_switch {
+    ($fn:ident, $path:literal, $on:expr) => {
+        /// Turns the instance's firewall on or off (Triton's enable_firewall
+        /// and disable_firewall); its node follows at once.
+        #[utoipa::path(post, path = $path, tag = "instances", params(("id" = InstanceId, Path)),
+                    responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
+        pub async fn $fn(
+            State(s): State<AppState>,
+            p: Principal,
+            ApiPath(id): ApiPath<InstanceId>,
+        ) -> Result<Json<Instance>> {
+            let inst = s.db.instance_set_firewall(id, p.owner_scope(), $on).await?;
+            if let Some(server) = inst.server_id {
+                crate::firewall::spawn_sync_server(&s, server);
+            }
+            Ok(Json(inst))
+        }
+    };
+}
+
+firewall_switch!(
+    instance_enable_firewall,
+    "/v1/instances/{id}/enable-firewall",
+    true
+);
+firewall_switch!(
+    instance_disable_firewall,
+    "/v1/instances/{id}/disable-firewall",
+    false
+);
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {

@@ -139,6 +139,14 @@ pub fn router(state: AppState) -> Router {
             get(instances::instance_get).delete(instances::instance_delete),
         )
         .route("/v1/instances/{id}/start", post(instances::instance_start))
+        .route(
+            "/v1/instances/{id}/enable-firewall",
+            post(instances::instance_enable_firewall),
+        )
+        .route(
+            "/v1/instances/{id}/disable-firewall",
+            post(instances::instance_disable_firewall),
+        )
         .route("/v1/instances/{id}/stop", post(instances::instance_stop))
         .route(
             "/v1/instances/{id}/reboot",
