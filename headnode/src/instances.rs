@@ -206,6 +206,7 @@ pub async fn create(
     }
     let mut networks: Vec<NetworkId> = Vec::new();
     let mut nic_tags = BTreeSet::new();
+    let mut capabilities = BTreeSet::from([brand.capability().to_string()]);
     for r in &req.networks {
         let net = match r.parse::<NetworkId>() {
             Ok(nid) => s.db.network_get(nid, Some(owner)).await,
@@ -218,14 +219,17 @@ pub async fn create(
                 format!("network {r:?} is listed twice"),
             ));
         }
-        if net.vlan_id != 0 || net.vni.is_some() {
+        if net.vni.is_some() {
             return Err(Error::invalid(
                 "networks",
                 format!(
-                    "network {} is tagged (VLAN or fabric); only untagged networks can be used yet",
+                    "network {} is a fabric network; fabrics cannot be used yet",
                     net.name
                 ),
             ));
+        }
+        if net.vlan_id != 0 {
+            capabilities.insert("vlan".to_string());
         }
         nic_tags.insert(net.nic_tag.clone());
         networks.push(net.id);
@@ -241,7 +245,7 @@ pub async fn create(
         ram_mb: package.memory_mb,
         disk_mb: package.disk_mb,
         vcpus,
-        capability: brand.capability().into(),
+        capabilities,
         nic_tags,
         traits: package.traits.clone(),
         affinity,

@@ -16,8 +16,9 @@ pub struct Request {
     pub ram_mb: u64,
     pub disk_mb: u64,
     pub vcpus: u32,
-    /// The host capability the brand needs (`runc` for containers).
-    pub capability: String,
+    /// The host capabilities it needs: the brand's (`runc` for containers,
+    /// `qemu` for VMs) and `vlan` for a VLAN-tagged network.
+    pub capabilities: BTreeSet<String>,
     pub nic_tags: BTreeSet<String>,
     /// Package and image traits; a server must have each with an equal value.
     pub traits: BTreeMap<String, serde_json::Value>,
@@ -169,8 +170,12 @@ fn reject_reason(req: &Request, c: &Candidate) -> Option<String> {
     if c.reserved {
         return Some("reserved".into());
     }
-    if !c.capabilities.contains(&req.capability) {
-        return Some(format!("lack {}", req.capability));
+    if let Some(cap) = req
+        .capabilities
+        .iter()
+        .find(|k| !c.capabilities.contains(*k))
+    {
+        return Some(format!("lack {cap}"));
     }
     if let Some(tag) = req.nic_tags.iter().find(|t| !c.nic_tags.contains(*t)) {
         return Some(format!("lack nic tag {tag}"));
@@ -264,7 +269,7 @@ mod tests {
             ram_mb: 1024,
             disk_mb: 1000,
             vcpus: 1,
-            capability: "runc".into(),
+            capabilities: ["runc".to_string()].into(),
             nic_tags: ["admin".to_string()].into(),
             ..Default::default()
         }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use nereid_tests::api::assert_error_says;
 use nereid_tests::datacenter::{Datacenter, DcOpts, ip_of};
 use nereid_tests::wait_for;
 use serde_json::json;
@@ -181,6 +182,36 @@ async fn bad_create_requests_get_a_4xx_naming_the_field_and_leave_nothing() {
     else {
         return;
     };
+    // A VLAN network on the nodes' nic tag: this kernel has no 802.1Q, the
+    // node says so, and the scheduler names it.
+    let (st, body) = dc
+        .op()
+        .post(
+            "/v1/networks",
+            &json!({"name": "vlan100", "nic_tag": "admin", "vlan_id": 100,
+                    "subnet": "10.214.0.0/24", "provision_start": "10.214.0.10",
+                    "provision_end": "10.214.0.20"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{body}");
+    let (_, server) = dc
+        .op()
+        .get(&format!("/v1/servers/{}", dc.nodes[0].server_id))
+        .await;
+    if server["sysinfo"]["capabilities"]["vlan"]["available"] == true {
+        // A kernel with 802.1Q: the instance runs on its VLAN.
+        let i = dc
+            .provision("tagged", json!({"networks": ["vlan100"]}))
+            .await;
+        dc.act(i["id"].as_str().unwrap(), "delete").await;
+    } else {
+        assert_error_says(
+            &dc.create("tagged", json!({"networks": ["vlan100"]})).await,
+            409,
+            "InsufficientCapacity",
+            "1 server: 1 lack vlan",
+        );
+    }
     let cases = [
         (json!({"alias": "-bad"}), 400, "alias"),
         (json!({"alias": "x".repeat(10_000)}), 400, "alias"),

@@ -1,6 +1,7 @@
-//! Instance networking on untagged networks: one bridge per network
-//! (`nb<12 hex of the network id>`) attached to the interface the server's nic
-//! tag maps to; per NIC of a container a veth pair whose host end (`nv<12 hex
+//! Instance networking: one bridge per network (`nb<12 hex of the network
+//! id>`) attached to the interface the server's nic tag maps to, or for a
+//! VLAN network to that interface's 802.1Q sub-interface (`nw<vid>x<index>`);
+//! per NIC of a container a veth pair whose host end (`nv<12 hex
 //! of the instance id><index>`) is a port of that bridge and whose other end
 //! is `eth<index>` in the instance's network namespace (`nrd-<uuid>`); per NIC
 //! of a VM a tap device (`nt<12 hex><index>`) on the bridge, opened by QEMU.
@@ -11,7 +12,8 @@
 //! Every operation is idempotent (a retry after a crash converges). The
 //! kernel is driven through iproute2's `ip`, which speaks netlink; see
 //! docs/decisions.md. It must never touch an interface it did not name
-//! (`nb*`, `nv*`, `nt*`) other than enslaving the nic tag's uplink to a bridge.
+//! (`nb*`, `nv*`, `nt*`, `nw*`) other than enslaving the nic tag's uplink to a
+//! bridge.
 
 pub mod antispoof;
 pub mod firewall;
@@ -26,10 +28,10 @@ use crate::spec::Nic;
 pub enum NetError {
     #[error("nic tag {0:?} is not mapped to an interface on this node (see `nereid server setup`)")]
     UnknownNicTag(String),
-    #[error(
-        "network {network}: VLAN {vlan} needs 802.1Q support, which this agent does not provide yet"
-    )]
+    #[error("network {network}: VLAN {vlan} is outside 1-4094")]
     Vlan { network: String, vlan: u16 },
+    #[error("the uplink {0:?} of a VLAN network does not exist on this node")]
+    NoUplink(String),
     #[error("{0:?} is not a MAC address (six hex pairs separated by ':')")]
     BadMac(String),
     #[error("{0:?} is not an interface or table name this agent makes")]
@@ -113,7 +115,7 @@ pub async fn ensure_bridge(
     nic: &Nic,
     nic_tags: &BTreeMap<String, String>,
 ) -> Result<String, NetError> {
-    if nic.vlan_id != 0 {
+    if nic.vlan_id > 4094 {
         return Err(NetError::Vlan {
             network: nic.network_id.clone(),
             vlan: nic.vlan_id,
@@ -132,12 +134,44 @@ pub async fn ensure_bridge(
     if !link_exists(&br) {
         ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"]).await?;
     }
-    if master_of(uplink).await.as_deref() != Some(br.as_str()) {
-        ip(&["link", "set", uplink, "master", &br, "up"]).await?;
+    // An untagged network's bridge takes the uplink itself; a VLAN's takes
+    // the uplink's 802.1Q sub-interface for that VLAN.
+    let port = if nic.vlan_id == 0 {
+        uplink.clone()
+    } else {
+        let index = nix::net::if_::if_nametoindex(uplink.as_str())
+            .map_err(|_| NetError::NoUplink(uplink.clone()))?;
+        let sub = vlan_link_name(index, nic.vlan_id);
+        let lines = vlan_lines(uplink, nic.vlan_id, &sub, nic.mtu, link_exists(&sub));
+        ip_batch(None, &lines).await?;
+        sub
+    };
+    if master_of(&port).await.as_deref() != Some(br.as_str()) {
+        ip(&["link", "set", &port, "master", &br, "up"]).await?;
     }
     ip(&["link", "set", &br, "up"]).await?;
     known.insert(br.clone());
     Ok(br)
+}
+
+/// The 802.1Q sub-interface of the uplink with index `uplink_index` for VLAN
+/// `vid`: `nw<vid>x<index in hex>`, 15 characters at most.
+pub fn vlan_link_name(uplink_index: u32, vid: u16) -> String {
+    format!("nw{vid}x{uplink_index:x}")
+}
+
+/// The `ip -batch` lines that make VLAN `vid`'s sub-interface `sub` of
+/// `uplink` exist and up (it becomes a port of the network's bridge after).
+fn vlan_lines(uplink: &str, vid: u16, sub: &str, mtu: u32, exists: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !exists {
+        lines.push(format!(
+            "link add link {uplink} name {sub} mtu {mtu} type vlan id {vid}"
+        ));
+    }
+    lines.push(format!("link set {uplink} up"));
+    lines.push(format!("link set {sub} up"));
+    lines
 }
 
 /// Runs `ip [-n netns] -batch -` with these command lines.
@@ -318,6 +352,27 @@ mod tests {
         assert!(host_veth_name(id, 9).len() <= 15);
         assert_eq!(tap_name(id, 1), "nt1a2b3c4d5e6f1");
         assert_ne!(tap_name(id, 0), host_veth_name(id, 0));
+    }
+
+    #[test]
+    fn a_vlan_network_gets_one_8021q_sub_interface_per_uplink_and_vlan() {
+        assert_eq!(vlan_link_name(7, 100), "nw100x7");
+        assert_eq!(vlan_link_name(u32::MAX, 4094), "nw4094xffffffff");
+        assert!(vlan_link_name(u32::MAX, 4094).len() <= 15);
+        assert_ne!(vlan_link_name(7, 100), vlan_link_name(8, 100));
+        assert_ne!(vlan_link_name(7, 100), vlan_link_name(7, 101));
+        assert_eq!(
+            vlan_lines("eth1", 100, "nw100x7", 1500, false),
+            vec![
+                "link add link eth1 name nw100x7 mtu 1500 type vlan id 100",
+                "link set eth1 up",
+                "link set nw100x7 up"
+            ]
+        );
+        assert_eq!(
+            vlan_lines("eth1", 100, "nw100x7", 1500, true),
+            vec!["link set eth1 up", "link set nw100x7 up"]
+        );
     }
 
     #[test]
