@@ -42,6 +42,38 @@ async fn instances_on_two_nodes_reach_each_other_and_delete_leaves_nothing() {
     let (ok, out) = dc.exec(&a, &["hostname"]);
     assert!(ok && out.trim() == "web1", "{out}");
 
+    // A second network on the same nic tag shares its wire: its instances
+    // reach each other across the nodes, and the first network's still do.
+    let (st, body) = dc
+        .op()
+        .post(
+            "/v1/networks",
+            &json!({"name": "second", "nic_tag": "admin", "subnet": "10.215.0.0/24",
+                    "provision_start": "10.215.0.10", "provision_end": "10.215.0.20"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{body}");
+    let c = dc
+        .provision(
+            "other1",
+            json!({"networks": ["second"], "affinity": ["instance==web1"]}),
+        )
+        .await;
+    let d = dc
+        .provision(
+            "other2",
+            json!({"networks": ["second"], "affinity": ["instance==web2"]}),
+        )
+        .await;
+    assert_ne!(c["server_id"], d["server_id"]);
+    let (ok, out) = dc.exec(&c, &["ping", "-c", "1", "-W", "3", &ip_of(&d)]);
+    assert!(ok, "other1 -> other2: {out}");
+    let (ok, out) = dc.exec(&a, &["ping", "-c", "1", "-W", "3", &ip_of(&b)]);
+    assert!(ok, "web1 -> web2 with a second network on the wire: {out}");
+    for i in [&c, &d] {
+        dc.act(i["id"].as_str().unwrap(), "delete").await;
+    }
+
     // Stop and start.
     let id = a["id"].as_str().unwrap();
     dc.act(id, "stop").await;

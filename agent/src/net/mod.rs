@@ -1,7 +1,7 @@
-//! Instance networking: one bridge per network (`nb<12 hex of the network
-//! id>`) attached to the interface the server's nic tag maps to, or for a
-//! VLAN network to that interface's 802.1Q sub-interface (`nw<vid>x<index>`);
-//! per NIC of a container a veth pair whose host end (`nv<12 hex
+//! Instance networking: one bridge per layer-2 segment (`nb<vid>x<uplink
+//! index>`, shared by every network of that nic tag and VLAN) attached to the
+//! interface the server's nic tag maps to, or for a VLAN to that interface's
+//! 802.1Q sub-interface (`nw<vid>x<index>`); per NIC of a container a veth pair whose host end (`nv<12 hex
 //! of the instance id><index>`) is a port of that bridge and whose other end
 //! is `eth<index>` in the instance's network namespace (`nrd-<uuid>`); per NIC
 //! of a VM a tap device (`nt<12 hex><index>`) on the bridge, opened by QEMU.
@@ -30,7 +30,7 @@ pub enum NetError {
     UnknownNicTag(String),
     #[error("network {network}: VLAN {vlan} is outside 1-4094")]
     Vlan { network: String, vlan: u16 },
-    #[error("the uplink {0:?} of a VLAN network does not exist on this node")]
+    #[error("the uplink {0:?} of the nic tag does not exist on this node")]
     NoUplink(String),
     #[error("{0:?} is not a MAC address (six hex pairs separated by ':')")]
     BadMac(String),
@@ -52,8 +52,11 @@ fn tail12(uuid: &str) -> String {
     hex[hex.len().saturating_sub(12)..].to_string()
 }
 
-pub fn bridge_name(network_id: &str) -> String {
-    format!("nb{}", tail12(network_id))
+/// The bridge of one layer-2 segment: the uplink with index `uplink_index`,
+/// untagged (`vid` 0) or on VLAN `vid`. Every network of that segment shares
+/// it (as networks on one nic tag share a wire): `nb<vid>x<index in hex>`.
+pub fn bridge_name(uplink_index: u32, vid: u16) -> String {
+    format!("nb{vid}x{uplink_index:x}")
 }
 
 /// The host end of an instance's NIC `idx` (15 characters at most).
@@ -110,7 +113,8 @@ async fn ip(args: &[&str]) -> Result<(), NetError> {
 static BRIDGES: tokio::sync::Mutex<Option<std::collections::HashSet<String>>> =
     tokio::sync::Mutex::const_new(None);
 
-/// Makes the network's bridge exist, up, with the nic tag's uplink as a port.
+/// Makes the bridge of the NIC's segment exist, up, with the nic tag's
+/// uplink (or its VLAN sub-interface) as a port.
 pub async fn ensure_bridge(
     nic: &Nic,
     nic_tags: &BTreeMap<String, String>,
@@ -124,7 +128,9 @@ pub async fn ensure_bridge(
     let uplink = nic_tags
         .get(&nic.nic_tag)
         .ok_or_else(|| NetError::UnknownNicTag(nic.nic_tag.clone()))?;
-    let br = bridge_name(&nic.network_id);
+    let index = nix::net::if_::if_nametoindex(uplink.as_str())
+        .map_err(|_| NetError::NoUplink(uplink.clone()))?;
+    let br = bridge_name(index, nic.vlan_id);
     let mut known = BRIDGES.lock().await;
     let known = known.get_or_insert_with(Default::default);
     if known.contains(&br) && link_exists(&br) {
@@ -139,8 +145,6 @@ pub async fn ensure_bridge(
     let port = if nic.vlan_id == 0 {
         uplink.clone()
     } else {
-        let index = nix::net::if_::if_nametoindex(uplink.as_str())
-            .map_err(|_| NetError::NoUplink(uplink.clone()))?;
         let sub = vlan_link_name(index, nic.vlan_id);
         let lines = vlan_lines(uplink, nic.vlan_id, &sub, nic.mtu, link_exists(&sub));
         ip_batch(None, &lines).await?;
@@ -346,7 +350,10 @@ mod tests {
     #[test]
     fn interface_names_fit_the_kernel_limit_and_differ_per_nic() {
         let id = "0192f0c4-5b7e-7c3a-9d4e-1a2b3c4d5e6f";
-        assert_eq!(bridge_name(id), "nb1a2b3c4d5e6f");
+        assert_eq!(bridge_name(7, 0), "nb0x7");
+        assert_eq!(bridge_name(7, 100), "nb100x7");
+        assert!(bridge_name(u32::MAX, 4094).len() <= 15);
+        assert_ne!(bridge_name(7, 0), bridge_name(8, 0));
         assert_eq!(host_veth_name(id, 0), "nv1a2b3c4d5e6f0");
         assert_ne!(host_veth_name(id, 0), host_veth_name(id, 1));
         assert!(host_veth_name(id, 9).len() <= 15);
