@@ -99,10 +99,9 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         );
         match runtime.instances.list().await {
             Ok(list) => {
-                for inst in &list {
-                    if let Err(e) = net::protect_instance(&inst.spec).await {
-                        tracing::warn!(instance = %inst.spec.id, "re-asserting its anti-spoofing rules: {e}");
-                    }
+                let specs: Vec<_> = list.iter().map(|i| &i.spec).collect();
+                if let Err(e) = net::protect_instances(&specs).await {
+                    tracing::warn!("re-asserting the anti-spoofing rules: {e}");
                 }
                 tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS, runc and QEMU")
             }
@@ -164,31 +163,7 @@ async fn serve_metrics(
         axum::routing::get(move || {
             let node = node.clone();
             async move {
-                let instances = node
-                    .read()
-                    .expect("node lock")
-                    .as_ref()
-                    .map(|n| n.instances.clone());
-                let by_state = match instances {
-                    Some(i) => {
-                        match tokio::time::timeout(std::time::Duration::from_secs(10), i.list())
-                            .await
-                        {
-                            Ok(Ok(list)) => {
-                                let mut by_state = std::collections::BTreeMap::new();
-                                for s in ["running", "stopped", "failed"] {
-                                    by_state.insert(s, 0u64);
-                                }
-                                for inst in list {
-                                    *by_state.entry(inst.state.as_str()).or_default() += 1;
-                                }
-                                Some(by_state)
-                            }
-                            _ => None,
-                        }
-                    }
-                    None => None,
-                };
+                let by_state = instances_by_state(&node).await;
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -206,6 +181,24 @@ async fn serve_metrics(
         }
     });
     Ok(bound)
+}
+
+/// The node's instances counted by state; None when it is not set up or
+/// cannot list them within 10 s.
+async fn instances_by_state(
+    node: &std::sync::RwLock<Option<service::NodeRuntime>>,
+) -> Option<std::collections::BTreeMap<&'static str, u64>> {
+    let instances = node.read().expect("node lock").as_ref()?.instances.clone();
+    let list = tokio::time::timeout(std::time::Duration::from_secs(10), instances.list())
+        .await
+        .ok()?
+        .ok()?;
+    let mut by_state: std::collections::BTreeMap<&'static str, u64> =
+        ["running", "stopped", "failed"].map(|s| (s, 0)).into();
+    for inst in list {
+        *by_state.entry(inst.state.as_str()).or_default() += 1;
+    }
+    Some(by_state)
 }
 
 fn write_run_file(

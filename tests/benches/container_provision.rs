@@ -22,10 +22,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::var("NEREID_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let runs: usize = nereid_tests::bench_setting("NEREID_BENCH_RUNS", 10);
     let node = TestNode::start()
         .await
         .expect("ZFS must be usable for this benchmark");

@@ -64,14 +64,8 @@ impl Drop for Netns {
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::var("NEREID_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let rules: usize = std::env::var("NEREID_BENCH_RULES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let runs: usize = nereid_tests::bench_setting("NEREID_BENCH_RUNS", 5);
+    let rules: usize = nereid_tests::bench_setting("NEREID_BENCH_RULES", 1000);
     let mut opts = DcOpts::default();
     opts.headnode.args.clear();
     let dc = Datacenter::start(opts)

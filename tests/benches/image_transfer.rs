@@ -29,10 +29,7 @@ fn drop_caches() {
 
 #[tokio::main]
 async fn main() {
-    let mib: u64 = std::env::var("NEREID_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let mib: u64 = nereid_tests::bench_setting("NEREID_BENCH_MIB", 1024);
     let size = mib * 1024 * 1024;
     let dir = tempfile::Builder::new()
         .prefix("nereid-bench-")

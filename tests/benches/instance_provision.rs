@@ -28,10 +28,7 @@ async fn delete(dc: &Datacenter, id: &str) {
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::var("NEREID_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let runs: usize = nereid_tests::bench_setting("NEREID_BENCH_RUNS", 20);
     // The headnode runs with its production defaults (job lease 15 s, a full
     // reconcile every 10 s), not the tests' short ones.
     let mut opts = DcOpts {

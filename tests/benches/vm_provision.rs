@@ -93,10 +93,7 @@ async fn bare_qemu(dir: &std::path::Path, accel: &str, cmdline: &str) -> Duratio
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::var("NEREID_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = nereid_tests::bench_setting("NEREID_BENCH_RUNS", 5);
     let mut opts = DcOpts {
         nodes: 1,
         node_memory_mb: 16384,

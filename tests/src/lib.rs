@@ -49,3 +49,12 @@ pub fn unique_name(prefix: &str) -> String {
 pub fn must_not_skip() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
+
+/// A number a benchmark reads from the environment (`NEREID_BENCH_RUNS`, ...),
+/// or `default` when it is unset or not a number.
+pub fn bench_setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

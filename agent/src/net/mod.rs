@@ -261,27 +261,42 @@ pub async fn plumb_taps(
 /// Puts the anti-spoofing rules of every NIC's port (named by `port`) in
 /// place, before the port exists.
 async fn protect_ports(nics: &[Nic], port: impl Fn(usize) -> String) -> Result<(), NetError> {
-    let mut ports = Vec::new();
-    for (idx, nic) in nics.iter().enumerate() {
-        ports.push(antispoof::Port {
-            ifname: port(idx),
-            mac: nic.mac.parse()?,
-            ips: vec![nic.ip],
-        });
-    }
-    antispoof::protect(&ports).await
+    antispoof::protect(&ports_of(nics, port)?).await
 }
 
-/// Re-asserts the anti-spoofing rules of an instance's ports (at agent start:
-/// rules removed by hand, or made by an older agent, come back).
-pub async fn protect_instance(spec: &crate::spec::InstanceSpec) -> Result<(), NetError> {
-    let id = spec.id.as_str();
-    match spec.brand {
-        nereid_api::Brand::Kvm => protect_ports(&spec.nics, |idx| tap_name(id, idx)).await,
-        nereid_api::Brand::Container => {
-            protect_ports(&spec.nics, |idx| host_veth_name(id, idx)).await
+fn ports_of(
+    nics: &[Nic],
+    port: impl Fn(usize) -> String,
+) -> Result<Vec<antispoof::Port>, NetError> {
+    nics.iter()
+        .enumerate()
+        .map(|(idx, nic)| {
+            Ok(antispoof::Port {
+                ifname: port(idx),
+                mac: nic.mac.parse()?,
+                ips: vec![nic.ip],
+            })
+        })
+        .collect()
+}
+
+/// Re-asserts the anti-spoofing rules of these instances' ports in one
+/// transaction (at agent start: rules removed by hand, or made by an older
+/// agent, come back). An instance with a bad MAC is skipped and named.
+pub async fn protect_instances(specs: &[&crate::spec::InstanceSpec]) -> Result<(), NetError> {
+    let mut ports = Vec::new();
+    for spec in specs {
+        let id = spec.id.as_str();
+        let found = match spec.brand {
+            nereid_api::Brand::Kvm => ports_of(&spec.nics, |idx| tap_name(id, idx)),
+            nereid_api::Brand::Container => ports_of(&spec.nics, |idx| host_veth_name(id, idx)),
+        };
+        match found {
+            Ok(p) => ports.extend(p),
+            Err(e) => tracing::warn!(instance = %id, "no anti-spoofing rules: {e}"),
         }
     }
+    antispoof::protect(&ports).await
 }
 
 /// Forgets the anti-spoofing rules of `nics` ports (a failure is logged:

@@ -175,20 +175,16 @@ impl Datastore {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let more = rows.len() as i64 > limit;
-        let mut rows = rows;
-        rows.truncate(limit as usize);
-        let next = more
-            .then(|| rows.last().map(|r| r.id.to_string()))
-            .flatten();
-        let items = rows
-            .iter()
-            .filter(|r| touching.is_none_or(|i| crate::fwrule::touches(&r.parsed.0, i)))
-            .map(FwRuleRow::api)
-            .collect();
+        // The page is cut before the filter, so its token stays a row id.
+        let page = super::into_page(rows, limit, |r| r.id);
         Ok(nereid_api::Page {
-            items,
-            next_page_token: next,
+            items: page
+                .items
+                .iter()
+                .filter(|r| touching.is_none_or(|i| crate::fwrule::touches(&r.parsed.0, i)))
+                .map(FwRuleRow::api)
+                .collect(),
+            next_page_token: page.next_page_token,
         })
     }
 
@@ -294,15 +290,25 @@ impl Datastore {
     /// The live instances of these owners (all owners for None), with their
     /// tags and addresses.
     pub async fn fw_instances(&self, owners: Option<&[AccountId]>) -> Result<Vec<FwInstance>> {
+        self.fw_instances_where(owners, None).await
+    }
+
+    async fn fw_instances_where(
+        &self,
+        owners: Option<&[AccountId]>,
+        only: Option<InstanceId>,
+    ) -> Result<Vec<FwInstance>> {
         let owners: Option<Vec<Uuid>> = owners.map(|o| o.iter().map(|a| a.as_uuid()).collect());
         let rows: Vec<FwInstanceRow> = sqlx::query_as(
             "SELECT i.id, i.owner, i.server_id, i.firewall_enabled, i.tags,
                     COALESCE(array_agg(host(n.ip)) FILTER (WHERE n.ip IS NOT NULL), '{}') AS ips
                FROM instances i LEFT JOIN instance_nics n ON n.instance_id = i.id
               WHERE i.state <> 'deleted' AND ($1::uuid[] IS NULL OR i.owner = ANY($1))
+                AND ($2::uuid IS NULL OR i.id = $2)
               GROUP BY i.id",
         )
         .bind(owners)
+        .bind(only.map(|i| i.as_uuid()))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -324,21 +330,10 @@ impl Datastore {
         id: InstanceId,
         scope: Option<AccountId>,
     ) -> Result<FwInstance> {
-        let owner: Option<(Uuid,)> = sqlx::query_as(
-            "SELECT owner FROM instances WHERE id = $1 AND state <> 'deleted'
-               AND ($2::uuid IS NULL OR owner = $2)",
-        )
-        .bind(id.as_uuid())
-        .bind(scope.map(|o| o.as_uuid()))
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((owner,)) = owner else {
-            return Err(Error::not_found("instance", id));
-        };
-        self.fw_instances(Some(&[owner.into()]))
+        let scope = scope.map(|o| [o]);
+        self.fw_instances_where(scope.as_ref().map(|s| s.as_slice()), Some(id))
             .await?
-            .into_iter()
-            .find(|i| i.id == id)
+            .pop()
             .ok_or_else(|| Error::not_found("instance", id))
     }
 }

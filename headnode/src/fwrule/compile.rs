@@ -24,17 +24,22 @@ fn tag_matches(inst: &FwInstance, key: &str, value: Option<&str>) -> bool {
     }
 }
 
+/// Whether one target names the instance (addresses never do).
+fn target_names(t: &Target, inst: &FwInstance) -> bool {
+    match t {
+        Target::Vm(id) => *id == inst.id.as_uuid(),
+        Target::Tag { key, value } => tag_matches(inst, key, value.as_deref()),
+        Target::Ip(_) | Target::Subnet(..) => false,
+    }
+}
+
 /// Whether these targets name the instance (`any` names addresses, not
 /// instances: it never does).
 fn names(targets: &Targets, inst: &FwInstance) -> bool {
     match targets {
         Targets::Any => false,
         Targets::AllVms => true,
-        Targets::List(list) => list.iter().any(|t| match t {
-            Target::Vm(id) => *id == inst.id.as_uuid(),
-            Target::Tag { key, value } => tag_matches(inst, key, value.as_deref()),
-            Target::Ip(_) | Target::Subnet(..) => false,
-        }),
+        Targets::List(list) => list.iter().any(|t| target_names(t, inst)),
     }
 }
 
@@ -65,10 +70,8 @@ fn peers(targets: &Targets, owner: Option<AccountId>, all: &[FwInstance]) -> Opt
                         out.insert(format!("{net}/{len}"));
                     }
                     Target::Vm(_) | Target::Tag { .. } => {
-                        for i in all.iter().filter(mine) {
-                            if names(&Targets::List(vec![t.clone()]), i) {
-                                out.extend(i.ips.iter().map(|ip| ip.to_string()));
-                            }
+                        for i in all.iter().filter(mine).filter(|i| target_names(t, i)) {
+                            out.extend(i.ips.iter().map(|ip| ip.to_string()));
                         }
                     }
                 }
