@@ -8,6 +8,7 @@ pub mod fault;
 pub mod identity;
 pub mod idmap;
 pub mod images;
+pub mod metadata;
 pub mod metrics;
 pub mod net;
 pub mod registration;
@@ -99,6 +100,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         );
         match runtime.instances.list().await {
             Ok(list) => {
+                runtime.instances.serve_metadata(&list);
                 let specs: Vec<_> = list.iter().map(|i| &i.spec).collect();
                 if let Err(e) = net::protect_instances(&specs).await {
                     tracing::warn!("re-asserting the anti-spoofing rules: {e}");

@@ -40,6 +40,7 @@ impl NodeRuntime {
     ) -> NodeRuntime {
         let pool = setup.zpool.as_str();
         let store = Store::new(pool);
+        let metadata = crate::metadata::Metadata::new(state_dir);
         let events = Events::new();
         let nic_tags = Arc::new(setup.nic_tags.clone());
         let mut drivers: BTreeMap<Brand, Arc<dyn Runtime>> = BTreeMap::new();
@@ -51,13 +52,14 @@ impl NodeRuntime {
                 nic_tags.clone(),
                 events.clone(),
                 ids,
+                metadata.clone(),
             )),
         );
         drivers.insert(
             Brand::Kvm,
             Arc::new(Vms::new(store.clone(), state_dir, nic_tags, events.clone())),
         );
-        let instances = Instances::new(store, drivers, events);
+        let instances = Instances::new(store, metadata, drivers, events);
         instances.watch();
         NodeRuntime {
             images: Images::new(pool, credential, ids.base),
@@ -143,8 +145,11 @@ fn state_to_pb(s: State) -> pb::RunState {
     }
 }
 
-fn status_to_pb(i: &Instance) -> pb::InstanceStatus {
+/// The instance as the headnode sees it; `md` says which metadata
+/// generation the node serves it.
+fn status_to_pb(md: &crate::metadata::Metadata, i: &Instance) -> pb::InstanceStatus {
     pb::InstanceStatus {
+        metadata_generation: md.generation(&i.spec.id),
         spec: Some(pb::InstanceSpec::from(&i.spec)),
         state: state_to_pb(i.state).into(),
         pid: i.pid,
@@ -323,7 +328,10 @@ impl Agent for AgentService {
             let spec = spec.clone();
             tokio::spawn(async move {
                 crate::fault::delay("ensure_instance").await;
-                instances.ensure(&spec, &snapshot, req.start).await
+                let metadata = req.metadata.map(crate::metadata::Data::from);
+                instances
+                    .ensure(&spec, &snapshot, req.start, metadata)
+                    .await
             })
         };
         let result = work
@@ -338,19 +346,22 @@ impl Agent for AgentService {
                 return Err(instance_status(e));
             }
         };
-        Ok(Response::new(status_to_pb(&inst)))
+        Ok(Response::new(status_to_pb(
+            node.instances.metadata(),
+            &inst,
+        )))
     }
 
     async fn start_instance(
         &self,
         req: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let inst = self
-            .instances()?
+        let instances = self.instances()?;
+        let inst = instances
             .start(&req.into_inner().id)
             .await
             .map_err(instance_status)?;
-        Ok(Response::new(status_to_pb(&inst)))
+        Ok(Response::new(status_to_pb(instances.metadata(), &inst)))
     }
 
     async fn stop_instance(
@@ -358,12 +369,12 @@ impl Agent for AgentService {
         req: Request<pb::StopInstanceRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let req = req.into_inner();
-        let inst = self
-            .instances()?
+        let instances = self.instances()?;
+        let inst = instances
             .stop(&req.id, timeout_of(req.timeout_seconds))
             .await
             .map_err(instance_status)?;
-        Ok(Response::new(status_to_pb(&inst)))
+        Ok(Response::new(status_to_pb(instances.metadata(), &inst)))
     }
 
     async fn reboot_instance(
@@ -371,12 +382,12 @@ impl Agent for AgentService {
         req: Request<pb::StopInstanceRequest>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
         let req = req.into_inner();
-        let inst = self
-            .instances()?
+        let instances = self.instances()?;
+        let inst = instances
             .reboot(&req.id, timeout_of(req.timeout_seconds))
             .await
             .map_err(instance_status)?;
-        Ok(Response::new(status_to_pb(&inst)))
+        Ok(Response::new(status_to_pb(instances.metadata(), &inst)))
     }
 
     async fn delete_instance(
@@ -395,21 +406,25 @@ impl Agent for AgentService {
         &self,
         req: Request<pb::InstanceRef>,
     ) -> Result<Response<pb::InstanceStatus>, Status> {
-        let inst = self
-            .instances()?
+        let instances = self.instances()?;
+        let inst = instances
             .get(&req.into_inner().id)
             .await
             .map_err(instance_status)?;
-        Ok(Response::new(status_to_pb(&inst)))
+        Ok(Response::new(status_to_pb(instances.metadata(), &inst)))
     }
 
     async fn list_instances(
         &self,
         _req: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
-        let list = self.instances()?.list().await.map_err(instance_status)?;
+        let instances = self.instances()?;
+        let list = instances.list().await.map_err(instance_status)?;
         Ok(Response::new(pb::ListInstancesResponse {
-            instances: list.iter().map(status_to_pb).collect(),
+            instances: list
+                .iter()
+                .map(|i| status_to_pb(instances.metadata(), i))
+                .collect(),
         }))
     }
 
@@ -469,6 +484,29 @@ impl Agent for AgentService {
             text: c.text,
             truncated: c.truncated,
         }))
+    }
+
+    async fn set_metadata(
+        &self,
+        req: Request<pb::SetMetadataRequest>,
+    ) -> Result<Response<pb::SetMetadataResponse>, Status> {
+        let req = req.into_inner();
+        let data = req
+            .metadata
+            .map(crate::metadata::Data::from)
+            .ok_or_else(|| Status::invalid_argument("metadata is missing"))?;
+        if !crate::spec::is_uuid(&req.instance_id) {
+            return Err(Status::invalid_argument(format!(
+                "instance id {:?} is not a UUID",
+                req.instance_id
+            )));
+        }
+        let generation = self
+            .instances()?
+            .set_metadata(&req.instance_id, data)
+            .await
+            .map_err(instance_status)?;
+        Ok(Response::new(pb::SetMetadataResponse { generation }))
     }
 
     async fn apply_firewall(

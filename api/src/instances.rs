@@ -104,6 +104,8 @@ pub struct Instance {
     #[schema(value_type = Object)]
     pub metadata: BTreeMap<String, String>,
     pub firewall_enabled: bool,
+    /// DELETE is refused (409) while it is set.
+    pub deletion_protection: bool,
     /// A container in a host uid/gid range of its own.
     pub isolated_ids: bool,
     /// Why the instance failed, when it did.
@@ -135,6 +137,9 @@ pub struct InstanceCreate {
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub firewall_enabled: bool,
+    /// Refuse DELETE until it is turned off (`disable-deletion-protection`).
+    #[serde(default)]
+    pub deletion_protection: bool,
     /// Containers: run in a host uid/gid range of its own rather than the
     /// node's range shared by containers (its files are shifted into it).
     #[serde(default)]
@@ -146,6 +151,14 @@ pub struct InstanceCreate {
     pub affinity: Vec<String>,
     /// Operators only: create the instance for this account.
     pub owner: Option<AccountId>,
+}
+
+/// `POST /v1/instances/{id}/rename`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceRename {
+    /// 1-63 of [a-zA-Z0-9-], unique among the owner's instances.
+    pub alias: String,
 }
 
 /// What `POST /v1/instances` and the actions answer (202): the instance and

@@ -175,7 +175,11 @@ impl Client {
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.send::<()>(Method::DELETE, path, &[], None).await?;
+        self.delete_with(path, &[]).await
+    }
+
+    pub async fn delete_with(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<()> {
+        self.send::<()>(Method::DELETE, path, query, None).await?;
         Ok(())
     }
 

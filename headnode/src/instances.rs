@@ -19,11 +19,78 @@ use crate::http::Principal;
 use crate::scheduler::{self, Affinity};
 
 const MAX_NICS: usize = 8;
-const MAX_TAGS: usize = 64;
-const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub const MAX_TAGS: usize = 64;
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub const MAX_METADATA_KEYS: usize = 128;
+
+/// Tags: at most `MAX_TAGS`, keys of 1-128 characters, values strings,
+/// numbers or booleans (what `tag k=v` filters and firewall rules match).
+pub fn check_tags<'a>(
+    tags: impl ExactSizeIterator<Item = (&'a String, &'a serde_json::Value)>,
+) -> Result<()> {
+    let n = tags.len();
+    if n > MAX_TAGS {
+        return Err(Error::invalid(
+            "tags",
+            format!("at most {MAX_TAGS} tags, got {n}"),
+        ));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.chars().count() > 128 {
+            return Err(Error::invalid("tags", "tag keys are 1-128 characters"));
+        }
+        if v.is_object() || v.is_array() || v.is_null() {
+            return Err(Error::invalid(
+                "tags",
+                format!(
+                    "tag {:?} must be a string, number or boolean",
+                    crate::validate::truncate(k)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Metadata: keys of 1-128 characters outside the read-only `sdc:`
+/// namespace, at most `MAX_METADATA_KEYS` of them and `MAX_METADATA_BYTES`
+/// of keys and values in all.
+pub fn check_metadata<'a>(
+    metadata: impl ExactSizeIterator<Item = (&'a String, &'a str)>,
+) -> Result<()> {
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(Error::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_KEYS} keys, got {}", metadata.len()),
+        ));
+    }
+    let mut bytes = 0;
+    for (k, v) in metadata {
+        if k.is_empty() || k.chars().count() > 128 {
+            return Err(Error::invalid("metadata", "keys are 1-128 characters"));
+        }
+        if k.starts_with("sdc:") {
+            return Err(Error::invalid(
+                "metadata",
+                format!(
+                    "{:?}: the sdc: namespace is read-only",
+                    crate::validate::truncate(k)
+                ),
+            ));
+        }
+        bytes += k.len() + v.len();
+    }
+    if bytes > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_BYTES} bytes of keys and values in all, got {bytes}"),
+        ));
+    }
+    Ok(())
+}
 
 /// An alias is also the host name: 1-63 of [a-zA-Z0-9-], not starting with '-'.
-fn check_alias(alias: &str) -> Result<()> {
+pub fn check_alias(alias: &str) -> Result<()> {
     let ok = !alias.is_empty()
         && alias.len() <= 63
         && !alias.starts_with('-')
@@ -140,29 +207,8 @@ pub async fn create(
             format!("at most {MAX_NICS} networks"),
         ));
     }
-    if req.tags.len() > MAX_TAGS || req.tags.keys().any(|k| k.is_empty() || k.len() > 128) {
-        return Err(Error::invalid(
-            "tags",
-            format!("at most {MAX_TAGS} tags with keys of 1-128 characters"),
-        ));
-    }
-    if let Some((k, _)) = req
-        .tags
-        .iter()
-        .find(|(_, v)| v.is_object() || v.is_array() || v.is_null())
-    {
-        return Err(Error::invalid(
-            "tags",
-            format!("tag {k:?} must be a string, number or boolean"),
-        ));
-    }
-    let meta_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if meta_bytes > MAX_METADATA_BYTES {
-        return Err(Error::invalid(
-            "metadata",
-            format!("at most {MAX_METADATA_BYTES} bytes in all"),
-        ));
-    }
+    check_tags(req.tags.iter())?;
+    check_metadata(req.metadata.iter().map(|(k, v)| (k, v.as_str())))?;
     let affinity = req
         .affinity
         .iter()
@@ -264,6 +310,7 @@ pub async fn create(
         tags: req.tags,
         metadata: req.metadata,
         firewall_enabled: req.firewall_enabled,
+        deletion_protection: req.deletion_protection,
         isolated_ids: req.isolated_ids,
         idempotency_key,
         package_used: package.used,
@@ -310,6 +357,9 @@ pub async fn act(
 ) -> Result<InstanceAccepted> {
     use InstanceState::*;
     let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    if kind == JobKind::Destroy {
+        refuse_if_protected(&inst)?;
+    }
     let (from, to): (&[InstanceState], InstanceState) = match kind {
         // A VM whose QEMU died (failed) can be started again.
         JobKind::Start => (&[Stopped, Running, Failed], inst.state),
@@ -325,6 +375,17 @@ pub async fn act(
         instance: s.db.instance_get(id, None).await?,
         job_id: job.id,
     })
+}
+
+/// Deletion protection: DELETE (forced or not) waits until it is turned off.
+pub fn refuse_if_protected(inst: &nereid_api::Instance) -> Result<()> {
+    if inst.deletion_protection {
+        return Err(Error::Conflict(format!(
+            "instance {} has deletion protection: turn it off first (disable-deletion-protection)",
+            inst.id
+        )));
+    }
+    Ok(())
 }
 
 /// The end of an instance's console log, from its node.

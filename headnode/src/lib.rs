@@ -15,6 +15,7 @@ pub mod imagestore;
 pub mod instances;
 pub mod ipam;
 pub mod jobs;
+pub mod metadata;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
@@ -22,6 +23,7 @@ pub mod reconciler;
 pub mod scheduler;
 pub mod secrets;
 pub mod setup;
+pub mod sshkey;
 pub mod validate;
 
 use std::io::Write;

@@ -127,10 +127,16 @@ async fn compare(state: &AppState, t: &AgentTarget, missing: &Missing) -> crate:
     let report = state.agents.list_instances(t).await?;
     let on_node: HashMap<String, NodeInstance> =
         report.into_iter().map(|s| (s.id.clone(), s)).collect();
-    for (id, db_state, _) in settled {
+    for (id, db_state, metadata_generation) in settled {
         match on_node.get(&id.to_string()) {
             Some(node) => {
                 missing.lock().expect("missing").remove(&id);
+                // A metadata change the node missed (it was down, the push failed).
+                if node.metadata_generation < metadata_generation
+                    && let Err(e) = crate::metadata::push(state, id).await
+                {
+                    tracing::warn!(instance = %id, "metadata push: {e}");
+                }
                 let st = node.state.instance_state();
                 if st != db_state && apply(state, t, id, node).await? {
                     tracing::info!(instance = %id, "now {st}, as its node reports");

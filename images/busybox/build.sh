@@ -32,6 +32,10 @@ for applet in $("$bb" --list-full); do
     ln -sf /bin/busybox "$r/$applet"
 done
 
+# The metadata clients (mdata-get, mdata-list, mdata-put, mdata-delete):
+# one static binary that acts by the name it is called with.
+"$here/../mdata/build.sh" "$r/usr/sbin"
+
 cat >"$r/etc/inittab" <<'INIT'
 # busybox init is pid 1: it reaps orphans and zombies.
 ::sysinit:/etc/init.d/rcS
@@ -42,6 +46,15 @@ cat >"$r/etc/init.d/rcS" <<'RCS'
 # Runs once at start. Networking is set up by the node's agent.
 [ -d /proc/self ] || mount -t proc proc /proc
 echo "nereid busybox container up: $(hostname)" >/dev/console 2>/dev/null || true
+# The instance's user-script (its metadata, as on SmartOS), once per boot,
+# in the background; its output goes to /var/log/user-script.log.
+if /usr/sbin/mdata-get user-script >/run/user-script 2>/dev/null; then
+    chmod 700 /run/user-script
+    (
+        if [ "$(head -c 2 /run/user-script)" = "#!" ]; then /run/user-script; else sh /run/user-script; fi
+        echo "user-script exited $?"
+    ) >/var/log/user-script.log 2>&1 &
+fi
 RCS
 chmod 755 "$r/etc/init.d/rcS"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$r/etc/passwd"

@@ -40,6 +40,7 @@ async fn main() {
             .ensure_instance(pb::EnsureInstanceRequest {
                 spec: Some(spec),
                 start: true,
+                metadata: None,
             })
             .await
             .unwrap()

@@ -180,6 +180,7 @@ impl TestNode {
             c.ensure_instance(pb::EnsureInstanceRequest {
                 spec: Some(spec),
                 start: true,
+                metadata: None,
             })
             .await
             .unwrap();
@@ -253,6 +254,10 @@ pub fn build_sample(name: &str) -> std::path::PathBuf {
     let mut h = sha2::Sha256::new();
     for f in ["build.sh", "manifest.json.in"] {
         h.update(std::fs::read(recipe.join(f)).unwrap());
+    }
+    // The metadata clients both samples carry.
+    for f in ["build.sh", "mdata.c"] {
+        h.update(std::fs::read(root.join("images/mdata").join(f)).unwrap());
     }
     let stamp = hex::encode(h.finalize());
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());

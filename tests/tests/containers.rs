@@ -87,6 +87,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .ensure_instance(pb::EnsureInstanceRequest {
             spec: Some(spec.clone()),
             start: true,
+            metadata: None,
         })
         .await
         .unwrap()
@@ -97,6 +98,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .ensure_instance(pb::EnsureInstanceRequest {
             spec: Some(spec.clone()),
             start: true,
+            metadata: None,
         })
         .await
         .unwrap()
@@ -232,6 +234,7 @@ async fn the_memory_limit_kills_a_process_that_exceeds_it() {
     c.ensure_instance(pb::EnsureInstanceRequest {
         spec: Some(spec),
         start: true,
+        metadata: None,
     })
     .await
     .unwrap();
@@ -307,6 +310,7 @@ async fn an_agent_killed_at_each_step_of_ensure_instance_then_retried_makes_exac
             .ensure_instance(pb::EnsureInstanceRequest {
                 spec: Some(spec.clone()),
                 start: true,
+                metadata: None,
             })
             .await;
         assert!(err.is_err(), "{point}: the agent should have died");
@@ -322,6 +326,7 @@ async fn an_agent_killed_at_each_step_of_ensure_instance_then_retried_makes_exac
             .ensure_instance(pb::EnsureInstanceRequest {
                 spec: Some(spec),
                 start: true,
+                metadata: None,
             })
             .await
             .unwrap()
@@ -487,6 +492,7 @@ async fn path_traversal_archives_and_wrong_checksums_are_refused_and_leave_nothi
         .ensure_instance(pb::EnsureInstanceRequest {
             spec: Some(node.spec("x")),
             start: true,
+            metadata: None,
         })
         .await
         .unwrap_err();

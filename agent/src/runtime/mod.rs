@@ -21,6 +21,7 @@ use std::time::Duration;
 use nereid_api::{Accelerator, Brand};
 use tokio::sync::broadcast;
 
+use crate::metadata::{self, Metadata};
 use crate::spec::InstanceSpec;
 use crate::storage::zfs::ZfsError;
 use store::Store;
@@ -185,6 +186,7 @@ pub trait Runtime: Send + Sync {
 #[derive(Clone)]
 pub struct Instances {
     store: Store,
+    metadata: Metadata,
     drivers: Arc<BTreeMap<Brand, Arc<dyn Runtime>>>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     events: Events,
@@ -193,11 +195,13 @@ pub struct Instances {
 impl Instances {
     pub fn new(
         store: Store,
+        metadata: Metadata,
         drivers: BTreeMap<Brand, Arc<dyn Runtime>>,
         events: Events,
     ) -> Instances {
         Instances {
             store,
+            metadata,
             drivers: Arc::new(drivers),
             locks: Default::default(),
             events,
@@ -218,6 +222,33 @@ impl Instances {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Serves the metadata of every instance on the node (after a restart).
+    pub fn serve_metadata(&self, instances: &[Instance]) {
+        for i in instances {
+            if let Err(e) = self.metadata.install(&i.spec.id, None) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Replaces an instance's metadata when `data` is newer; the generation
+    /// in force.
+    pub async fn set_metadata(&self, id: &str, data: metadata::Data) -> Result<u64> {
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.recorded(id).await?;
+        let metadata_err = |e: metadata::MetadataError| InstanceError::host(id, e.what);
+        match self.metadata.set(id, data.clone()).map_err(metadata_err)? {
+            Some(g) => Ok(g),
+            // On the node but not served (its files were lost): serve it again.
+            None => self.metadata.install(id, Some(data)).map_err(metadata_err),
+        }
     }
 
     fn driver(&self, brand: Brand) -> Result<&Arc<dyn Runtime>> {
@@ -250,6 +281,7 @@ impl Instances {
         spec: &InstanceSpec,
         image_snapshot: &str,
         start: bool,
+        metadata: Option<metadata::Data>,
     ) -> Result<Instance> {
         spec.check().map_err(|e| InstanceError::Invalid(e.0))?;
         let driver = self.driver(spec.brand)?.clone();
@@ -258,6 +290,15 @@ impl Instances {
         let mut undo = Undo::default();
         let result = async {
             let (spec, fresh) = self.store.create(spec, image_snapshot, &mut undo).await?;
+            self.metadata
+                .install(&spec.id, metadata)
+                .map_err(|e| InstanceError::host(&spec.id, e.what))?;
+            if fresh {
+                let (md, id) = (self.metadata.clone(), spec.id.clone());
+                undo.push("remove the metadata service", move || async move {
+                    let _ = md.remove(&id);
+                });
+            }
             driver.ensure(&spec, fresh, start, &mut undo).await
         }
         .await;
@@ -319,6 +360,9 @@ impl Instances {
             }
         }
         self.store.destroy(id).await?;
+        self.metadata
+            .remove(id)
+            .map_err(|e| InstanceError::host(id, e.what))?;
         if let Some(spec) = spec {
             self.events.emit(&Instance::new(spec, State::Stopped, 0));
         }

@@ -1,6 +1,5 @@
 //! `nereid instance ...` and `nereid job ...`
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -31,7 +30,9 @@ pub enum InstanceCmd {
         owner: Option<String>,
     },
     /// Show one instance.
-    Get { id: String },
+    Get {
+        id: String,
+    },
     /// Create an instance; with --wait, follow its job until it runs.
     Create {
         /// Image id or name.
@@ -49,7 +50,8 @@ pub enum InstanceCmd {
         /// KEY=VALUE, repeatable.
         #[arg(long = "tag", value_parser = key_value)]
         tags: Vec<(String, String)>,
-        /// KEY=VALUE, repeatable.
+        /// KEY=VALUE, repeatable; KEY=@FILE reads the value from FILE
+        /// (`--metadata user-script=@setup.sh`).
         #[arg(long = "metadata", value_parser = key_value)]
         metadata: Vec<(String, String)>,
         /// e.g. instance!=web* (hard) or instance==~db* (soft), repeatable.
@@ -61,6 +63,9 @@ pub enum InstanceCmd {
         /// node's shared one.
         #[arg(long)]
         isolated_ids: bool,
+        /// Refuse to delete it until deletion protection is turned off.
+        #[arg(long)]
+        deletion_protection: bool,
         /// Operators: create it for this account.
         #[arg(long)]
         owner: Option<String>,
@@ -89,9 +94,13 @@ pub enum InstanceCmd {
         wait: bool,
     },
     /// Turn the instance's firewall on: inbound only as rules allow.
-    EnableFirewall { id: String },
+    EnableFirewall {
+        id: String,
+    },
     /// Turn the instance's firewall off.
-    DisableFirewall { id: String },
+    DisableFirewall {
+        id: String,
+    },
     /// Delete an instance and everything it holds.
     Delete {
         id: String,
@@ -109,6 +118,24 @@ pub enum InstanceCmd {
         /// How many of the last lines.
         #[arg(long, default_value_t = 100)]
         tail: u32,
+    },
+    /// Its tags (firewall rules and `instance list --tag` match them).
+    #[command(subcommand)]
+    Tag(super::instance_meta::MapCmd),
+    /// Its metadata (what `mdata-get` reads inside it).
+    #[command(subcommand)]
+    Metadata(super::instance_meta::MapCmd),
+    /// Give it another alias.
+    Rename {
+        id: String,
+        alias: String,
+    },
+    /// Refuse deletes until it is turned off.
+    EnableDeletionProtection {
+        id: String,
+    },
+    DisableDeletionProtection {
+        id: String,
     },
 }
 
@@ -131,7 +158,7 @@ pub enum JobCmd {
 }
 
 /// An instance id, or an alias of the caller's (resolved through the list).
-async fn resolve(c: &Client, r: &str) -> anyhow::Result<String> {
+pub(super) async fn resolve(c: &Client, r: &str) -> anyhow::Result<String> {
     if uuid::Uuid::parse_str(r).is_ok() {
         return Ok(r.to_string());
     }
@@ -206,6 +233,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
             affinity,
             firewall,
             isolated_ids,
+            deletion_protection,
             owner,
             idempotency_key,
             wait,
@@ -219,8 +247,9 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
                     .into_iter()
                     .map(|(k, v)| (k, serde_json::Value::String(v)))
                     .collect(),
-                metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                metadata: super::instance_meta::create_metadata(metadata)?,
                 firewall_enabled: firewall,
+                deletion_protection,
                 isolated_ids,
                 affinity,
                 owner: owner.map(|o| o.parse()).transpose()?,
@@ -231,6 +260,15 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
             }
             let accepted: InstanceAccepted = c.execute_json(req).await?;
             finish(c, fmt, accepted, wait).await
+        }
+        InstanceCmd::Tag(m) => super::instance_meta::run_map(c, fmt, "tags", m).await,
+        InstanceCmd::Metadata(m) => super::instance_meta::run_map(c, fmt, "metadata", m).await,
+        InstanceCmd::Rename { id, alias } => super::instance_meta::rename(c, fmt, &id, alias).await,
+        InstanceCmd::EnableDeletionProtection { id } => {
+            super::instance_meta::deletion_protection(c, fmt, &id, true).await
+        }
+        InstanceCmd::DisableDeletionProtection { id } => {
+            super::instance_meta::deletion_protection(c, fmt, &id, false).await
         }
         InstanceCmd::Start { id, wait } => act(c, fmt, &id, "start", Method::POST, wait).await,
         InstanceCmd::Stop { id, wait } => act(c, fmt, &id, "stop", Method::POST, wait).await,
@@ -477,7 +515,7 @@ async fn switch_firewall(c: &Client, fmt: Format, id: &str, verb: &str) -> anyho
     Ok(())
 }
 
-fn show(fmt: Format, i: &Instance) {
+pub(super) fn show(fmt: Format, i: &Instance) {
     if fmt == Format::Json {
         return output::json(i);
     }
@@ -532,6 +570,10 @@ fn show(fmt: Format, i: &Instance) {
                 "disabled"
             }
             .into(),
+        ),
+        (
+            "deletion protection",
+            if i.deletion_protection { "on" } else { "off" }.into(),
         ),
         ("error", i.error.clone().unwrap_or_else(|| "-".into())),
         ("created", time(&Some(i.created_at))),

@@ -5,6 +5,8 @@ mod audit;
 mod fwrule;
 mod image;
 mod instance;
+mod instance_meta;
+mod key;
 mod network;
 mod package;
 mod server;
@@ -48,6 +50,9 @@ pub enum Command {
     /// Firewall rules (Triton's language) for instances with their firewall enabled.
     #[command(subcommand)]
     Fwrule(fwrule::FwRuleCmd),
+    /// Your SSH public keys (your instances' root_authorized_keys).
+    #[command(subcommand)]
+    Key(key::KeyCmd),
 }
 
 pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
@@ -63,6 +68,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
         Command::Job(j) => instance::run_job(c, fmt, j).await,
         Command::Audit(a) => audit::run(c, fmt, a).await,
         Command::Fwrule(f) => fwrule::run(c, fmt, f).await,
+        Command::Key(k) => key::run(c, fmt, k).await,
     }
 }
 

@@ -16,6 +16,8 @@ pub struct Spec {
     pub id: InstanceId,
     pub sizes: InstanceSizes,
     pub nics: Vec<NicPlan>,
+    /// What it reads through its metadata service from its first boot.
+    pub metadata: Option<pb::InstanceMetadata>,
 }
 
 /// What a node sees of an instance.
@@ -43,6 +45,8 @@ pub struct NodeInstance {
     pub id: String,
     pub state: NodeState,
     pub generation: u64,
+    /// The metadata generation the node serves it (0: none, or not said).
+    pub metadata_generation: u64,
     pub reason: Option<String>,
     pub accelerator: Option<Accelerator>,
 }
@@ -108,6 +112,7 @@ pub fn node_instance(st: pb::InstanceStatus) -> Result<NodeInstance> {
         id: spec.id,
         state: node_state(st.state)?,
         generation: spec.generation,
+        metadata_generation: st.metadata_generation,
         reason: non_empty(st.reason),
         accelerator: match pb::Accelerator::try_from(st.accelerator) {
             Ok(pb::Accelerator::Kvm) => Some(Accelerator::Kvm),
@@ -123,6 +128,7 @@ pub fn event(e: pb::InstanceEvent) -> Option<NodeInstance> {
         state: node_state(e.state).ok()?,
         id: e.id,
         generation: e.generation,
+        metadata_generation: 0,
         reason: non_empty(e.reason),
         accelerator: None,
     })

@@ -196,6 +196,7 @@ impl AgentPool {
         let msg = pb::EnsureInstanceRequest {
             spec: Some(convert::spec(spec)),
             start,
+            metadata: spec.metadata.clone(),
         };
         let st = self
             .client(t)?
@@ -300,6 +301,30 @@ impl AgentPool {
             .expect("firewalls lock")
             .insert(t.server, generation);
         Ok(true)
+    }
+
+    /// Replaces what the instance reads through its metadata service (when
+    /// the node has an older generation). A node without the instance is
+    /// fine: it gets the metadata with the instance.
+    pub async fn set_metadata(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+        metadata: pb::InstanceMetadata,
+    ) -> Result<()> {
+        let msg = pb::SetMetadataRequest {
+            instance_id: id.to_string(),
+            metadata: Some(metadata),
+        };
+        match self
+            .client(t)?
+            .set_metadata(self.request(msg, &t.control_key))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(st) if st.code() == tonic::Code::NotFound => Ok(()),
+            Err(st) => Err(agent_error(t.server, &t.address, "SetMetadata", st)),
+        }
     }
 
     pub async fn list_instances(&self, t: &AgentTarget) -> Result<Vec<NodeInstance>> {

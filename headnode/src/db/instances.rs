@@ -40,6 +40,7 @@ pub struct NewInstance {
     pub tags: BTreeMap<String, serde_json::Value>,
     pub metadata: BTreeMap<String, String>,
     pub firewall_enabled: bool,
+    pub deletion_protection: bool,
     pub isolated_ids: bool,
     pub idempotency_key: Option<String>,
     /// Whether the package is already marked used (skips a write).
@@ -96,6 +97,7 @@ struct InstanceRow {
     tags: Json<BTreeMap<String, serde_json::Value>>,
     metadata: Json<BTreeMap<String, String>>,
     firewall_enabled: bool,
+    deletion_protection: bool,
     isolated_ids: bool,
     error: Option<String>,
     job_id: Option<Uuid>,
@@ -130,6 +132,7 @@ impl InstanceRow {
             tags: self.tags.0,
             metadata: self.metadata.0,
             firewall_enabled: self.firewall_enabled,
+            deletion_protection: self.deletion_protection,
             isolated_ids: self.isolated_ids,
             error: self.error,
             job_id: self.job_id.map(Into::into),
@@ -141,7 +144,7 @@ impl InstanceRow {
 
 const SELECT: &str = "SELECT i.id, i.owner, i.alias, i.brand, i.accelerator, i.image_id, i.package_id, i.server_id, i.state,
         i.ram_mb, i.disk_mb, i.vcpus, i.networks, i.tags, i.metadata, i.firewall_enabled,
-        i.isolated_ids, i.error,
+        i.deletion_protection, i.isolated_ids, i.error,
         (SELECT j.id FROM jobs j WHERE j.instance_id = i.id ORDER BY j.created_at DESC LIMIT 1) AS job_id,
         COALESCE((SELECT jsonb_agg(jsonb_build_object('network_id', n.network_id, 'ip', host(n.ip),
                     'prefix_len', masklen(w.subnet), 'gateway', host(w.gateway), 'mac', n.mac,
@@ -260,8 +263,9 @@ impl Datastore {
         super::quotas::reserve(&mut tx, new.owner, &self.default_quotas, &need).await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO instances (id, owner, alias, brand, image_id, package_id, state, ram_mb, disk_mb,
-                    vcpus, tags, metadata, firewall_enabled, networks, idempotency_key, isolated_ids)
-             VALUES ($1, $2, $3, $4, $5, $6, {INSTANCE_PROVISIONING}, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                    vcpus, tags, metadata, firewall_enabled, networks, idempotency_key, isolated_ids,
+                    deletion_protection)
+             VALUES ($1, $2, $3, $4, $5, $6, {INSTANCE_PROVISIONING}, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         )))
         .bind(new.id.as_uuid())
@@ -279,6 +283,7 @@ impl Datastore {
         .bind(new.networks.iter().map(|n| n.as_uuid()).collect::<Vec<_>>())
         .bind(new.idempotency_key.as_deref())
         .bind(new.isolated_ids)
+        .bind(new.deletion_protection)
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -465,43 +470,6 @@ impl Datastore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Turns an instance's firewall on or off (a live one, within `scope`);
-    /// returns it.
-    pub async fn instance_set_firewall(
-        &self,
-        id: InstanceId,
-        scope: Option<AccountId>,
-        on: bool,
-    ) -> Result<Instance> {
-        let mut tx = self.pool.begin().await?;
-        let owner: Option<(Uuid,)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE instances SET firewall_enabled = $3, updated_at = now()
-              WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2)
-                AND state <> {INSTANCE_DELETED}
-              RETURNING owner"
-        )))
-        .bind(id.as_uuid())
-        .bind(scope.map(|o| o.as_uuid()))
-        .bind(on)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((owner,)) = owner else {
-            return Err(Error::not_found("instance", id));
-        };
-        let action = if on {
-            "instance.enable_firewall"
-        } else {
-            "instance.disable_firewall"
-        };
-        crate::audit::record(
-            &mut tx,
-            crate::audit::Event::new(action, "instance", id).owned_by(owner.into()),
-        )
-        .await?;
-        tx.commit().await?;
-        self.instance_get(id, scope).await
-    }
-
     /// Records the accelerator a VM runs under, as its node reported it.
     pub async fn instance_set_accelerator(
         &self,
@@ -522,13 +490,14 @@ impl Datastore {
         Ok(())
     }
 
-    /// The settled instances the database places on `server`: (id, state, generation).
+    /// The settled instances the database places on `server`: (id, state,
+    /// metadata generation).
     pub async fn instances_settled_on(
         &self,
         server: ServerId,
     ) -> Result<Vec<(InstanceId, InstanceState, u64)>> {
         let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT i.id, i.state, i.generation FROM instances i
+            "SELECT i.id, i.state, i.metadata_generation FROM instances i
              WHERE i.server_id = $1 AND i.state IN {INSTANCE_SETTLED}
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
                                AND j.state IN {JOB_UNFINISHED})"

@@ -12,7 +12,7 @@ use utoipa::IntoParams;
 
 use super::{ApiJson, ApiPath, ApiQuery, Principal};
 use crate::AppState;
-use crate::db::{InstanceFilter, page_limit, parse_page_token};
+use crate::db::{InstanceFilter, InstanceFlag, page_limit, parse_page_token};
 use crate::error::{Error, Result};
 use crate::instances;
 
@@ -151,10 +151,26 @@ action!(
     JobKind::Reboot,
     post
 );
-macro_rules! firewall_switch {
-    ($fn:ident, $path:literal, $on:expr) => {
-        /// Turns the instance's firewall on or off (Triton's enable_firewall
-        /// and disable_firewall); its node follows at once.
+/// Sets a switch of the instance; its node's firewall follows a firewall change at once.
+async fn switch(
+    s: &AppState,
+    p: &Principal,
+    id: InstanceId,
+    flag: InstanceFlag,
+    on: bool,
+) -> Result<Instance> {
+    s.db.instance_set_flag(id, p.owner_scope(), flag, on)
+        .await?;
+    let inst = s.db.instance_get(id, None).await?;
+    if let (InstanceFlag::Firewall, Some(server)) = (flag, inst.server_id) {
+        crate::firewall::spawn_sync_server(s, server);
+    }
+    Ok(inst)
+}
+
+macro_rules! switch {
+    ($fn:ident, $path:literal, $flag:expr, $on:expr, $doc:literal) => {
+        #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "instances", params(("id" = InstanceId, Path)),
                     responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
         pub async fn $fn(
@@ -162,24 +178,38 @@ macro_rules! firewall_switch {
             p: Principal,
             ApiPath(id): ApiPath<InstanceId>,
         ) -> Result<Json<Instance>> {
-            let inst = s.db.instance_set_firewall(id, p.owner_scope(), $on).await?;
-            if let Some(server) = inst.server_id {
-                crate::firewall::spawn_sync_server(&s, server);
-            }
-            Ok(Json(inst))
+            Ok(Json(switch(&s, &p, id, $flag, $on).await?))
         }
     };
 }
 
-firewall_switch!(
+switch!(
     instance_enable_firewall,
     "/v1/instances/{id}/enable-firewall",
-    true
+    InstanceFlag::Firewall,
+    true,
+    "Turns the instance's firewall on (Triton's enable_firewall): inbound only as rules allow."
 );
-firewall_switch!(
+switch!(
     instance_disable_firewall,
     "/v1/instances/{id}/disable-firewall",
-    false
+    InstanceFlag::Firewall,
+    false,
+    "Turns the instance's firewall off (Triton's disable_firewall)."
+);
+switch!(
+    instance_enable_deletion_protection,
+    "/v1/instances/{id}/enable-deletion-protection",
+    InstanceFlag::DeletionProtection,
+    true,
+    "Refuses DELETE (forced or not) until it is turned off (Triton's enable_deletion_protection)."
+);
+switch!(
+    instance_disable_deletion_protection,
+    "/v1/instances/{id}/disable-deletion-protection",
+    InstanceFlag::DeletionProtection,
+    false,
+    "Lets DELETE through again (Triton's disable_deletion_protection)."
 );
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -205,6 +235,7 @@ pub async fn instance_delete(
     use axum::response::IntoResponse;
     if q.force == Some(true) {
         p.require_operator()?;
+        instances::refuse_if_protected(&s.db.instance_get(id, None).await?)?;
         let inst =
             s.db.instance_force_delete(id, "deleted by force: its node did not answer")
                 .await?;

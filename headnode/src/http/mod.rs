@@ -10,7 +10,9 @@ pub(crate) mod audit;
 mod extract;
 pub(crate) mod fwrules;
 pub(crate) mod images;
+pub(crate) mod instance_meta;
 pub(crate) mod instances;
+pub(crate) mod keys;
 pub(crate) mod networks;
 pub(crate) mod packages;
 pub(crate) mod servers;
@@ -96,6 +98,11 @@ pub fn router(state: AppState) -> Router {
                 .patch(fwrules::fwrule_update)
                 .delete(fwrules::fwrule_delete),
         )
+        .route("/v1/keys", get(keys::key_list).post(keys::key_create))
+        .route(
+            "/v1/keys/{name}",
+            get(keys::key_get).delete(keys::key_delete),
+        )
         .route(
             "/v1/packages",
             get(packages::package_list).post(packages::package_create),
@@ -139,6 +146,40 @@ pub fn router(state: AppState) -> Router {
             get(instances::instance_get).delete(instances::instance_delete),
         )
         .route("/v1/instances/{id}/start", post(instances::instance_start))
+        .route(
+            "/v1/instances/{id}/tags",
+            get(instance_meta::tags_get)
+                .put(instance_meta::tags_put)
+                .post(instance_meta::tags_post)
+                .delete(instance_meta::tags_clear),
+        )
+        .route(
+            "/v1/instances/{id}/tags/{key}",
+            get(instance_meta::tag_get).delete(instance_meta::tag_delete),
+        )
+        .route(
+            "/v1/instances/{id}/metadata",
+            get(instance_meta::metadata_get)
+                .put(instance_meta::metadata_put)
+                .post(instance_meta::metadata_post)
+                .delete(instance_meta::metadata_clear),
+        )
+        .route(
+            "/v1/instances/{id}/metadata/{key}",
+            get(instance_meta::metadata_key_get).delete(instance_meta::metadata_key_delete),
+        )
+        .route(
+            "/v1/instances/{id}/rename",
+            post(instance_meta::instance_rename),
+        )
+        .route(
+            "/v1/instances/{id}/enable-deletion-protection",
+            post(instances::instance_enable_deletion_protection),
+        )
+        .route(
+            "/v1/instances/{id}/disable-deletion-protection",
+            post(instances::instance_disable_deletion_protection),
+        )
         .route(
             "/v1/instances/{id}/enable-firewall",
             post(instances::instance_enable_firewall),

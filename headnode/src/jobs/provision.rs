@@ -125,6 +125,7 @@ pub(super) async fn instance_spec(c: &Ctx) -> Result<convert::Spec, StepError> {
         id,
         sizes: db.instance_sizes(id).await?,
         nics: db.instance_nic_plans(id).await?,
+        metadata: Some(crate::metadata::build(&c.state, id).await?),
     })
 }
 

@@ -25,6 +25,7 @@ use super::store::Store;
 use super::undo::Undo;
 use super::{Console, Events, Instance, InstanceError, Result, Runtime, State};
 use crate::idmap::IdRange;
+use crate::metadata::Metadata;
 use crate::net;
 use crate::spec::InstanceSpec;
 
@@ -40,6 +41,7 @@ pub struct Containers {
     memsw: bool,
     /// nic tag -> interface on this node (from the setup).
     nic_tags: Arc<BTreeMap<String, String>>,
+    metadata: Metadata,
 }
 
 impl Containers {
@@ -49,6 +51,7 @@ impl Containers {
         nic_tags: Arc<BTreeMap<String, String>>,
         events: Events,
         ids: IdRange,
+        metadata: Metadata,
     ) -> Containers {
         Containers {
             store,
@@ -59,6 +62,7 @@ impl Containers {
             events,
             memsw: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
             nic_tags,
+            metadata,
         }
     }
 
@@ -170,7 +174,7 @@ impl Containers {
             }
             None => None,
         };
-        let config = oci::config(
+        let mut config = oci::config(
             spec,
             &rootfs.display().to_string(),
             &net::netns_path(&net::netns_name(&spec.id))
@@ -180,6 +184,11 @@ impl Containers {
             self.id_base(spec),
             self.memsw,
             resolv.as_deref(),
+        );
+        oci::bind_read_only(
+            &mut config,
+            &self.metadata.socket_dir(&spec.id).display().to_string(),
+            crate::metadata::GUEST_DIR,
         );
         let tmp = dir.join("config.json.tmp");
         tokio::fs::write(

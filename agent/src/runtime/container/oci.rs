@@ -99,13 +99,20 @@ pub fn config(
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     });
-    if let (Some(src), Some(mounts)) = (resolv_conf, config["mounts"].as_array_mut()) {
+    if let Some(src) = resolv_conf {
+        bind_read_only(&mut config, src, "/etc/resolv.conf");
+    }
+    config
+}
+
+/// Adds a read-only bind mount of the host's `source` at `destination`.
+pub fn bind_read_only(config: &mut Value, source: &str, destination: &str) {
+    if let Some(mounts) = config["mounts"].as_array_mut() {
         mounts.push(
-            json!({ "destination": "/etc/resolv.conf", "type": "bind", "source": src,
+            json!({ "destination": destination, "type": "bind", "source": source,
                             "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }),
         );
     }
-    config
 }
 
 #[cfg(test)]

@@ -1,0 +1,110 @@
+//! `nereid key ...`: your SSH public keys (they become your instances'
+//! `root_authorized_keys`).
+
+use nereid_api::{SshKey, SshKeyCreate};
+
+use crate::client::Client;
+use crate::output::{self, Format};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCmd {
+    /// Add a public key from a file (`~/.ssh/id_ed25519.pub`; `-` reads stdin).
+    Add {
+        file: std::path::PathBuf,
+        /// Default: the key's comment, or its fingerprint.
+        #[arg(long)]
+        name: Option<String>,
+        /// For this account (operators only; default: yourself).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// List keys as `ssh-keygen -l` shows them.
+    List {
+        /// Operators: only this account's.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show a key (by name or fingerprint).
+    Get {
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Remove a key (by name or fingerprint).
+    Delete {
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+    },
+}
+
+/// `/v1/keys/{name}`: fingerprints hold `/` and `+`, which must not reach
+/// the path as they are.
+fn key_path(name: &str) -> String {
+    let mut enc = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("/v1/keys/{enc}")
+}
+
+fn owner_query(owner: Option<String>) -> Vec<(&'static str, String)> {
+    owner.into_iter().map(|o| ("owner", o)).collect()
+}
+
+fn show(k: &SshKey) -> String {
+    format!("{} {} {} ({})", k.bits, k.fingerprint, k.name, k.key_type)
+}
+
+pub async fn run(c: &Client, fmt: Format, cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::Add { file, name, owner } => {
+            let key = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+            };
+            let owner = owner
+                .map(|a| a.parse())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--owner must be an account id (a UUID)"))?;
+            let k: SshKey = c
+                .post("/v1/keys", &SshKeyCreate { name, key, owner })
+                .await?;
+            match fmt {
+                Format::Json => output::json(&k),
+                Format::Table => println!("{}", show(&k)),
+            }
+        }
+        KeyCmd::List { owner } => {
+            let keys: Vec<SshKey> = c.list_all("/v1/keys", &owner_query(owner)).await?;
+            match fmt {
+                Format::Json => output::json(&keys),
+                Format::Table => {
+                    for k in &keys {
+                        println!("{}", show(k));
+                    }
+                }
+            }
+        }
+        KeyCmd::Get { name, owner } => {
+            let k: SshKey = c.get(&key_path(&name), &owner_query(owner)).await?;
+            match fmt {
+                Format::Json => output::json(&k),
+                Format::Table => println!("{}\n{}", show(&k), k.key),
+            }
+        }
+        KeyCmd::Delete { name, owner } => {
+            c.delete_with(&key_path(&name), &owner_query(owner)).await?;
+            if fmt == Format::Table {
+                println!("key {name} removed");
+            }
+        }
+    }
+    Ok(())
+}

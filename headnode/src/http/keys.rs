@@ -1,0 +1,132 @@
+//! /v1/keys: the caller's SSH public keys (operators: any account's, with
+//! `owner`). A key is named by its name or its fingerprint.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use nereid_api::{AccountId, ErrorBody, Page, SshKey, SshKeyCreate};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use crate::AppState;
+use crate::db::page_limit;
+use crate::error::{Error, Result};
+use crate::sshkey;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeyListParams {
+    /// Operators: only this account's keys (default: every account's).
+    pub owner: Option<AccountId>,
+    pub limit: Option<u32>,
+    pub page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeyOwnerParams {
+    /// Operators: the account whose key it is (default: the caller).
+    pub owner: Option<AccountId>,
+}
+
+/// The account a request acts on: tenants always their own; asking for
+/// another account's is a 404, as it would be for anything of theirs.
+fn owner_of(p: &Principal, asked: Option<AccountId>) -> Result<AccountId> {
+    match (p.owner_scope(), asked) {
+        (Some(own), Some(a)) if own != a => Err(Error::not_found("account", a)),
+        (_, Some(a)) => Ok(a),
+        (_, None) => Ok(p.account_id),
+    }
+}
+
+/// Key names: 1-64 of letters, digits and `._@:+/=-` (so a comment such as
+/// `me@laptop` or a fingerprint can be one).
+fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@:+/=-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "name",
+            "1-64 of letters, digits and ._@:+/=-",
+        ))
+    }
+}
+
+fn parse_key_token(t: Option<&str>) -> Result<Option<(uuid::Uuid, String)>> {
+    t.map(|t| {
+        t.split_once('/')
+            .and_then(|(o, n)| Some((uuid::Uuid::parse_str(o).ok()?, n.to_string())))
+            .ok_or_else(|| Error::invalid("page_token", "malformed page token"))
+    })
+    .transpose()
+}
+
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", params(KeyListParams),
+    responses((status = 200, body = Page<SshKey>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn key_list(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<KeyListParams>,
+) -> Result<Json<Page<SshKey>>> {
+    let limit = page_limit(q.limit)?;
+    let after = parse_key_token(q.page_token.as_deref())?;
+    let owner = match q.owner {
+        None => p.owner_scope(),
+        asked => Some(owner_of(&p, asked)?),
+    };
+    Ok(Json(s.db.key_list(owner, after, limit).await?))
+}
+
+/// Adds a public key; malformed keys, DSA and RSA under 2048 bits are refused.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = SshKeyCreate,
+    responses((status = 201, body = SshKey), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn key_create(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<SshKeyCreate>,
+) -> Result<(StatusCode, Json<SshKey>)> {
+    let owner = owner_of(&p, req.owner)?;
+    let key = sshkey::parse(&req.key).map_err(|e| Error::invalid("key", e))?;
+    let name = match req.name {
+        Some(n) => {
+            check_name(&n)?;
+            n
+        }
+        None if check_name(&key.comment).is_ok() => key.comment.clone(),
+        None => key.fingerprint.clone(),
+    };
+    let created = s.db.key_create(owner, &name, &key).await?;
+    tracing::info!(account = %owner, fingerprint = %created.fingerprint, "ssh key added");
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/v1/keys/{name}", tag = "keys",
+    params(("name" = String, Path, description = "The key's name or fingerprint"), KeyOwnerParams),
+    responses((status = 200, body = SshKey), (status = 404, body = ErrorBody)))]
+pub async fn key_get(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<KeyOwnerParams>,
+) -> Result<Json<SshKey>> {
+    Ok(Json(s.db.key_get(owner_of(&p, q.owner)?, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/keys/{name}", tag = "keys",
+    params(("name" = String, Path, description = "The key's name or fingerprint"), KeyOwnerParams),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn key_delete(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<KeyOwnerParams>,
+) -> Result<StatusCode> {
+    s.db.key_delete(owner_of(&p, q.owner)?, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
