@@ -163,6 +163,14 @@ fn status_to_pb(md: &crate::metadata::Metadata, i: &Instance) -> pb::InstanceSta
     }
 }
 
+fn snapshot_to_pb(s: crate::runtime::store::Snapshot) -> pb::SnapshotInfo {
+    pb::SnapshotInfo {
+        name: s.name,
+        used_bytes: s.used_bytes,
+        created: s.created,
+    }
+}
+
 fn timeout_of(secs: u32) -> Duration {
     Duration::from_secs(if secs == 0 {
         10
@@ -483,6 +491,64 @@ impl Agent for AgentService {
         Ok(Response::new(pb::GetConsoleResponse {
             text: c.text,
             truncated: c.truncated,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::SnapshotRef>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let r = req.into_inner();
+        let s = self
+            .instances()?
+            .create_snapshot(&r.instance_id, &r.name)
+            .await
+            .map_err(instance_status)?;
+        Ok(Response::new(snapshot_to_pb(s)))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::SnapshotRef>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        self.instances()?
+            .delete_snapshot(&r.instance_id, &r.name)
+            .await
+            .map_err(instance_status)?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+
+    async fn rollback_snapshot(
+        &self,
+        req: Request<pb::SnapshotRef>,
+    ) -> Result<Response<pb::RollbackSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        tracing::info!(instance = %r.instance_id, snapshot = %r.name, "RollbackSnapshot");
+        let destroyed = self
+            .instances()?
+            .rollback_snapshot(&r.instance_id, &r.name)
+            .await
+            .map_err(|e| match e {
+                InstanceError::Conflict { .. } => {
+                    Status::failed_precondition(crate::error_chain(&e))
+                }
+                other => instance_status(other),
+            })?;
+        Ok(Response::new(pb::RollbackSnapshotResponse { destroyed }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::InstanceRef>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let list = self
+            .instances()?
+            .snapshots(&req.into_inner().id)
+            .await
+            .map_err(instance_status)?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: list.into_iter().map(snapshot_to_pb).collect(),
         }))
     }
 

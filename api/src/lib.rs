@@ -19,6 +19,7 @@ pub mod packages;
 pub mod page;
 pub mod quotas;
 pub mod servers;
+pub mod snapshots;
 
 pub use accounts::*;
 pub use audit::*;
@@ -34,3 +35,4 @@ pub use packages::*;
 pub use page::*;
 pub use quotas::*;
 pub use servers::*;
+pub use snapshots::*;

@@ -23,6 +23,7 @@ pub mod reconciler;
 pub mod scheduler;
 pub mod secrets;
 pub mod setup;
+pub mod snapshots;
 pub mod sshkey;
 pub mod validate;
 

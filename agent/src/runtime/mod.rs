@@ -397,6 +397,55 @@ impl Instances {
         Ok(out)
     }
 
+    fn check_snapshot(id: &str, name: &str) -> Result<()> {
+        if !crate::spec::is_uuid(id) {
+            return Err(InstanceError::Invalid(format!("id {id:?} is not a UUID")));
+        }
+        if !store::valid_snapshot_name(name) {
+            return Err(InstanceError::Invalid(format!(
+                "snapshot name {name:?}: 1-64 of [A-Za-z0-9_.:-], starting with a letter or digit"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn create_snapshot(&self, id: &str, name: &str) -> Result<store::Snapshot> {
+        Self::check_snapshot(id, name)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.recorded(id).await?;
+        self.store.snapshot(id, name).await
+    }
+
+    pub async fn delete_snapshot(&self, id: &str, name: &str) -> Result<()> {
+        Self::check_snapshot(id, name)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.store.destroy_snapshot(id, name).await
+    }
+
+    pub async fn snapshots(&self, id: &str) -> Result<Vec<store::Snapshot>> {
+        self.recorded(id).await?;
+        self.store.snapshots(id).await
+    }
+
+    /// Rolls a stopped instance back to a snapshot (newer ones are
+    /// destroyed; their names are returned).
+    pub async fn rollback_snapshot(&self, id: &str, name: &str) -> Result<Vec<String>> {
+        Self::check_snapshot(id, name)?;
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let spec = self.recorded(id).await?;
+        let inst = self.driver(spec.brand)?.get(spec).await?;
+        if inst.state == State::Running {
+            return Err(InstanceError::Conflict {
+                id: id.into(),
+                message: "it is running: stop it before rolling back".into(),
+            });
+        }
+        self.store.rollback(id, name).await
+    }
+
     pub async fn console(&self, id: &str, tail_lines: usize) -> Result<Console> {
         let spec = self.recorded(id).await?;
         self.driver(spec.brand)?.console(&spec, tail_lines).await

@@ -17,6 +17,25 @@ use crate::storage::zfs::{self, ZfsError};
 const SPEC_PROP: &str = "nereid:spec";
 const GEN_PROP: &str = "nereid:generation";
 
+/// A snapshot of an instance's dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub name: String,
+    /// Bytes only it holds.
+    pub used_bytes: u64,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+/// 1-64 of [A-Za-z0-9_.:-], starting with a letter or digit.
+pub fn valid_snapshot_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: String,
@@ -196,6 +215,72 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Snapshots the instance's dataset; an existing snapshot is kept.
+    pub async fn snapshot(&self, id: &str, name: &str) -> Result<Snapshot> {
+        let snap = format!("{}@{name}", self.dataset(id));
+        match zfs::snapshot(&snap).await {
+            // A snapshot just made holds nothing of its own yet.
+            Ok(()) => {
+                return Ok(Snapshot {
+                    name: name.to_string(),
+                    used_bytes: 0,
+                    created: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or_default(),
+                });
+            }
+            Err(ZfsError::Command {
+                source: cmd::CmdError::Failed { ref stderr, .. },
+                ..
+            }) if stderr.contains("already exists") || stderr.contains("dataset exists") => {}
+            Err(ZfsError::NotFound(_)) => return Err(InstanceError::NotFound(id.into())),
+            Err(e) => return Err(e.into()),
+        }
+        // It existed (a retry): as the listing has it.
+        self.snapshots(id)
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                InstanceError::host(id, format!("snapshot {name} vanished after it was made"))
+            })
+    }
+
+    /// The instance's snapshots, oldest first.
+    pub async fn snapshots(&self, id: &str) -> Result<Vec<Snapshot>> {
+        match zfs::snapshots(&self.dataset(id)).await {
+            Ok(list) => Ok(list
+                .into_iter()
+                .map(|(name, used_bytes, created)| Snapshot {
+                    name,
+                    used_bytes,
+                    created,
+                })
+                .collect()),
+            Err(ZfsError::NotFound(_)) => Err(InstanceError::NotFound(id.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Destroys one snapshot; a missing one is fine.
+    pub async fn destroy_snapshot(&self, id: &str, name: &str) -> Result<()> {
+        Ok(zfs::destroy(&format!("{}@{name}", self.dataset(id)), false).await?)
+    }
+
+    /// Rolls the dataset back to `name`, destroying newer snapshots; returns
+    /// their names. The instance must not run.
+    pub async fn rollback(&self, id: &str, name: &str) -> Result<Vec<String>> {
+        let all = self.snapshots(id).await?;
+        let Some(pos) = all.iter().position(|s| s.name == name) else {
+            return Err(InstanceError::Invalid(format!(
+                "instance {id} has no snapshot {name}"
+            )));
+        };
+        zfs::rollback(&format!("{}@{name}", self.dataset(id))).await?;
+        Ok(all[pos + 1..].iter().map(|s| s.name.clone()).collect())
     }
 
     pub async fn destroy(&self, id: &str) -> Result<()> {

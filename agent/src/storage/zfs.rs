@@ -182,6 +182,40 @@ pub async fn rollback(snap: &str) -> Result<()> {
         .map(|_| ())
 }
 
+/// The snapshots of a dataset (not of its descendants), oldest first:
+/// (snapshot name without the dataset, used bytes, creation unix seconds).
+pub async fn snapshots(dataset: &str) -> Result<Vec<(String, u64, i64)>> {
+    let out = zfs(
+        "get",
+        dataset,
+        &[
+            "get",
+            "-Hp",
+            "-r",
+            "-o",
+            "name,property,value",
+            "used,creation,createtxg",
+            dataset,
+        ],
+    )
+    .await?;
+    let prefix = format!("{dataset}@");
+    // Ordered by the transaction group that made them: creation times are
+    // whole seconds.
+    let mut snaps: Vec<(u64, String, u64, i64)> = parse_get(&out)
+        .into_iter()
+        .filter_map(|(name, props)| {
+            let short = name.strip_prefix(&prefix)?.to_string();
+            let used = props.get("used")?.parse().ok()?;
+            let created = props.get("creation")?.parse().ok()?;
+            let txg = props.get("createtxg")?.parse().ok()?;
+            Some((txg, short, used, created))
+        })
+        .collect();
+    snaps.sort();
+    Ok(snaps.into_iter().map(|(_, n, u, c)| (n, u, c)).collect())
+}
+
 /// Destroys a dataset (and its snapshots with `recursive`); a missing one is
 /// fine. Unmounts first: zfs-fuse refuses to destroy a mounted dataset.
 pub async fn destroy(dataset: &str, recursive: bool) -> Result<()> {

@@ -125,6 +125,9 @@ pub enum InstanceCmd {
     /// Its metadata (what `mdata-get` reads inside it).
     #[command(subcommand)]
     Metadata(super::instance_meta::MapCmd),
+    /// Its ZFS snapshots: create, list, delete, rollback.
+    #[command(subcommand)]
+    Snapshot(super::snapshot::SnapshotCmd),
     /// Give it another alias.
     Rename {
         id: String,
@@ -261,6 +264,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
             let accepted: InstanceAccepted = c.execute_json(req).await?;
             finish(c, fmt, accepted, wait).await
         }
+        InstanceCmd::Snapshot(cmd) => super::snapshot::run(c, fmt, cmd).await,
         InstanceCmd::Tag(m) => super::instance_meta::run_map(c, fmt, "tags", m).await,
         InstanceCmd::Metadata(m) => super::instance_meta::run_map(c, fmt, "metadata", m).await,
         InstanceCmd::Rename { id, alias } => super::instance_meta::rename(c, fmt, &id, alias).await,

@@ -10,6 +10,7 @@ mod key;
 mod network;
 mod package;
 mod server;
+mod snapshot;
 mod token;
 
 use crate::client::Client;

@@ -327,6 +327,62 @@ impl AgentPool {
         }
     }
 
+    /// Snapshots the instance's dataset; an existing snapshot is fine.
+    pub async fn create_snapshot(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+        name: &str,
+    ) -> Result<pb::SnapshotInfo> {
+        let msg = pb::SnapshotRef {
+            instance_id: id.to_string(),
+            name: name.into(),
+        };
+        Ok(self
+            .client(t)?
+            .create_snapshot(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "CreateSnapshot", st))?
+            .into_inner())
+    }
+
+    /// Destroys a snapshot; a missing one (or instance) is fine.
+    pub async fn delete_snapshot(&self, t: &AgentTarget, id: InstanceId, name: &str) -> Result<()> {
+        let msg = pb::SnapshotRef {
+            instance_id: id.to_string(),
+            name: name.into(),
+        };
+        match self
+            .client(t)?
+            .delete_snapshot(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(st) if st.code() == tonic::Code::NotFound => Ok(()),
+            Err(st) => Err(agent_error(t.server, &t.address, "DeleteSnapshot", st)),
+        }
+    }
+
+    /// Rolls a stopped instance back; the newer snapshots it destroyed.
+    pub async fn rollback_snapshot(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+        name: &str,
+    ) -> Result<Vec<String>> {
+        let msg = pb::SnapshotRef {
+            instance_id: id.to_string(),
+            name: name.into(),
+        };
+        Ok(self
+            .client(t)?
+            .rollback_snapshot(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "RollbackSnapshot", st))?
+            .into_inner()
+            .destroyed)
+    }
+
     pub async fn list_instances(&self, t: &AgentTarget) -> Result<Vec<NodeInstance>> {
         self.client(t)?
             .list_instances(self.request(pb::ListInstancesRequest {}, &t.control_key))

@@ -437,6 +437,9 @@ impl Datastore {
         .bind(error)
         .execute(&mut *tx)
         .await?;
+        if to == InstanceState::Deleted && done.rows_affected() == 1 {
+            forget_snapshots(&mut tx, id).await?;
+        }
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
@@ -591,6 +594,7 @@ impl Datastore {
             .bind(reason)
             .execute(&mut *tx)
             .await?;
+            forget_snapshots(&mut tx, id).await?;
             crate::audit::record(
                 &mut tx,
                 crate::audit::Event::new("instance.force_delete", "instance", id)
@@ -916,6 +920,15 @@ async fn reserve(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A deleted instance's snapshots went with its dataset.
+async fn forget_snapshots(tx: &mut sqlx::PgConnection, id: InstanceId) -> Result<()> {
+    sqlx::query("DELETE FROM instance_snapshots WHERE instance_id = $1")
+        .bind(id.as_uuid())
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod networks;
 mod packages;
 mod quotas;
 mod servers;
+mod snapshots;
 mod states;
 mod tokens;
 
@@ -33,6 +34,7 @@ pub use networks::NewNetwork;
 pub use packages::PackageFilter;
 pub use quotas::Need;
 pub use servers::{NewServer, ServerFilter, SetupBegin};
+pub use snapshots::InstanceLock;
 pub use tokens::TokenOwner;
 
 use std::time::Duration;

@@ -16,6 +16,7 @@ pub(crate) mod keys;
 pub(crate) mod networks;
 pub(crate) mod packages;
 pub(crate) mod servers;
+pub(crate) mod snapshots;
 mod system;
 pub(crate) mod tokens;
 
@@ -167,6 +168,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/instances/{id}/metadata/{key}",
             get(instance_meta::metadata_key_get).delete(instance_meta::metadata_key_delete),
+        )
+        .route(
+            "/v1/instances/{id}/snapshots",
+            get(snapshots::snapshot_list).post(snapshots::snapshot_create),
+        )
+        .route(
+            "/v1/instances/{id}/snapshots/{name}",
+            get(snapshots::snapshot_get).delete(snapshots::snapshot_delete),
+        )
+        .route(
+            "/v1/instances/{id}/snapshots/{name}/rollback",
+            post(snapshots::snapshot_rollback),
         )
         .route(
             "/v1/instances/{id}/rename",

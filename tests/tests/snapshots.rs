@@ -1,0 +1,145 @@
+//! Instance snapshots on the node's ZFS: snapshot -> write -> rollback and
+//! the write is gone (newer snapshots with it); rollback of a running
+//! instance, a name that exists, a bad name and one snapshot too many get
+//! a 4xx; another tenant sees nothing; deleting the instance leaves no
+//! snapshot on the node.
+
+use std::process::Command;
+
+use nereid_tests::api::{assert_error, assert_error_says};
+use nereid_tests::datacenter::{Datacenter, DcOpts};
+use serde_json::{Value, json};
+
+fn write(dc: &Datacenter, inst: &Value, script: &str) {
+    let (ok, out) = dc.exec(inst, &["sh", "-c", script]);
+    assert!(ok, "{out}");
+}
+
+fn read(dc: &Datacenter, inst: &Value) -> String {
+    let (_, out) = dc.exec(inst, &["sh", "-c", "cat /root/data; ls /root"]);
+    out
+}
+
+/// The snapshots ZFS has of the instance's dataset on its node.
+fn zfs_snapshots(dc: &Datacenter, inst: &Value) -> Vec<String> {
+    let node = dc.node_of(inst);
+    let ds = format!(
+        "{}/instances/{}",
+        node.pool.name,
+        inst["id"].as_str().unwrap()
+    );
+    let out = Command::new("zfs")
+        .args(["get", "-H", "-r", "-o", "name", "type", &ds])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('@').map(|(_, s)| s.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_undoes_what_was_written_after_the_snapshot() {
+    let Some(dc) = Datacenter::start(DcOpts {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let inst = dc.provision("snappy", json!({})).await;
+    let id = inst["id"].as_str().unwrap();
+    let op = dc.op();
+    let snaps = format!("/v1/instances/{id}/snapshots");
+
+    write(&dc, &inst, "echo v1 > /root/data && sync");
+    let (st, s) = op.post(&snaps, &json!({"name": "before"})).await;
+    assert_eq!((st, s["state"].as_str()), (201, Some("created")), "{s}");
+    write(
+        &dc,
+        &inst,
+        "echo v2 > /root/data && touch /root/new && sync",
+    );
+    let (st, _) = op.post(&snaps, &json!({"name": "after"})).await;
+    assert_eq!(st, 201);
+    let (_, list) = op.get(&snaps).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before", "after"]);
+    assert_eq!(zfs_snapshots(&dc, &inst), ["before", "after"]);
+
+    // Bad requests.
+    assert_error(
+        &op.post(&snaps, &json!({"name": "before"})).await,
+        409,
+        "Conflict",
+    );
+    assert_error(
+        &op.post(&snaps, &json!({"name": "-x"})).await,
+        400,
+        "InvalidArgument",
+    );
+    assert_error(
+        &op.post(&snaps, &json!({"name": "a/b"})).await,
+        400,
+        "InvalidArgument",
+    );
+    assert_error_says(
+        &op.post(&format!("{snaps}/before/rollback"), &json!({}))
+            .await,
+        409,
+        "Conflict",
+        "stop it",
+    );
+    assert_error(
+        &op.post(&format!("{snaps}/nope/rollback"), &json!({})).await,
+        404,
+        "NotFound",
+    );
+    let (_, stranger) = dc.tenant("snap-stranger").await;
+    assert_error(&stranger.get(&snaps).await, 404, "NotFound");
+    assert_error(
+        &stranger.post(&snaps, &json!({"name": "mine"})).await,
+        404,
+        "NotFound",
+    );
+
+    // Stopped: roll back to `before`; `after` goes with it; start again.
+    dc.act(id, "stop").await;
+    let (st, r) = op
+        .post(&format!("{snaps}/before/rollback"), &json!({"start": true}))
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["destroyed"], json!(["after"]));
+    let job = dc.wait_job(r["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(read(&dc, &inst), "v1\ndata\n");
+    assert_eq!(zfs_snapshots(&dc, &inst), ["before"]);
+    let (_, list) = op.get(&snaps).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // The per-instance limit.
+    for i in 1..16 {
+        let (st, body) = op.post(&snaps, &json!({"name": format!("s{i}")})).await;
+        assert_eq!(st, 201, "{body}");
+    }
+    assert_error_says(
+        &op.post(&snaps, &json!({"name": "one-too-many"})).await,
+        409,
+        "Conflict",
+        "the most it may have",
+    );
+    assert_eq!(op.delete(&format!("{snaps}/s1")).await.0, 204);
+    assert_error(&op.delete(&format!("{snaps}/s1")).await, 404, "NotFound");
+    assert!(!zfs_snapshots(&dc, &inst).contains(&"s1".to_string()));
+
+    // The instance's deletion takes its snapshots with it.
+    dc.act(id, "delete").await;
+    assert_eq!(zfs_snapshots(&dc, &inst), Vec::<String>::new());
+    dc.assert_nothing_held().await;
+}
