@@ -153,6 +153,14 @@ pub struct InstanceCreate {
     pub owner: Option<AccountId>,
 }
 
+/// `POST /v1/instances/{id}/resize`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceResize {
+    /// A package id or name (its newest active version), of the instance's brand.
+    pub package: String,
+}
+
 /// `POST /v1/instances/{id}/rename`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -35,6 +35,8 @@ crate::named_enum! {
         Stop = "stop",
         Reboot = "reboot",
         Destroy = "destroy",
+        /// To another package, on the same server.
+        Resize = "resize",
     }
 }
 

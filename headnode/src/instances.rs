@@ -366,7 +366,9 @@ pub async fn act(
         JobKind::Stop => (&[Running, Stopped], Stopping),
         JobKind::Reboot => (&[Running], Running),
         JobKind::Destroy => (&[Running, Stopped, Failed, Unknown], Deleting),
-        JobKind::Provision => return Err(Error::Internal("provision is not an action".into())),
+        JobKind::Provision | JobKind::Resize => {
+            return Err(Error::Internal(format!("{kind} is not an action")));
+        }
     };
     let job = crate::jobs::new_job(kind, id, inst.owner, 0);
     s.db.job_queue_action(&job, from, to).await?;
@@ -374,6 +376,52 @@ pub async fn act(
     Ok(InstanceAccepted {
         instance: s.db.instance_get(id, None).await?,
         job_id: job.id,
+    })
+}
+
+/// Resizes an instance to another package of its brand on the same server:
+/// the new size is reserved now (a 409 when its server or the account's
+/// quota has no room for it), the node applies it in a job.
+pub async fn resize(
+    s: &AppState,
+    p: Principal,
+    id: InstanceId,
+    package: &str,
+) -> Result<InstanceAccepted> {
+    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    let package = resolve_package(s, inst.owner, package).await?;
+    if package.brand != inst.brand {
+        return Err(Error::invalid(
+            "package",
+            format!(
+                "{} is a {} package; instance {id} is a {}",
+                package.name, package.brand, inst.brand
+            ),
+        ));
+    }
+    if package.id == inst.package_id {
+        return Err(Error::invalid(
+            "package",
+            format!("instance {id} already has package {}", package.name),
+        ));
+    }
+    let server = inst.server_id.ok_or_else(|| {
+        Error::Conflict(format!("instance {id} is {} and on no server", inst.state))
+    })?;
+    let room = s.db.candidate(server, inst.owner).await?;
+    let job = crate::jobs::new_job(
+        JobKind::Resize,
+        id,
+        inst.owner,
+        crate::jobs::RESIZE_STEPS_DONE_AT_REQUEST,
+    );
+    let job_id = job.id;
+    s.db.instance_resize(id, p.owner_scope(), &package, &room, job)
+        .await?;
+    s.jobs.wake();
+    Ok(InstanceAccepted {
+        instance: s.db.instance_get(id, None).await?,
+        job_id,
     })
 }
 

@@ -40,7 +40,7 @@ use crate::http;
         http::instance_meta::metadata_get, http::instance_meta::metadata_put,
         http::instance_meta::metadata_post, http::instance_meta::metadata_clear,
         http::instance_meta::metadata_key_get, http::instance_meta::metadata_key_delete,
-        http::instance_meta::instance_rename, http::instances::instance_enable_deletion_protection,
+        http::instance_meta::instance_rename, http::instance_meta::instance_resize, http::instances::instance_enable_deletion_protection,
         http::instances::instance_disable_deletion_protection,
         http::snapshots::snapshot_list, http::snapshots::snapshot_create, http::snapshots::snapshot_get,
         http::snapshots::snapshot_delete, http::snapshots::snapshot_rollback,

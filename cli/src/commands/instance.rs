@@ -128,6 +128,15 @@ pub enum InstanceCmd {
     /// Its ZFS snapshots: create, list, delete, rollback.
     #[command(subcommand)]
     Snapshot(super::snapshot::SnapshotCmd),
+    /// Resize it to another package of its brand, on the same server
+    /// (containers live; VMs while stopped).
+    Resize {
+        id: String,
+        #[arg(long)]
+        package: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Give it another alias.
     Rename {
         id: String,
@@ -262,6 +271,16 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
                 req = req.header("Idempotency-Key", k);
             }
             let accepted: InstanceAccepted = c.execute_json(req).await?;
+            finish(c, fmt, accepted, wait).await
+        }
+        InstanceCmd::Resize { id, package, wait } => {
+            let id = resolve(c, &id).await?;
+            let accepted: InstanceAccepted = c
+                .post(
+                    &format!("/v1/instances/{id}/resize"),
+                    &nereid_api::InstanceResize { package },
+                )
+                .await?;
             finish(c, fmt, accepted, wait).await
         }
         InstanceCmd::Snapshot(cmd) => super::snapshot::run(c, fmt, cmd).await,

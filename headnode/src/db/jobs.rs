@@ -48,6 +48,8 @@ pub struct NewJob {
     pub owner: AccountId,
     pub steps: Vec<JobStep>,
     pub request_id: String,
+    /// What its steps need beyond the instance (`{}` for most kinds).
+    pub params: serde_json::Value,
 }
 
 #[derive(sqlx::FromRow)]
@@ -97,8 +99,8 @@ const COLUMNS: &str = "id, kind, instance_id, owner, state, steps, attempts, err
 
 pub(super) async fn insert(tx: &mut Transaction<'_, Postgres>, job: &NewJob) -> Result<()> {
     sqlx::query(
-        "INSERT INTO jobs (id, kind, instance_id, owner, steps, request_id)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO jobs (id, kind, instance_id, owner, steps, request_id, params)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(job.id.as_uuid())
     .bind(job.kind.as_str())
@@ -106,6 +108,7 @@ pub(super) async fn insert(tx: &mut Transaction<'_, Postgres>, job: &NewJob) -> 
     .bind(job.owner.as_uuid())
     .bind(Json(&job.steps))
     .bind(&job.request_id)
+    .bind(Json(&job.params))
     .execute(&mut **tx)
     .await
     .map_err(|e| {

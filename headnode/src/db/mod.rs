@@ -17,6 +17,7 @@ mod leases;
 mod networks;
 mod packages;
 mod quotas;
+mod resize;
 mod servers;
 mod snapshots;
 mod states;

@@ -1,12 +1,15 @@
 //! An instance's tags and metadata after create (CloudAPI's semantics: PUT
-//! replaces, POST merges, DELETE removes one key or all) and its alias. Every change reaches the instance's metadata
+//! replaces, POST merges, DELETE removes one key or all), its alias and its
+//! size. Every change reaches the instance's metadata
 //! service (`mdata-get`) without a restart; tag changes also re-push its
 //! node's firewall (rules name tags).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use nereid_api::{ErrorBody, Instance, InstanceId, InstanceRename};
+use nereid_api::{
+    ErrorBody, Instance, InstanceAccepted, InstanceId, InstanceRename, InstanceResize,
+};
 use serde_json::{Map, Value};
 
 use super::{ApiJson, ApiPath, Principal};
@@ -170,4 +173,23 @@ pub async fn instance_rename(
         .await?;
     crate::metadata::spawn_push(&s, id);
     Ok(Json(s.db.instance_get(id, None).await?))
+}
+
+/// Resizes the instance to another package of its brand, on the same
+/// server: containers live (memory, swap, CPU cap, pids and the dataset
+/// quota change in place), VMs while stopped. The new size is reserved at
+/// once: a 409 `InsufficientCapacity` says what its server lacks, a 409
+/// `QuotaExceeded` which quota; the node applies it in the job (202).
+#[utoipa::path(post, path = "/v1/instances/{id}/resize", tag = "instances",
+    params(("id" = InstanceId, Path)), request_body = InstanceResize,
+    responses((status = 202, body = InstanceAccepted), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn instance_resize(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<InstanceId>,
+    ApiJson(req): ApiJson<InstanceResize>,
+) -> Result<(StatusCode, Json<InstanceAccepted>)> {
+    let accepted = crate::instances::resize(&s, p, id, &req.package).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

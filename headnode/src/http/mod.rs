@@ -182,6 +182,10 @@ pub fn router(state: AppState) -> Router {
             post(snapshots::snapshot_rollback),
         )
         .route(
+            "/v1/instances/{id}/resize",
+            post(instance_meta::instance_resize),
+        )
+        .route(
             "/v1/instances/{id}/rename",
             post(instance_meta::instance_rename),
         )

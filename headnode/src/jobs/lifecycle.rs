@@ -144,7 +144,7 @@ async fn mark_deleted(c: &Ctx) -> StepResult {
 }
 
 /// After a failed start/stop/reboot: the state the node reports, or `unknown`.
-fn settle_from_node<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult> {
+pub(super) fn settle_from_node<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult> {
     async move {
         let reported = match target(c).await {
             Ok(t) => c

@@ -13,6 +13,7 @@
 
 mod lifecycle;
 mod provision;
+mod resize;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::AppState;
 use crate::error::Error;
 
 pub use provision::PROVISION_STEPS_DONE_AT_CREATE;
+pub use resize::RESIZE_STEPS_DONE_AT_REQUEST;
 
 /// What a step's failure means for the job.
 #[derive(Debug)]
@@ -87,6 +89,7 @@ fn saga(kind: JobKind) -> Saga {
         JobKind::Provision => provision::saga(),
         JobKind::Destroy => lifecycle::destroy(),
         JobKind::Start | JobKind::Stop | JobKind::Reboot => lifecycle::action(kind),
+        JobKind::Resize => resize::saga(),
     }
 }
 
@@ -470,5 +473,6 @@ pub fn new_job(
         owner,
         steps: step_log(kind, done),
         request_id: crate::error::current_request_id(),
+        params: serde_json::json!({}),
     }
 }

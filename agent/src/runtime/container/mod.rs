@@ -304,6 +304,12 @@ impl Runtime for Containers {
         self.write_bundle(spec).await?;
         crate::fault::point("ensure_instance:after_bundle");
         if start {
+            if !fresh && self.runc.status(&spec.id).await? == Some(Status::Running) {
+                // Running already: a newer spec (a resize) takes effect in place.
+                self.runc
+                    .update(&spec.id, &oci::update_flags(spec, self.memsw))
+                    .await?;
+            }
             self.run(spec, undo, fresh).await?;
             crate::fault::point("ensure_instance:after_run");
         }

@@ -105,6 +105,31 @@ pub fn config(
     config
 }
 
+/// `runc update` flags that set a running container's limits to `spec`'s
+/// (the same values `config` writes).
+pub fn update_flags(spec: &InstanceSpec, memsw: bool) -> Vec<String> {
+    let memory = spec.memory_mb * 1024 * 1024;
+    let mut f = vec![
+        "--memory".to_string(),
+        memory.to_string(),
+        "--pids-limit".into(),
+        spec.pids_limit.to_string(),
+        "--cpu-period".into(),
+        "100000".into(),
+        "--cpu-quota".into(),
+        if spec.cpu_cap > 0 {
+            (u64::from(spec.cpu_cap) * 1000).to_string()
+        } else {
+            "-1".into()
+        },
+    ];
+    if memsw {
+        f.push("--memory-swap".into());
+        f.push((memory + spec.swap_mb * 1024 * 1024).to_string());
+    }
+    f
+}
+
 /// Adds a read-only bind mount of the host's `source` at `destination`.
 pub fn bind_read_only(config: &mut Value, source: &str, destination: &str) {
     if let Some(mounts) = config["mounts"].as_array_mut() {

@@ -144,6 +144,23 @@ impl Runc {
         }
     }
 
+    /// Changes a running container's resource limits in place
+    /// (`runc update` with these flags).
+    pub async fn update(&self, id: &str, flags: &[String]) -> Result<(), RuncError> {
+        let root = self.root_arg();
+        let mut args: Vec<&str> = vec!["--root", &root, "update"];
+        args.extend(flags.iter().map(String::as_str));
+        args.push(id);
+        cmd::run("runc", &args, T)
+            .await
+            .map(|_| ())
+            .map_err(|source| RuncError::Command {
+                op: "update",
+                id: id.into(),
+                source,
+            })
+    }
+
     /// Removes a container's runc state; a missing one is fine.
     pub async fn delete(&self, id: &str) -> Result<(), RuncError> {
         match cmd::run("runc", &["--root", &self.root_arg(), "delete", "-f", id], T).await {

@@ -1,8 +1,10 @@
-//! Instance snapshots on the node's ZFS: snapshot -> write -> rollback and
-//! the write is gone (newer snapshots with it); rollback of a running
-//! instance, a name that exists, a bad name and one snapshot too many get
-//! a 4xx; another tenant sees nothing; deleting the instance leaves no
-//! snapshot on the node.
+//! Day-2 changes of instances on real nodes. Snapshots on the node's ZFS:
+//! snapshot -> write -> rollback and the write is gone (newer snapshots with
+//! it); rollback of a running instance, a name that exists, a bad name and
+//! one snapshot too many get a 4xx; another tenant sees nothing; deleting
+//! the instance leaves no snapshot on the node. Resize: a running
+//! container's memory limit changes in place; no room, another brand or a
+//! package it has get a 4xx and change nothing.
 
 use std::process::Command;
 
@@ -141,5 +143,112 @@ async fn a_rollback_undoes_what_was_written_after_the_snapshot() {
     // The instance's deletion takes its snapshots with it.
     dc.act(id, "delete").await;
     assert_eq!(zfs_snapshots(&dc, &inst), Vec::<String>::new());
+    dc.assert_nothing_held().await;
+}
+
+/// The memory limit of a running container's cgroup, in bytes (cgroup v1 or v2).
+fn memory_limit(id: &str) -> u64 {
+    let v1 = format!("/sys/fs/cgroup/memory/nereid/{id}/memory.limit_in_bytes");
+    let v2 = format!("/sys/fs/cgroup/nereid/{id}/memory.max");
+    let text = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap();
+    text.trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_container_is_resized_in_place_and_bad_resizes_change_nothing() {
+    let Some(dc) = Datacenter::start(DcOpts {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let op = dc.op();
+    for (name, memory, brand) in [
+        ("medium", 512, "container"),
+        ("huge", 1 << 20, "container"),
+        ("vmish", 256, "kvm"),
+    ] {
+        let (st, body) = op
+            .post(
+                "/v1/packages",
+                &json!({"name": name, "version": "1", "memory_mb": memory, "vcpus": 1,
+                        "disk_mb": 128, "brand": brand}),
+            )
+            .await;
+        assert_eq!(st, 201, "{body}");
+    }
+    let inst = dc.provision("grow", json!({})).await;
+    let id = inst["id"].as_str().unwrap();
+    let (ok, pid_before) = dc.exec(&inst, &["sh", "-c", "echo $PPID"]);
+    assert!(ok);
+    assert_eq!(memory_limit(id), 256 << 20);
+    let used_before = dc.capacity_used().await;
+
+    let resize = format!("/v1/instances/{id}/resize");
+    assert_error_says(
+        &op.post(&resize, &json!({"package": "huge"})).await,
+        409,
+        "InsufficientCapacity",
+        "lacks memory",
+    );
+    assert_error_says(
+        &op.post(&resize, &json!({"package": "vmish"})).await,
+        400,
+        "InvalidArgument",
+        "kvm package",
+    );
+    assert_error(
+        &op.post(&resize, &json!({"package": "small"})).await,
+        400,
+        "InvalidArgument",
+    );
+    assert_error(
+        &op.post(&resize, &json!({"package": "nope"})).await,
+        400,
+        "InvalidArgument",
+    );
+    assert_eq!(
+        dc.capacity_used().await,
+        used_before,
+        "a refused resize holds nothing"
+    );
+    let (_, stranger) = dc.tenant("resize-stranger").await;
+    assert_error(
+        &stranger.post(&resize, &json!({"package": "medium"})).await,
+        404,
+        "NotFound",
+    );
+
+    let (st, body) = op.post(&resize, &json!({"package": "medium"})).await;
+    assert_eq!(st, 202, "{body}");
+    let job = dc.wait_job(body["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(memory_limit(id), 512 << 20);
+    let after = dc.instance(id).await;
+    assert_eq!(
+        (after["state"].as_str(), after["memory_mb"].as_u64()),
+        (Some("running"), Some(512))
+    );
+    // The same container, never restarted.
+    let (_, pid_after) = dc.exec(&inst, &["sh", "-c", "echo $PPID"]);
+    assert_eq!(pid_before, pid_after);
+    let held: i64 = dc.capacity_used().await.iter().map(|c| c.1).sum();
+    assert_eq!(held, 512);
+
+    // Smaller again, stopped this time: it takes the size at its start.
+    dc.act(id, "stop").await;
+    let (st, body) = op.post(&resize, &json!({"package": "small"})).await;
+    assert_eq!(st, 202, "{body}");
+    assert_eq!(
+        dc.wait_job(body["job_id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    dc.act(id, "start").await;
+    assert_eq!(memory_limit(id), 256 << 20);
+    dc.act(id, "delete").await;
     dc.assert_nothing_held().await;
 }
