@@ -57,7 +57,13 @@ impl NodeRuntime {
         );
         drivers.insert(
             Brand::Kvm,
-            Arc::new(Vms::new(store.clone(), state_dir, nic_tags, events.clone())),
+            Arc::new(Vms::new(
+                store.clone(),
+                state_dir,
+                nic_tags,
+                events.clone(),
+                metadata.clone(),
+            )),
         );
         let instances = Instances::new(store, metadata, drivers, events);
         instances.watch();

@@ -9,17 +9,21 @@
  *   mdata-delete KEY       removes KEY
  *
  * It talks to the socket the node's agent serves each container at
- * /native/.zonecontrol/metadata.sock (NEREID_MDATA_SOCKET overrides it).
+ * /native/.zonecontrol/metadata.sock (NEREID_MDATA_SOCKET overrides it) or,
+ * in a VM, to the virtio-serial port named org.smartos.metadata.
  * Exit codes follow SmartOS's mdata-client: 0 done, 1 not found, 2 error,
  * 3 usage.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/file.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +33,8 @@
 #define EXIT_ERROR 2
 #define EXIT_USAGE 3
 #define MAX_LINE (1024 * 1024)
+#define PORT_NAME "org.smartos.metadata"
+#define TIMEOUT_MS 10000
 
 static const char *prog = "mdata";
 
@@ -129,6 +135,9 @@ static char *recv_line(void) {
 		die(EXIT_ERROR, "out of memory");
 	for (;;) {
 		char c;
+		struct pollfd p = {sock, POLLIN, 0};
+		if (poll(&p, 1, TIMEOUT_MS) <= 0)
+			die(EXIT_ERROR, "the metadata service did not answer in time");
 		ssize_t r = read(sock, &c, 1);
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -150,10 +159,60 @@ static char *recv_line(void) {
 	return buf;
 }
 
+/* A VM's metadata port: /dev/vportNpM whose name is PORT_NAME; -1 if none. */
+static int open_port(void) {
+	DIR *d = opendir("/sys/class/virtio-ports");
+	struct dirent *e;
+	int fd = -1;
+	if (d == NULL)
+		return -1;
+	while (fd < 0 && (e = readdir(d)) != NULL) {
+		char path[512], name[64] = "";
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (f == NULL)
+			continue;
+		if (fgets(name, sizeof(name), f) != NULL)
+			name[strcspn(name, "\n")] = '\0';
+		fclose(f);
+		if (strcmp(name, PORT_NAME) == 0) {
+			snprintf(path, sizeof(path), "/dev/%s", e->d_name);
+			fd = open(path, O_RDWR | O_NOCTTY);
+		}
+	}
+	closedir(d);
+	return fd;
+}
+
+/* Reads lines until `want` (a port may hold answers to an earlier client). */
+static void expect_line(const char *want) {
+	for (int i = 0; i < 32; i++) {
+		char *l = recv_line();
+		int ok = strcmp(l, want) == 0;
+		free(l);
+		if (ok)
+			return;
+	}
+	die(EXIT_ERROR, "the metadata service does not speak version 2");
+}
+
 static void connect_service(void) {
 	const char *path = getenv("NEREID_MDATA_SOCKET");
 	struct sockaddr_un sa;
-	struct timeval tv = {10, 0};
+	if ((path == NULL || *path == '\0') && access(DEFAULT_SOCKET, F_OK) != 0 &&
+	    (sock = open_port()) >= 0) {
+		/* One client at a time on the port; drop what an earlier one left. */
+		char junk[256];
+		struct pollfd p = {sock, POLLIN, 0};
+		flock(sock, LOCK_EX);
+		while (poll(&p, 1, 50) > 0 && read(sock, junk, sizeof(junk)) > 0)
+			;
+		send_all("NEGOTIATE V2\n");
+		expect_line("V2_OK");
+		return;
+	}
 	if (path == NULL || *path == '\0')
 		path = DEFAULT_SOCKET;
 	if (strlen(path) >= sizeof(sa.sun_path))
@@ -180,12 +239,8 @@ static void connect_service(void) {
 		    path, strerror(errno));
 		exit(EXIT_ERROR);
 	}
-	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	send_all("NEGOTIATE V2\n");
-	char *ok = recv_line();
-	if (strcmp(ok, "V2_OK") != 0)
-		die(EXIT_ERROR, "the metadata service does not speak version 2");
-	free(ok);
+	expect_line("V2_OK");
 }
 
 /*
@@ -211,7 +266,15 @@ static char *request(const char *cmd, const char *arg, char **value) {
 	free(frame);
 	free(body);
 
-	char *line = recv_line();
+	char *line = NULL;
+	for (int i = 0;; i++) {
+		line = recv_line();
+		/* An answer to an earlier client on a port: not ours, skip it. */
+		char *mine = strstr(line, reqid);
+		if (mine != NULL || i >= 32)
+			break;
+		free(line);
+	}
 	char *save = NULL;
 	char *v2 = strtok_r(line, " ", &save), *len = strtok_r(NULL, " ", &save);
 	char *crc = strtok_r(NULL, " ", &save), *rest = save;

@@ -2,7 +2,9 @@
 # Builds the `tiny-vm` KVM image offline from Debian packages:
 #   - the kernel of Debian's cloud kernel package (downloaded with apt-get
 #     download and unpacked with dpkg-deb -x: nothing is installed),
-#   - a busybox initramfs whose /init loads the virtio modules in order,
+#   - a busybox initramfs whose /init loads the virtio modules in order
+#     (virtio_console carries the metadata port), runs the instance's
+#     user-script (read with the static mdata-get of images/mdata),
 #     configures its NICs from the kernel command line, as Nereid's KVM driver
 #     writes it (nereid.nic=MAC,ADDR/PREFIX per NIC, matched by MAC;
 #     nereid.gw=GATEWAY; nereid.dns=A,B; nereid.hostname=NAME), prints
@@ -48,7 +50,7 @@ r="$work/initramfs"
 mkdir -p "$r"/{bin,sbin,etc/acpi/PWRF,proc,sys,dev,tmp,run,lib/modules}
 install -m 755 "$bb" "$r/bin/busybox"
 # Load order matters: each module needs the ones before it.
-order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio failover net_failover virtio_net button evdev"
+order="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio failover net_failover virtio_net virtio_console button evdev"
 for m in $order; do
     f="$(find "$mods" -name "$m.ko" -o -name "$m.ko.xz" | sed -n 1p)"
     [ -n "$f" ] || { echo "build.sh: module $m not in $pkg" >&2; exit 1; }
@@ -58,9 +60,12 @@ for m in $order; do
     esac
 done
 echo "$order" >"$r/lib/modules/order"
+# The metadata clients (they find the virtio-serial port org.smartos.metadata).
+"$here/../mdata/build.sh" "$r/usr/sbin"
 
 cat >"$r/init" <<'INIT'
 #!/bin/busybox sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -100,6 +105,14 @@ for r in $(echo "$dns" | tr ',' ' '); do echo "nameserver $r" >>/etc/resolv.conf
 # The ACPI power button (QMP system_powerdown) powers the machine off.
 acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
 echo "NEREID-READY $(hostname) $(uname -r)"
+# The instance's user-script (its metadata, as on SmartOS), in the
+# background, its output on the console.
+(
+    if mdata-get user-script >/tmp/user-script 2>/dev/null; then
+        sh /tmp/user-script
+        echo "NEREID-USER-SCRIPT exited $?"
+    fi
+) >/dev/console 2>&1 &
 # pid 1 must never exit; it also reaps orphans.
 while true; do wait; sleep 1; done
 INIT

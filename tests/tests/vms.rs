@@ -57,7 +57,16 @@ async fn a_tiny_vm_and_a_container_reach_each_other_and_the_host_and_delete_leav
     let Some(dc) = Datacenter::start(vm_dc(2)).await else {
         return;
     };
-    let (st, body) = dc.create_vm("vm1", json!({})).await;
+    // Its user-script reads the metadata service through the virtio-serial
+    // port and prints what it got on the console.
+    let script = "echo \"NEREID-MDATA uuid=$(mdata-get sdc:uuid) color=$(mdata-get color) \
+                  keys=$(mdata-list | tr '\\n' ,) nope=$(mdata-get nope; echo $?)\"";
+    let (st, body) = dc
+        .create_vm(
+            "vm1",
+            json!({"metadata": {"user-script": script, "color": "blue"}}),
+        )
+        .await;
     assert_eq!(st, 202, "{body}");
     let job = dc.wait_job(body["job_id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -70,6 +79,15 @@ async fn a_tiny_vm_and_a_container_reach_each_other_and_the_host_and_delete_leav
     assert_eq!(vm["accelerator"], expected_accelerator(&dc, server).await);
     let vm_ip = ip_of(&vm);
     let console = dc.wait_console(&id, "NEREID-READY vm1", BOOT).await;
+    let md = dc
+        .wait_console(&id, "NEREID-USER-SCRIPT exited", BOOT)
+        .await;
+    assert!(
+        md.contains(&format!(
+            "NEREID-MDATA uuid={id} color=blue keys=color,user-script, nope=1"
+        )),
+        "{md}"
+    );
     let mac = vm["nics"][0]["mac"].as_str().unwrap();
     assert!(
         console.contains(&format!("NEREID-NET eth0 {vm_ip}/24 {mac}")),

@@ -1,10 +1,10 @@
 //! The metadata service: each instance reads its own metadata (and only its
-//! own) through the SmartOS metadata protocol (`protocol`). A container
-//! reaches it on a unix socket in a directory of its own,
-//! `<state>/metadata/<id>/sock/metadata.sock`, which the container driver
-//! bind-mounts at `/native/.zonecontrol` (where SmartOS LX zones and
-//! cloud-init look for it): the socket a process can reach says which
-//! instance it is.
+//! own) through the SmartOS metadata protocol (`protocol`) on a unix socket
+//! of its own, `<state>/metadata/<id>/sock/metadata.sock`. The container
+//! driver bind-mounts its directory at `/native/.zonecontrol` (where SmartOS
+//! LX zones and cloud-init look for it); a VM's QEMU connects to it and
+//! carries it to the guest as the virtio-serial port `org.smartos.metadata`.
+//! The socket an instance can reach says which instance it is.
 //!
 //! What the headnode sent is kept in `<state>/metadata/<id>/metadata.json`
 //! (written beside and renamed), so a restarted agent serves it again; a
@@ -227,11 +227,16 @@ impl Metadata {
         }
     }
 
+    /// The instance's socket (a VM's QEMU connects to it).
+    pub fn socket_path(&self, id: &str) -> PathBuf {
+        self.socket_dir(id).join(SOCKET)
+    }
+
     /// Binds the instance's socket (replacing a stale one) and serves it.
     fn serve(&self, id: &str, data: Data) -> Result<Served> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.socket_dir(id);
-        let path = dir.join(SOCKET);
+        let path = self.socket_path(id);
         std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
             .map_err(|e| Self::err(id, format!("making {}: {e}", dir.display())))?;

@@ -46,6 +46,7 @@ pub struct Vms {
     events: Events,
     nic_tags: Arc<BTreeMap<String, String>>,
     vmmon: PathBuf,
+    metadata: crate::metadata::Metadata,
 }
 
 /// How QEMU ended, as its monitor recorded it.
@@ -95,8 +96,10 @@ impl Vms {
         state_dir: &Path,
         nic_tags: Arc<BTreeMap<String, String>>,
         events: Events,
+        metadata: crate::metadata::Metadata,
     ) -> Vms {
         Vms {
+            metadata,
             store,
             runs: state_dir.join("vms"),
             events,
@@ -284,6 +287,7 @@ impl Vms {
             run_dir: &run,
             seed: seed.as_deref(),
             taps,
+            metadata_socket: &self.metadata.socket_path(id),
         });
         let console = root.join("console.log");
         let mut cmd = tokio::process::Command::new(&self.vmmon);

@@ -82,7 +82,14 @@ pub struct Launch<'a> {
     pub seed: Option<&'a Path>,
     /// The tap device of each NIC, in order.
     pub taps: &'a [String],
+    /// The node's metadata socket for this VM: QEMU connects to it (and
+    /// again after an agent restart) and carries it to the guest as the
+    /// virtio-serial port `org.smartos.metadata`.
+    pub metadata_socket: &'a Path,
 }
+
+/// The name of the guest's metadata port (as SmartOS names it).
+pub const METADATA_PORT: &str = "org.smartos.metadata";
 
 pub fn qmp_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("qmp.sock")
@@ -187,6 +194,17 @@ pub fn args(l: &Launch) -> Vec<String> {
             ),
         ]);
     }
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=mdata,path={},reconnect=1",
+            esc(l.metadata_socket)
+        ),
+        "-device",
+        "virtio-serial-pci,id=mdser",
+        "-device",
+        &format!("virtserialport,bus=mdser.0,chardev=mdata,name={METADATA_PORT}"),
+    ]);
     for (i, (nic, tap)) in s.nics.iter().zip(l.taps).enumerate() {
         push(&[
             "-netdev",
@@ -262,8 +280,13 @@ mod tests {
             run_dir: Path::new("/run/vm"),
             seed: None,
             taps: &taps,
+            metadata_socket: Path::new("/s/md.sock"),
         });
         let line = joined(&a);
+        assert!(line.contains("-chardev socket,id=mdata,path=/s/md.sock,reconnect=1"));
+        assert!(
+            line.contains("virtserialport,bus=mdser.0,chardev=mdata,name=org.smartos.metadata")
+        );
         assert!(line.contains("-accel tcg"), "{line}");
         assert!(!line.contains("-cpu host"));
         assert!(line.contains("-smp 2 -m 128M"));
@@ -298,6 +321,7 @@ mod tests {
             run_dir: Path::new("/r"),
             seed: Some(Path::new("/d/seed")),
             taps: &["t0".to_string()],
+            metadata_socket: Path::new("/s/md.sock"),
         });
         let line = joined(&a);
         assert!(line.contains("-accel kvm -cpu host"));
