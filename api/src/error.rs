@@ -44,6 +44,9 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// 416: the Range asked for lies outside the file.
     RangeNotSatisfiable,
+    /// 410: what the request resumes from is no longer kept (events older
+    /// than their retention).
+    Gone,
     /// 413: the request body is larger than the route accepts.
     PayloadTooLarge,
     /// 429: too many requests (per token, or failed logins per address);
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "RequestTimeout",
             ErrorCode::Exhausted => "Exhausted",
             ErrorCode::RangeNotSatisfiable => "RangeNotSatisfiable",
+            ErrorCode::Gone => "Gone",
             ErrorCode::PayloadTooLarge => "PayloadTooLarge",
             ErrorCode::UnsupportedMediaType => "UnsupportedMediaType",
             ErrorCode::AgentUnavailable => "AgentUnavailable",

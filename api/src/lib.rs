@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod error;
+pub mod events;
 pub mod fwrules;
 pub mod ids;
 pub mod images;
@@ -24,6 +25,7 @@ pub mod snapshots;
 pub use accounts::*;
 pub use audit::*;
 pub use error::*;
+pub use events::*;
 pub use fwrules::*;
 pub use ids::*;
 pub use images::*;

@@ -213,3 +213,47 @@ fn truncate(s: &str) -> String {
         s.to_string()
     }
 }
+
+/// The change feed (`GET /v1/events`) being read.
+pub struct Feed {
+    resp: reqwest::Response,
+    buf: String,
+    ready: std::collections::VecDeque<nereid_api::FeedEvent>,
+}
+
+impl Client {
+    /// Opens the change feed with these filters.
+    pub async fn events(&self, query: &[(&str, String)]) -> anyhow::Result<Feed> {
+        // Not under the client's request timeout: the stream lives on.
+        let req = reqwest::Client::new()
+            .get(format!("{}/v1/events", self.base))
+            .bearer_auth(&self.token)
+            .query(query);
+        let resp = self.execute(req).await?;
+        Ok(Feed {
+            resp,
+            buf: String::new(),
+            ready: Default::default(),
+        })
+    }
+}
+
+impl Feed {
+    /// The next event, or None when `wait` passed without one or the
+    /// stream ended.
+    pub async fn next(&mut self, wait: std::time::Duration) -> Option<nereid_api::FeedEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Ok(Ok(Some(bytes))) => {
+                    self.buf.push_str(&String::from_utf8_lossy(&bytes));
+                    self.ready.extend(nereid_api::take_frames(&mut self.buf));
+                }
+                _ => return None,
+            }
+        }
+    }
+}

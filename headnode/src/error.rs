@@ -67,6 +67,8 @@ pub enum Error {
     RequestTimeout(String),
     #[error("{0}")]
     RangeNotSatisfiable(String),
+    #[error("{0}")]
+    Gone(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
@@ -124,6 +126,7 @@ impl Error {
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 ErrorCode::RangeNotSatisfiable,
             ),
+            Error::Gone(_) => (StatusCode::GONE, ErrorCode::Gone),
             Error::Database(e) if is_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }

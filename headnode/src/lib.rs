@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod firewall;
 pub mod fwrule;
 pub mod grpc;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub limits: Arc<ApiLimits>,
     /// Writes the audit entries of failed requests.
     pub audit: audit::FailureLog,
+    /// The change feed's fan-out to this headnode's SSE clients.
+    pub events: events::Feed,
 }
 
 /// The REST API's rate limits, in memory.
@@ -142,12 +145,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         jobs: jobs::Runner::new(),
         public_url: Arc::new(format!("http://{public_host}:{}", rest_addr.port())),
         limits: Arc::new(ApiLimits::new(&config.limits)),
+        events: events::Feed::new(),
     };
     let jobs_state = AppState {
         db: jobs_db,
         ..state.clone()
     };
     tokio::spawn(state.jobs.clone().run(jobs_state.clone()));
+    tokio::spawn(state.events.clone().pump(jobs_state.db.pool().clone()));
     tokio::spawn(reconciler::run(jobs_state));
     write_run_file(&config.state_dir.join(RUN_FILE), rest_addr, grpc_addr)?;
     tracing::info!(%rest_addr, %grpc_addr, "headnode listening");

@@ -31,7 +31,7 @@ use crate::http;
         http::instances::instance_delete, http::instances::instance_console,
         http::instances::instance_enable_firewall, http::instances::instance_disable_firewall,
         http::instances::job_list, http::instances::job_get,
-        http::audit::audit_list,
+        http::audit::audit_list, http::events::events,
         http::fwrules::fwrule_list, http::fwrules::fwrule_create, http::fwrules::fwrule_get,
         http::fwrules::fwrule_update, http::fwrules::fwrule_delete,
         http::keys::key_list, http::keys::key_create, http::keys::key_get, http::keys::key_delete,

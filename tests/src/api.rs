@@ -103,3 +103,80 @@ pub fn assert_error(resp: &(u16, Value), status: u16, code: &str) {
         "{body}"
     );
 }
+
+/// A server-sent event: (id, event, data).
+pub type Sse = (String, String, Value);
+
+/// A `GET /v1/events` stream being read.
+pub struct SseStream {
+    resp: reqwest::Response,
+    buf: String,
+    ready: std::collections::VecDeque<Sse>,
+}
+
+impl Api {
+    /// Opens the change feed (`path` is `/v1/events...`), resuming after
+    /// `last_id` when given; panics unless it answers 200.
+    pub async fn events(&self, path: &str, last_id: Option<&str>) -> SseStream {
+        // No overall timeout: the stream lives as long as the test reads it.
+        let mut req = reqwest::Client::new().get(format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(id) = last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.expect("opening the event stream");
+        assert_eq!(resp.status().as_u16(), 200, "opening {path}");
+        SseStream {
+            resp,
+            buf: String::new(),
+            ready: Default::default(),
+        }
+    }
+}
+
+impl SseStream {
+    /// The next event within `timeout` (keep-alive comments are skipped);
+    /// None when none came or the stream ended.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Sse> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => {
+                    self.buf.push_str(&String::from_utf8_lossy(&bytes));
+                    self.ready.extend(
+                        nereid_api::take_frames(&mut self.buf)
+                            .into_iter()
+                            .map(|e| (e.id, e.event, e.data)),
+                    );
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads until an event satisfies `pred` (within `timeout` in all);
+    /// returns every event read, the last one the match.
+    pub async fn until(&mut self, timeout: Duration, pred: impl Fn(&Sse) -> bool) -> Vec<Sse> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(e) => {
+                    let hit = pred(&e);
+                    seen.push(e);
+                    if hit {
+                        return seen;
+                    }
+                }
+                None => panic!("no matching event within {timeout:?}; saw {seen:?}"),
+            }
+        }
+    }
+}

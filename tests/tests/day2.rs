@@ -252,3 +252,115 @@ async fn a_running_container_is_resized_in_place_and_bad_resizes_change_nothing(
     dc.act(id, "delete").await;
     dc.assert_nothing_held().await;
 }
+
+/// (type, state) of an event.
+fn what(e: &nereid_tests::api::Sse) -> (String, String) {
+    (
+        e.2["type"].as_str().unwrap_or_default().to_string(),
+        e.2["state"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_shows_a_provision_in_order_and_resumes_after_a_reconnect() {
+    let Some(dc) = Datacenter::start(DcOpts {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let op = dc.op();
+    let (_, tenant) = dc.tenant("ev-stranger").await;
+    let mut feed = op.events("/v1/events", None).await;
+    let mut theirs = tenant.events("/v1/events", None).await;
+
+    let (st, body) = dc.create("ev1", json!({})).await;
+    assert_eq!(st, 202, "{body}");
+    let id = body["instance"]["id"].as_str().unwrap().to_string();
+    let job_id = body["job_id"].as_str().unwrap().to_string();
+    let seen = feed
+        .until(std::time::Duration::from_secs(60), |e| {
+            e.2["id"] == job_id.as_str() && e.2["state"] == "succeeded"
+        })
+        .await;
+    let mine: Vec<(String, String)> = seen
+        .iter()
+        .filter(|e| e.2["id"] == id.as_str() || e.2["instance_id"] == id.as_str())
+        .map(what)
+        .collect();
+    let pos = |w: (&str, &str)| {
+        mine.iter()
+            .position(|m| (m.0.as_str(), m.1.as_str()) == w)
+            .unwrap_or_else(|| panic!("no {w:?} in {mine:?}"))
+    };
+    assert!(
+        pos(("instance", "provisioning")) < pos(("job", "queued")) || pos(("job", "queued")) == 1
+    );
+    assert!(pos(("job", "queued")) < pos(("job", "running")));
+    assert!(pos(("job", "running")) < pos(("instance", "running")));
+    assert!(pos(("instance", "running")) < pos(("job", "succeeded")));
+    // Ids only grow.
+    let cursors: Vec<(i64, i64)> = seen
+        .iter()
+        .map(|e| {
+            let (a, b) = e.0.split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "{cursors:?}");
+    let last = seen.last().unwrap().0.clone();
+    drop(feed);
+
+    // Disconnected while the instance stops; resuming misses nothing and
+    // repeats nothing.
+    dc.act(&id, "stop").await;
+    let mut feed = op.events("/v1/events", Some(&last)).await;
+    let resumed = feed
+        .until(std::time::Duration::from_secs(30), |e| {
+            e.2["type"] == "instance" && e.2["state"] == "stopped"
+        })
+        .await;
+    // The first event after the cursor is the stop's (its job queued and
+    // the instance stopping, written in one transaction).
+    let first_two: Vec<(String, String)> = resumed.iter().take(2).map(what).collect();
+    assert!(
+        first_two.contains(&("job".into(), "queued".into()))
+            && first_two.contains(&("instance".into(), "stopping".into())),
+        "{resumed:?}"
+    );
+    assert!(resumed.iter().all(|e| e.0 != last));
+
+    // Filtered to one instance; another tenant sees none of it.
+    let mut one = op.events(&format!("/v1/events?instance={id}"), None).await;
+    dc.act(&id, "start").await;
+    let got = one
+        .until(std::time::Duration::from_secs(30), |e| {
+            e.2["type"] == "instance" && e.2["state"] == "running"
+        })
+        .await;
+    assert!(
+        got.iter()
+            .all(|e| e.2["id"] == id.as_str() || e.2["instance_id"] == id.as_str())
+    );
+    assert!(
+        theirs
+            .next(std::time::Duration::from_secs(2))
+            .await
+            .is_none(),
+        "a tenant saw another account's changes"
+    );
+    assert_error(
+        &tenant.get(&format!("/v1/events?instance={id}")).await,
+        404,
+        "NotFound",
+    );
+    let bad = op
+        .send(
+            op.request(reqwest::Method::GET, "/v1/events")
+                .header("Last-Event-ID", "yesterday"),
+        )
+        .await;
+    assert_error(&bad, 400, "InvalidArgument");
+}

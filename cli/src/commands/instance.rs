@@ -125,6 +125,10 @@ pub enum InstanceCmd {
     /// Its metadata (what `mdata-get` reads inside it).
     #[command(subcommand)]
     Metadata(super::instance_meta::MapCmd),
+    /// Print its changes (and its jobs') as they happen, until interrupted.
+    Watch {
+        id: String,
+    },
     /// Its ZFS snapshots: create, list, delete, rollback.
     #[command(subcommand)]
     Snapshot(super::snapshot::SnapshotCmd),
@@ -283,6 +287,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
                 .await?;
             finish(c, fmt, accepted, wait).await
         }
+        InstanceCmd::Watch { id } => watch(c, fmt, &id).await,
         InstanceCmd::Snapshot(cmd) => super::snapshot::run(c, fmt, cmd).await,
         InstanceCmd::Tag(m) => super::instance_meta::run_map(c, fmt, "tags", m).await,
         InstanceCmd::Metadata(m) => super::instance_meta::run_map(c, fmt, "metadata", m).await,
@@ -397,9 +402,19 @@ async fn finish(
 }
 
 /// Polls a job until it ends; with `live`, prints each step as it changes (to stderr).
+/// Follows a job until it ends: it reads the job again each time the change
+/// feed says its instance or the job changed (or every 5 s without one, and
+/// every 150 ms when the feed cannot be opened); with `live`, prints each
+/// step as it changes (to stderr).
 async fn follow(c: &Client, id: &str, live: bool) -> anyhow::Result<Job> {
     let started = Instant::now();
     let mut seen: Vec<(StepState, u32)> = Vec::new();
+    let first: Job = c.get(&format!("/v1/jobs/{id}"), &[]).await?;
+    // Opened before the job is read again: no change can fall in between.
+    let mut feed = c
+        .events(&[("instance", first.instance_id.to_string())])
+        .await
+        .ok();
     loop {
         let job: Job = c.get(&format!("/v1/jobs/{id}"), &[]).await?;
         if live {
@@ -444,8 +459,42 @@ async fn follow(c: &Client, id: &str, live: bool) -> anyhow::Result<Job> {
             }
             return Ok(job);
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        match feed.as_mut() {
+            Some(f) => {
+                f.next(Duration::from_secs(5)).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(150)).await,
+        }
     }
+}
+
+/// Prints the changes of an instance and its jobs as they happen.
+async fn watch(c: &Client, fmt: Format, id: &str) -> anyhow::Result<()> {
+    let id = resolve(c, id).await?;
+    let mut feed = c.events(&[("instance", id)]).await?;
+    while let Some(e) = feed.next(Duration::from_secs(3600)).await {
+        if fmt == Format::Json {
+            println!("{}", e.data);
+            continue;
+        }
+        let d = &e.data;
+        let at = d["at"].as_str().unwrap_or_default();
+        let at = at.get(11..23).unwrap_or(at);
+        match e.event.as_str() {
+            "job" => println!(
+                "{at} job {} {} {}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["id"].as_str().unwrap_or("?"),
+                d["state"].as_str().unwrap_or("?")
+            ),
+            _ => println!(
+                "{at} instance {} {}",
+                d["alias"].as_str().unwrap_or("?"),
+                d["state"].as_str().unwrap_or("?")
+            ),
+        }
+    }
+    Ok(())
 }
 
 pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod audit;
+pub(crate) mod events;
 mod extract;
 pub(crate) mod fwrules;
 pub(crate) mod images;
@@ -216,6 +217,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs", get(instances::job_list))
         .route("/v1/audit", get(audit::audit_list))
+        .route("/v1/events", get(events::events))
         .route("/v1/jobs/{id}", get(instances::job_get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
