@@ -59,8 +59,16 @@ async fn a_tiny_vm_and_a_container_reach_each_other_and_the_host_and_delete_leav
     };
     // Its user-script reads the metadata service through the virtio-serial
     // port and prints what it got on the console.
+    let key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPKFFcOjrmDRB9XeLy0iPxj3RQYdXqGUwqhcsHvciCAx vm@test";
+    let (st, body) = dc
+        .op()
+        .post("/v1/keys", &json!({"name": "vm-test", "key": key}))
+        .await;
+    assert_eq!(st, 201, "{body}");
     let script = "echo \"NEREID-MDATA uuid=$(mdata-get sdc:uuid) color=$(mdata-get color) \
-                  keys=$(mdata-list | tr '\\n' ,) nope=$(mdata-get nope; echo $?)\"";
+                  keys=$(mdata-list | tr '\\n' ,) nope=$(mdata-get nope; echo $?) \
+                  auth=$(mdata-get root_authorized_keys)\"";
     let (st, body) = dc
         .create_vm(
             "vm1",
@@ -84,7 +92,7 @@ async fn a_tiny_vm_and_a_container_reach_each_other_and_the_host_and_delete_leav
         .await;
     assert!(
         md.contains(&format!(
-            "NEREID-MDATA uuid={id} color=blue keys=color,user-script, nope=1"
+            "NEREID-MDATA uuid={id} color=blue keys=color,root_authorized_keys,user-script, nope=1 auth={key}"
         )),
         "{md}"
     );

@@ -205,6 +205,15 @@ impl Metadata {
         Ok(Some(cur.generation))
     }
 
+    /// What the instance is served now (None: it is not).
+    pub fn data(&self, id: &str) -> Option<Data> {
+        self.served
+            .lock()
+            .expect("metadata")
+            .get(id)
+            .map(|s| s.data.read().expect("metadata").clone())
+    }
+
     /// The generation served to the instance (0: none).
     pub fn generation(&self, id: &str) -> u64 {
         self.served

@@ -251,7 +251,12 @@ impl Vms {
         let host =
             |e: std::io::Error| InstanceError::host(&spec.id, format!("writing its seed: {e}"));
         tokio::fs::create_dir_all(&dir).await.map_err(host)?;
-        for (name, body) in qemu::nocloud_seed(spec) {
+        let customer = self
+            .metadata
+            .data(&spec.id)
+            .map(|d| d.customer)
+            .unwrap_or_default();
+        for (name, body) in qemu::nocloud_seed(spec, &customer) {
             tokio::fs::write(dir.join(name), body).await.map_err(host)?;
         }
         Ok(dir)

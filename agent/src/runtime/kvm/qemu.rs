@@ -218,15 +218,35 @@ pub fn args(l: &Launch) -> Vec<String> {
     a
 }
 
-/// The files of a NoCloud seed (cloud-init's convention): `meta-data`,
-/// `user-data` and `network-config` (version 1, static addresses; each NIC
-/// matched by its MAC).
-pub fn nocloud_seed(spec: &InstanceSpec) -> Vec<(&'static str, String)> {
-    let meta = format!(
+/// The files of a NoCloud seed (cloud-init's convention): `meta-data` (with
+/// `public-keys` from the instance's `root_authorized_keys`), `user-data`
+/// (its metadata's `user-data`, else its `user-script`, else an empty
+/// cloud-config) and `network-config` (version 1, static addresses; each
+/// NIC matched by its MAC).
+pub fn nocloud_seed(
+    spec: &InstanceSpec,
+    customer: &std::collections::BTreeMap<String, String>,
+) -> Vec<(&'static str, String)> {
+    let mut meta = format!(
         "instance-id: {}\nlocal-hostname: {}\n",
         spec.id, spec.hostname
     );
-    let user = "#cloud-config\n{}\n".to_string();
+    let keys: Vec<&str> = customer
+        .get("root_authorized_keys")
+        .map(|k| k.lines().filter(|l| !l.trim().is_empty()).collect())
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        meta.push_str("public-keys:\n");
+        for k in keys {
+            // A JSON string is a YAML scalar that needs no further quoting.
+            meta.push_str(&format!("  - {}\n", serde_json::Value::from(k)));
+        }
+    }
+    let user = customer
+        .get("user-data")
+        .or_else(|| customer.get("user-script"))
+        .cloned()
+        .unwrap_or_else(|| "#cloud-config\n{}\n".to_string());
     let mut net = String::from("version: 1\nconfig:\n");
     for (i, n) in spec.nics.iter().enumerate() {
         net.push_str(&nic_config(i, n, i == 0));
@@ -333,7 +353,7 @@ mod tests {
     #[test]
     fn the_nocloud_seed_names_the_instance_and_its_static_addresses() {
         let spec = crate::spec::tests::spec(Brand::Kvm);
-        let files = nocloud_seed(&spec);
+        let files = nocloud_seed(&spec, &Default::default());
         let get = |n: &str| files.iter().find(|(f, _)| *f == n).unwrap().1.clone();
         assert!(get("meta-data").contains(&format!("instance-id: {}", spec.id)));
         assert!(get("meta-data").contains("local-hostname: web1"));
@@ -344,6 +364,37 @@ mod tests {
         assert!(net.contains("gateway: 10.0.0.1"));
         assert!(net.contains("dns_nameservers: [10.0.0.53]"));
         assert!(get("user-data").starts_with("#cloud-config"));
+        assert!(!get("meta-data").contains("public-keys"));
+
+        // The instance's metadata: its keys, and its user-data over its user-script.
+        let mut md = std::collections::BTreeMap::new();
+        md.insert(
+            "root_authorized_keys".to_string(),
+            "ssh-ed25519 AAAA a@b\nssh-rsa BBBB c\"d".to_string(),
+        );
+        md.insert(
+            "user-script".to_string(),
+            "#!/bin/sh\necho hi\n".to_string(),
+        );
+        let files = nocloud_seed(&spec, &md);
+        let get = |n: &str| files.iter().find(|(f, _)| *f == n).unwrap().1.clone();
+        assert!(
+            get("meta-data").ends_with(
+                "public-keys:\n  - \"ssh-ed25519 AAAA a@b\"\n  - \"ssh-rsa BBBB c\\\"d\"\n"
+            ),
+            "{}",
+            get("meta-data")
+        );
+        assert_eq!(get("user-data"), "#!/bin/sh\necho hi\n");
+        md.insert(
+            "user-data".to_string(),
+            "#cloud-config\nruncmd: [true]\n".to_string(),
+        );
+        let files = nocloud_seed(&spec, &md);
+        assert_eq!(
+            files.iter().find(|(f, _)| *f == "user-data").unwrap().1,
+            "#cloud-config\nruncmd: [true]\n"
+        );
     }
 
     #[test]
