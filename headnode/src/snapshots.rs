@@ -55,7 +55,11 @@ pub async fn create(s: &AppState, p: &Principal, id: InstanceId, name: &str) -> 
         .await?;
     let t = placement(s, id).await?;
     match s.agents.create_snapshot(&t, id, name).await {
-        Ok(info) => s.db.snapshot_created(id, name, info.used_bytes).await,
+        Ok(info) => {
+            let snap = s.db.snapshot_created(id, name, info.used_bytes).await?;
+            refresh_sizes(s, &t, id).await;
+            Ok(snap)
+        }
         Err(e @ Error::AgentRefused(_)) => {
             // Refused for good (the node does not have the instance): nothing was made.
             s.db.snapshot_forget(id, name).await?;
@@ -65,6 +69,33 @@ pub async fn create(s: &AppState, p: &Principal, id: InstanceId, name: &str) -> 
         // and a retry of the same name completes it.
         Err(e) => Err(e),
     }
+}
+
+/// Records the sizes of the instance's snapshots as its node has them now
+/// (best effort: a node that does not answer leaves the last ones).
+pub async fn refresh_sizes(s: &AppState, t: &crate::db::AgentTarget, id: InstanceId) {
+    match s.agents.list_snapshots(t, id).await {
+        Ok(list) => {
+            let sizes: Vec<(String, u64)> =
+                list.into_iter().map(|i| (i.name, i.used_bytes)).collect();
+            if let Err(e) = s.db.snapshot_sizes(id, &sizes).await {
+                tracing::warn!(instance = %id, "recording snapshot sizes: {e}");
+            }
+        }
+        Err(e) => tracing::debug!(instance = %id, "snapshot sizes not refreshed: {e}"),
+    }
+}
+
+/// The instance's snapshots, their sizes refreshed from its node.
+pub async fn list(s: &AppState, p: &Principal, id: InstanceId) -> Result<Vec<Snapshot>> {
+    let list = s.db.snapshot_list(id, p.owner_scope()).await?;
+    if !list.is_empty()
+        && let Some(t) = s.db.instance_placement(id).await?
+    {
+        refresh_sizes(s, &t, id).await;
+        return s.db.snapshot_list(id, p.owner_scope()).await;
+    }
+    Ok(list)
 }
 
 /// Deletes a snapshot on the node, then its record.

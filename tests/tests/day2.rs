@@ -125,6 +125,49 @@ async fn a_rollback_undoes_what_was_written_after_the_snapshot() {
     let (_, list) = op.get(&snaps).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 
+    // Snapshots hold disk: what one alone holds grows as the instance
+    // drops what it saw, and counts against the account's disk quota.
+    write(
+        &dc,
+        &inst,
+        "head -c 3000000 /dev/urandom > /root/big && sync",
+    );
+    assert_eq!(op.post(&snaps, &json!({"name": "big"})).await.0, 201);
+    write(&dc, &inst, "rm /root/big && sync");
+    let big = nereid_tests::wait_for(
+        "the snapshot to hold the file",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (_, list) = op.get(&snaps).await;
+            let big = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "big")
+                .cloned()
+                .unwrap();
+            (big["used_bytes"].as_u64().unwrap() > 2_000_000).then_some(big)
+        },
+    )
+    .await;
+    assert_eq!(big["state"], "created");
+    let (_, accounts) = op.get("/v1/accounts").await;
+    let me = accounts["items"][0]["id"].as_str().unwrap().to_string();
+    // 64 MiB of instance disk fit under 66; with the snapshot's ~3 MiB they do not.
+    let quota_path = format!("/v1/accounts/{me}/quotas");
+    assert_eq!(op.put(&quota_path, &json!({"disk_mb": 66})).await.0, 200);
+    assert_error_says(
+        &op.post(&snaps, &json!({"name": "over"})).await,
+        409,
+        "QuotaExceeded",
+        "disk",
+    );
+    assert_eq!(
+        op.put(&quota_path, &json!({"disk_mb": 1 << 30})).await.0,
+        200
+    );
+    assert_eq!(op.delete(&format!("{snaps}/big")).await.0, 204);
+
     // The per-instance limit.
     for i in 1..16 {
         let (st, body) = op.post(&snaps, &json!({"name": format!("s{i}")})).await;

@@ -363,6 +363,22 @@ impl AgentPool {
         }
     }
 
+    /// The instance's snapshots as its node has them (sizes now).
+    pub async fn list_snapshots(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+    ) -> Result<Vec<pb::SnapshotInfo>> {
+        let msg = pb::InstanceRef { id: id.to_string() };
+        Ok(self
+            .client(t)?
+            .list_snapshots(self.request(msg, &t.control_key))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "ListSnapshots", st))?
+            .into_inner()
+            .snapshots)
+    }
+
     /// Rolls a stopped instance back; the newer snapshots it destroyed.
     pub async fn rollback_snapshot(
         &self,

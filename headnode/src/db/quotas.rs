@@ -72,7 +72,9 @@ async fn usage(tx: &mut Transaction<'_, Postgres>, account: AccountId) -> Result
     let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT (SELECT count(*) FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED}),
                 (SELECT COALESCE(sum(ram_mb), 0)::bigint FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED}),
-                (SELECT COALESCE(sum(disk_mb), 0)::bigint FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED}),
+                (SELECT COALESCE(sum(disk_mb), 0)::bigint FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED})
+                  + (SELECT (COALESCE(sum(s.used_bytes), 0) / 1048576)::bigint FROM instance_snapshots s
+                       JOIN instances i ON i.id = s.instance_id WHERE i.owner = $1),
                 (SELECT COALESCE(sum(vcpus), 0)::bigint FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED}),
                 (SELECT count(*) FROM images WHERE owner = $1),
                 (SELECT COALESCE(sum(f.size), 0)::bigint FROM images i

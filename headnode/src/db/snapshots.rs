@@ -88,6 +88,17 @@ impl Datastore {
         let Some((owner,)) = owner else {
             return Err(Error::not_found("instance", id));
         };
+        // Snapshots hold disk: an account at its disk quota makes no more.
+        super::quotas::reserve(
+            &mut tx,
+            owner.into(),
+            &self.default_quotas,
+            &super::quotas::Need {
+                disk_mb: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
         let existing: Vec<(String, String)> =
             sqlx::query_as("SELECT name, state FROM instance_snapshots WHERE instance_id = $1")
                 .bind(id.as_uuid())
@@ -209,6 +220,24 @@ impl Datastore {
         )
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the sizes the node reports (what a snapshot alone holds grows
+    /// as the instance changes after it).
+    pub async fn snapshot_sizes(&self, id: InstanceId, sizes: &[(String, u64)]) -> Result<()> {
+        let (names, bytes): (Vec<&str>, Vec<i64>) =
+            sizes.iter().map(|(n, b)| (n.as_str(), *b as i64)).unzip();
+        sqlx::query(
+            "UPDATE instance_snapshots s SET used_bytes = v.bytes
+               FROM unnest($2::text[], $3::bigint[]) AS v(name, bytes)
+              WHERE s.instance_id = $1 AND s.name = v.name",
+        )
+        .bind(id.as_uuid())
+        .bind(&names)
+        .bind(&bytes)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -21,7 +21,7 @@ pub async fn snapshot_list(
     p: Principal,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> Result<Json<Vec<Snapshot>>> {
-    Ok(Json(s.db.snapshot_list(id, p.owner_scope()).await?))
+    Ok(Json(snapshots::list(&s, &p, id).await?))
 }
 
 /// Snapshots the instance on its node. A retry of a name whose first try
