@@ -7,6 +7,16 @@ use utoipa::ToSchema;
 
 use crate::InstanceId;
 
+/// A snapshot name: 1-64 of [A-Za-z0-9_.:-], starting with a letter or
+/// digit (a ZFS snapshot name that needs no quoting anywhere).
+pub fn valid_snapshot_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Snapshot {
     pub instance_id: InstanceId,

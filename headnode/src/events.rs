@@ -107,11 +107,20 @@ async fn head(pool: &PgPool) -> sqlx::Result<Cursor> {
     Ok(row.unwrap_or((0, 0)))
 }
 
-/// The oldest event kept (a cursor before it may have missed some).
-pub async fn oldest(pool: &PgPool) -> sqlx::Result<Option<Cursor>> {
-    sqlx::query_as("SELECT xid, id FROM events ORDER BY xid, id LIMIT 1")
-        .fetch_optional(pool)
-        .await
+/// Whether a client can resume after `cursor` without a gap: its event is
+/// still kept, or it is not older than the oldest kept (retention deletes
+/// from the oldest).
+pub async fn resumable(pool: &PgPool, cursor: Cursor) -> sqlx::Result<bool> {
+    let (kept,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE xid = $1::bigint AND id = $2::bigint)
+             OR NOT EXISTS (SELECT 1 FROM events WHERE (xid, id) > ($1::bigint, $2::bigint))
+             OR ($1::bigint, $2::bigint) >= (SELECT xid, id FROM events ORDER BY xid, id LIMIT 1)",
+    )
+    .bind(cursor.0)
+    .bind(cursor.1)
+    .fetch_one(pool)
+    .await?;
+    Ok(kept)
 }
 
 /// A headnode's fan-out of the feed.

@@ -15,12 +15,7 @@ use crate::http::Principal;
 pub const MAX_PER_INSTANCE: usize = 16;
 
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
-    if ok {
+    if nereid_api::valid_snapshot_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(

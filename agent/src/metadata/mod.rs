@@ -173,12 +173,14 @@ impl Metadata {
             Some(s) => Some(s.data.read().expect("metadata").clone()),
             None => self.load(id)?,
         };
-        let data = match (current, data) {
-            (Some(cur), Some(new)) if new.generation > cur.generation => new,
-            (Some(cur), _) => cur,
-            (None, new) => new.unwrap_or_default(),
+        let (data, changed) = match (current, data) {
+            (Some(cur), Some(new)) if new.generation > cur.generation => (new, true),
+            (Some(cur), _) => (cur, false),
+            (None, new) => (new.unwrap_or_default(), true),
         };
-        self.save(id, &data)?;
+        if changed {
+            self.save(id, &data)?;
+        }
         let generation = data.generation;
         match served.get(id) {
             Some(s) => *s.data.write().expect("metadata") = data,

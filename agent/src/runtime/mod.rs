@@ -401,7 +401,7 @@ impl Instances {
         if !crate::spec::is_uuid(id) {
             return Err(InstanceError::Invalid(format!("id {id:?} is not a UUID")));
         }
-        if !store::valid_snapshot_name(name) {
+        if !nereid_api::valid_snapshot_name(name) {
             return Err(InstanceError::Invalid(format!(
                 "snapshot name {name:?}: 1-64 of [A-Za-z0-9_.:-], starting with a letter or digit"
             )));

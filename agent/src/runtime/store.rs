@@ -27,15 +27,6 @@ pub struct Snapshot {
     pub created: i64,
 }
 
-/// 1-64 of [A-Za-z0-9_.:-], starting with a letter or digit.
-pub fn valid_snapshot_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
-}
-
 #[derive(Clone)]
 pub struct Store {
     pool: String,

@@ -122,9 +122,8 @@ pub async fn get(dataset: &str, props: &[&str]) -> Result<BTreeMap<String, Strin
     Ok(parse_get(&out).remove(dataset).unwrap_or_default())
 }
 
-/// Properties of a dataset and all its descendant filesystems (zfs-fuse's
-/// `zfs get` has no `-t`, so snapshots are dropped here).
-pub async fn get_recursive(
+/// `zfs get -Hp -r` of a dataset: its descendants and snapshots too.
+async fn get_tree(
     dataset: &str,
     props: &[&str],
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
@@ -143,7 +142,16 @@ pub async fn get_recursive(
         ],
     )
     .await?;
-    let mut map = parse_get(&out);
+    Ok(parse_get(&out))
+}
+
+/// Properties of a dataset and all its descendant filesystems (zfs-fuse's
+/// `zfs get` has no `-t`, so snapshots are dropped here).
+pub async fn get_recursive(
+    dataset: &str,
+    props: &[&str],
+) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let mut map = get_tree(dataset, props).await?;
     map.retain(|name, _| !name.contains('@'));
     Ok(map)
 }
@@ -185,24 +193,11 @@ pub async fn rollback(snap: &str) -> Result<()> {
 /// The snapshots of a dataset (not of its descendants), oldest first:
 /// (snapshot name without the dataset, used bytes, creation unix seconds).
 pub async fn snapshots(dataset: &str) -> Result<Vec<(String, u64, i64)>> {
-    let out = zfs(
-        "get",
-        dataset,
-        &[
-            "get",
-            "-Hp",
-            "-r",
-            "-o",
-            "name,property,value",
-            "used,creation,createtxg",
-            dataset,
-        ],
-    )
-    .await?;
+    let tree = get_tree(dataset, &["used", "creation", "createtxg"]).await?;
     let prefix = format!("{dataset}@");
     // Ordered by the transaction group that made them: creation times are
     // whole seconds.
-    let mut snaps: Vec<(u64, String, u64, i64)> = parse_get(&out)
+    let mut snaps: Vec<(u64, String, u64, i64)> = tree
         .into_iter()
         .filter_map(|(name, props)| {
             let short = name.strip_prefix(&prefix)?.to_string();

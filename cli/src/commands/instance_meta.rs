@@ -61,7 +61,10 @@ pub async fn run_map(c: &Client, fmt: Format, what: &str, cmd: MapCmd) -> anyhow
         MapCmd::Get { id, key } => {
             let id = resolve(c, &id).await?;
             let v: Value = c
-                .get(&format!("/v1/instances/{id}/{what}/{}", encode(&key)), &[])
+                .get(
+                    &format!("/v1/instances/{id}/{what}/{}", super::path_segment(&key)),
+                    &[],
+                )
                 .await?;
             match (fmt, v) {
                 (Format::Table, Value::String(s)) => {
@@ -97,8 +100,11 @@ pub async fn run_map(c: &Client, fmt: Format, what: &str, cmd: MapCmd) -> anyhow
             let id = resolve(c, &id).await?;
             match (key, all) {
                 (Some(k), _) => {
-                    c.delete(&format!("/v1/instances/{id}/{what}/{}", encode(&k)))
-                        .await?
+                    c.delete(&format!(
+                        "/v1/instances/{id}/{what}/{}",
+                        super::path_segment(&k)
+                    ))
+                    .await?
                 }
                 (None, true) => c.delete(&format!("/v1/instances/{id}/{what}")).await?,
                 (None, false) => anyhow::bail!("name a key, or --all"),
@@ -114,18 +120,6 @@ fn tag_value(v: &str) -> Value {
         Ok(j @ (Value::Bool(_) | Value::Number(_))) => j,
         _ => Value::String(v.to_string()),
     }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn print_map(fmt: Format, map: &Map<String, Value>) {

@@ -38,18 +38,8 @@ pub enum KeyCmd {
     },
 }
 
-/// `/v1/keys/{name}`: fingerprints hold `/` and `+`, which must not reach
-/// the path as they are.
 fn key_path(name: &str) -> String {
-    let mut enc = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            enc.push(b as char);
-        } else {
-            enc.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("/v1/keys/{enc}")
+    format!("/v1/keys/{}", super::path_segment(name))
 }
 
 fn owner_query(owner: Option<String>) -> Vec<(&'static str, String)> {

@@ -73,6 +73,20 @@ pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+/// `s` as one path segment: fingerprints, tag and metadata keys may hold
+/// `/`, `+` or spaces, which must not reach the path as they are.
+pub fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Parses `KEY=VALUE`.
 pub fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

@@ -222,16 +222,30 @@ fn mac_for(id: InstanceId, idx: u32) -> String {
 impl Datastore {
     /// The servers as the scheduler sees them, with `owner`'s instance aliases on each.
     pub async fn scheduler_candidates(&self, owner: AccountId) -> Result<Vec<Candidate>> {
+        self.candidates(owner, None).await
+    }
+
+    /// One server as the scheduler sees it (a resize stays on its server).
+    pub async fn candidate(&self, server: ServerId, owner: AccountId) -> Result<Candidate> {
+        self.candidates(owner, Some(server))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::not_found("server", server))
+    }
+
+    async fn candidates(&self, owner: AccountId, only: Option<ServerId>) -> Result<Vec<Candidate>> {
         let rows = sqlx::query_as::<_, CandidateRow>(AssertSqlSafe(format!(
             "SELECT s.id, s.status, s.reserved, s.sysinfo, s.setup, v.used_ram_mb, v.used_disk_mb, v.used_vcpus,
                     v.overprovision_ram, v.overprovision_disk, v.overprovision_cpu,
                     ARRAY(SELECT alias FROM instances i WHERE i.server_id = s.id AND i.owner = $2
                           AND i.state <> {INSTANCE_DELETED}) AS owner_aliases
-             FROM {} JOIN servers v ON v.id = s.id",
+             FROM {} JOIN servers v ON v.id = s.id
+             WHERE $3::uuid IS NULL OR s.id = $3",
             super::servers::SERVERS
         )))
         .bind(self.heartbeat_deadline.as_secs_f64())
         .bind(owner.as_uuid())
+        .bind(only.map(|s| s.as_uuid()))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(CandidateRow::into_candidate).collect())

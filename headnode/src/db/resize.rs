@@ -107,19 +107,6 @@ fn lacks(c: &Candidate, from: Size, to: Size) -> String {
 }
 
 impl Datastore {
-    /// The scheduler's view of one server.
-    pub async fn candidate(
-        &self,
-        server: nereid_api::ServerId,
-        owner: AccountId,
-    ) -> Result<Candidate> {
-        self.scheduler_candidates(owner)
-            .await?
-            .into_iter()
-            .find(|c| c.id == server)
-            .ok_or_else(|| Error::not_found("server", server))
-    }
-
     /// Reserves `package`'s size for the instance on its server in place of
     /// its current one, records the package (a new spec generation), and
     /// queues `job` (whose params get the old package for its undo).

@@ -66,9 +66,10 @@ impl InstanceLock {
 }
 
 impl Datastore {
-    /// Records the intent to snapshot (or finds the row of an earlier try
-    /// of the same name still `creating`: true when it is new or retried).
-    /// `limit` bounds the instance's snapshots.
+    /// Records the intent to snapshot, or finds the row of an earlier try of
+    /// the same name still `creating` (the retry completes it). `limit`
+    /// bounds the instance's snapshots; the account needs room under its
+    /// disk quota.
     pub async fn snapshot_begin(
         &self,
         id: InstanceId,

@@ -124,13 +124,11 @@ pub async fn events(
         .transpose()?;
     let (rx, head) = s.events.subscribe();
     if let Some(from) = resume
-        && let Some(oldest) = events::oldest(s.db.pool()).await?
-        && from < oldest
-        && from.1 + 1 < oldest.1
+        && !events::resumable(s.db.pool(), from).await?
     {
         return Err(Error::Gone(format!(
-            "events before {}-{} are no longer kept (24 hours); start again without Last-Event-ID",
-            oldest.0, oldest.1
+            "events after {}-{} are no longer all kept (24 hours); start again without Last-Event-ID",
+            from.0, from.1
         )));
     }
     let follow = Follow {

@@ -212,7 +212,14 @@ impl Containers {
             self.runc.status(&spec.id).await?
         };
         match status {
-            Some(Status::Running) => return Ok(()),
+            // Running already: the spec's limits (newer after a resize)
+            // take effect in place.
+            Some(Status::Running) => {
+                self.runc
+                    .update(&spec.id, &oci::update_flags(spec, self.memsw))
+                    .await?;
+                return Ok(());
+            }
             Some(Status::Paused) => {
                 return Err(InstanceError::Conflict {
                     id: spec.id.clone(),
@@ -304,12 +311,6 @@ impl Runtime for Containers {
         self.write_bundle(spec).await?;
         crate::fault::point("ensure_instance:after_bundle");
         if start {
-            if !fresh && self.runc.status(&spec.id).await? == Some(Status::Running) {
-                // Running already: a newer spec (a resize) takes effect in place.
-                self.runc
-                    .update(&spec.id, &oci::update_flags(spec, self.memsw))
-                    .await?;
-            }
             self.run(spec, undo, fresh).await?;
             crate::fault::point("ensure_instance:after_run");
         }
