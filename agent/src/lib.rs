@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod export;
 pub mod fault;
 pub mod identity;
 pub mod idmap;
@@ -108,6 +109,12 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
                 tracing::info!(zpool = %setup.zpool, instances = list.len(), "recovered the node's instances from ZFS, runc and QEMU")
             }
             Err(e) => tracing::warn!("cannot list instances yet: {}", error_chain(&e)),
+        }
+        let parent = format!("{}/instances", setup.zpool);
+        match runtime.exporter.sweep(&parent).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed what interrupted image exports left"),
+            Err(e) => tracing::warn!("sweeping interrupted image exports: {}", error_chain(&e)),
         }
         *node.write().expect("node lock") = Some(runtime);
     }

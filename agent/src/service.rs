@@ -27,6 +27,7 @@ use crate::sysinfo;
 pub struct NodeRuntime {
     pub images: Images,
     pub instances: Instances,
+    pub exporter: crate::export::Exporter,
 }
 
 impl NodeRuntime {
@@ -70,6 +71,7 @@ impl NodeRuntime {
         NodeRuntime {
             images: Images::new(pool, credential, ids.base),
             instances,
+            exporter: crate::export::Exporter::new(pool),
         }
     }
 }
@@ -556,6 +558,70 @@ impl Agent for AgentService {
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: list.into_iter().map(snapshot_to_pb).collect(),
         }))
+    }
+
+    type ExportImageStream = Streamed<pb::ExportChunk>;
+
+    async fn export_image(
+        &self,
+        req: Request<pb::ExportImageRequest>,
+    ) -> Result<Response<Self::ExportImageStream>, Status> {
+        use crate::export::Selection;
+        use pb::export_chunk::Part;
+        let node = self.node()?;
+        let r = req.into_inner();
+        tracing::info!(instance = %r.instance_id, image = %r.image_id, "ExportImage");
+        let (brand, snapshot) = node
+            .instances
+            .export_snapshot(&r.instance_id, &r.image_id)
+            .await
+            .map_err(instance_status)?;
+        let selection = match brand {
+            Brand::Container => Selection::RootFs(self.ids),
+            Brand::Kvm => Selection::Files(crate::runtime::kvm::qemu::IMAGE_FILES),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+            let forward_tx = tx.clone();
+            // Ends (dropping `chunks`, which stops the writer) when the
+            // caller hangs up.
+            let forward = async move {
+                while let Some(data) = chunks.recv().await {
+                    let msg = pb::ExportChunk {
+                        part: Some(Part::Data(data.to_vec())),
+                    };
+                    if forward_tx.send(Ok(msg)).await.is_err() {
+                        break;
+                    }
+                    crate::fault::point("export_image:streaming");
+                }
+            };
+            let export =
+                node.exporter
+                    .export(&r.instance_id, &snapshot, &r.image_id, selection, chunks_tx);
+            let (result, ()) = tokio::join!(export, forward);
+            let last = match result {
+                Ok(s) => {
+                    tracing::info!(instance = %r.instance_id, image = %r.image_id, bytes = s.size, skipped = s.skipped, "image exported");
+                    Ok(pb::ExportChunk {
+                        part: Some(Part::Done(pb::ExportTrailer {
+                            sha256: s.sha256,
+                            size: s.size,
+                            unpacked_bytes: s.unpacked_bytes,
+                            skipped: s.skipped,
+                        })),
+                    })
+                }
+                Err(e) => {
+                    let msg = crate::error_chain(&e);
+                    tracing::warn!(instance = %r.instance_id, "exporting image {}: {msg}", r.image_id);
+                    Err(Status::internal(msg))
+                }
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(stream_from(rx))))
     }
 
     async fn set_metadata(

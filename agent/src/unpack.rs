@@ -67,7 +67,7 @@ fn normalize(p: &Path) -> Option<PathBuf> {
 }
 
 /// Checks one entry; returns its normalized path.
-fn check(
+pub(crate) fn check(
     entry: &str,
     path: &Path,
     kind: tar::EntryType,

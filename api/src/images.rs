@@ -64,6 +64,9 @@ pub struct Image {
     /// The most its file unpacks to on a node, in bytes, as its manifest
     /// declares (null: the headnode's default bound).
     pub unpacked_size: Option<u64>,
+    /// The image the instance it was made from ran (images made from an
+    /// instance only).
+    pub origin: Option<ImageId>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -95,4 +98,23 @@ pub struct ImageCreate {
     /// holds more (and bound the image's dataset by it). Default: the
     /// headnode's bound for images that declare none.
     pub unpacked_size: Option<u64>,
+}
+
+/// `POST /v1/instances/{id}/images`: an image made from the instance. It
+/// takes its type, OS and requirements from the image the instance runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFromInstance {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The image being made (unactivated, without its file until the job ends)
+/// and the job that makes it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageFromInstanceAccepted {
+    pub image: Image,
+    pub job_id: crate::JobId,
 }

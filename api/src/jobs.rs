@@ -37,6 +37,8 @@ crate::named_enum! {
         Destroy = "destroy",
         /// To another package, on the same server.
         Resize = "resize",
+        /// An image made from the instance (which keeps running).
+        CreateImage = "create_image",
     }
 }
 

@@ -366,7 +366,7 @@ pub async fn act(
         JobKind::Stop => (&[Running, Stopped], Stopping),
         JobKind::Reboot => (&[Running], Running),
         JobKind::Destroy => (&[Running, Stopped, Failed, Unknown], Deleting),
-        JobKind::Provision | JobKind::Resize => {
+        JobKind::Provision | JobKind::Resize | JobKind::CreateImage => {
             return Err(Error::Internal(format!("{kind} is not an action")));
         }
     };

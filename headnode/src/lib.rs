@@ -12,6 +12,7 @@ pub mod firewall;
 pub mod fwrule;
 pub mod grpc;
 pub mod http;
+pub mod images;
 pub mod imagestore;
 pub mod instances;
 pub mod ipam;

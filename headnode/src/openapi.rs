@@ -19,7 +19,7 @@ use crate::http;
         http::servers::join_token_create, http::servers::server_orphans,
         http::images::image_list, http::images::image_create, http::images::image_get, http::images::image_delete,
         http::images::image_file_put, http::images::image_file_get, http::images::image_activate,
-        http::images::image_disable, http::images::image_enable,
+        http::images::image_disable, http::images::image_enable, http::images::image_from_instance,
         http::packages::package_list, http::packages::package_create, http::packages::package_get,
         http::packages::package_update, http::packages::package_delete,
         http::networks::nic_tag_list, http::networks::nic_tag_create, http::networks::nic_tag_delete,

@@ -321,6 +321,32 @@ async fn the_cli_creates_an_instance_with_wait_shows_its_job_and_deletes_it() {
     );
     let inst: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(inst["state"], "stopped");
+    // An image made from it, waited for (the job's steps live) and activated.
+    let out = nereid(
+        h,
+        &[
+            "image",
+            "create",
+            "cli1",
+            "cli1-img",
+            "1.0",
+            "--activate",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(image["state"], "active", "{image}");
+    assert_eq!(image["origin"], inst["image_id"], "{image}");
+    assert!(image["file"]["size"].as_u64().unwrap() > 0, "{image}");
+    let out = nereid(h, &["image", "delete", image["id"].as_str().unwrap()]);
+    assert!(out.status.success());
+
     let out = nereid(h, &["instance", "reboot", "cli1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

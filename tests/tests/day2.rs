@@ -6,6 +6,7 @@
 //! container's memory limit changes in place; no room, another brand or a
 //! package it has get a 4xx and change nothing.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 use nereid_tests::api::{assert_error, assert_error_says};
@@ -413,4 +414,206 @@ async fn the_event_stream_shows_a_provision_in_order_and_resumes_after_a_reconne
         )
         .await;
     assert_error(&gone, 410, "Gone");
+}
+
+/// Where the instance's root filesystem is mounted on its node.
+fn rootfs(dc: &Datacenter, inst: &Value) -> std::path::PathBuf {
+    let ds = format!(
+        "{}/instances/{}",
+        dc.node_of(inst).pool.name,
+        inst["id"].as_str().unwrap()
+    );
+    let out = Command::new("zfs")
+        .args(["get", "-H", "-o", "value", "mountpoint", &ds])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}
+
+/// What image exports left on the node: `_export-*` snapshots of the
+/// instance and clones under `<pool>/exports`.
+fn export_leftovers(dc: &Datacenter, inst: &Value) -> Vec<String> {
+    let node = dc.node_of(inst);
+    let mut left: Vec<String> = zfs_snapshots(dc, inst)
+        .into_iter()
+        .filter(|s| s.starts_with("_export-"))
+        .collect();
+    let exports = format!("{}/exports", node.pool.name);
+    let out = Command::new("zfs")
+        .args(["get", "-H", "-r", "-o", "name", "type", &exports])
+        .output()
+        .unwrap();
+    left.extend(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| *l != exports)
+            .map(String::from),
+    );
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_made_from_an_instance_provisions_on_another_node_with_its_files() {
+    let Some(mut dc) = Datacenter::start(DcOpts {
+        nodes: 2,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let (_, alice) = dc.tenant("img-alice").await;
+    let (_, bob) = dc.tenant("img-bob").await;
+    let (st, body) = alice
+        .post(
+            "/v1/instances",
+            &json!({"alias": "orig", "image": "busybox", "package": "small", "networks": ["net"]}),
+        )
+        .await;
+    assert_eq!(st, 202, "{body}");
+    let job = dc.wait_job(body["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let orig = dc.instance(body["instance"]["id"].as_str().unwrap()).await;
+    let id = orig["id"].as_str().unwrap().to_string();
+    write(&dc, &orig, "echo made-by-alice > /root/keep && sync");
+    // Owners and a FIFO set from the host (zfs-fuse refuses a chown from
+    // inside a user namespace): container ids 1234:4321 are the host ids
+    // that far above the owner of the container's root.
+    let root = rootfs(&dc, &orig);
+    let base = std::fs::metadata(root.join("root")).unwrap().uid();
+    let keep = root.join("root/keep");
+    std::os::unix::fs::chown(&keep, Some(base + 1234), Some(base + 4321)).unwrap();
+    std::fs::set_permissions(&keep, std::fs::Permissions::from_mode(0o640)).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("root/pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let path = format!("/v1/instances/{id}/images");
+
+    // Bad requests change nothing.
+    let manifest = json!({"name": "alice-app", "version": "1.0"});
+    assert_error(&bob.post(&path, &manifest).await, 404, "NotFound");
+    assert_error(
+        &alice
+            .post(&path, &json!({"name": "", "version": "1.0"}))
+            .await,
+        400,
+        "InvalidArgument",
+    );
+    assert_error(
+        &alice
+            .post(&path, &json!({"name": "x", "version": "1", "type": "vm"}))
+            .await,
+        400,
+        "InvalidArgument",
+    );
+    assert_error(
+        &alice
+            .post(
+                &format!("/v1/instances/{}/images", uuid::Uuid::new_v4()),
+                &manifest,
+            )
+            .await,
+        404,
+        "NotFound",
+    );
+
+    // The agent dies in the middle of the stream: the job waits for it and
+    // finishes when it is back; nothing of the broken export stays.
+    let node = dc
+        .nodes
+        .iter()
+        .position(|n| n.server_id == orig["server_id"].as_str().unwrap())
+        .unwrap();
+    dc.nodes[node].agent.restart_in_place(vec![(
+        "NEREID_AGENT_FAULT".into(),
+        "export_image:streaming".into(),
+    )]);
+    dc.wait_state(&id, "running", std::time::Duration::from_secs(60))
+        .await;
+    let (st, made) = alice.post(&path, &manifest).await;
+    assert_eq!(st, 202, "{made}");
+    assert_eq!(made["image"]["state"], "unactivated");
+    assert_eq!(made["image"]["file"], Value::Null);
+    assert_eq!(made["image"]["origin"], orig["image_id"]);
+    assert_eq!(made["image"]["type"], "container");
+    let image = made["image"]["id"].as_str().unwrap().to_string();
+    let st = dc.nodes[node]
+        .agent
+        .proc
+        .wait_exit(std::time::Duration::from_secs(60))
+        .expect("the agent reached its fault point");
+    assert!(!st.success(), "{st:?}");
+    dc.nodes[node].agent.restart_in_place(Vec::new());
+    let job = dc.wait_job(made["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(
+        job["steps"][1]["attempts"].as_u64().unwrap() >= 2,
+        "the export ran again after the agent came back: {job}"
+    );
+    assert_eq!(export_leftovers(&dc, &orig), Vec::<String>::new());
+    let tmp = dc.headnode().state.path().join("images/tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "no partial upload left"
+    );
+    // The instance ran on throughout, and its own snapshots do not show the export's.
+    assert_eq!(dc.instance(&id).await["state"], "running");
+    let (_, snaps) = alice.get(&format!("/v1/instances/{id}/snapshots")).await;
+    assert_eq!(snaps, json!([]));
+
+    let (_, img) = alice.get(&format!("/v1/images/{image}")).await;
+    assert_eq!(img["state"], "unactivated", "{img}");
+    assert!(img["file"]["size"].as_u64().unwrap() > 100_000, "{img}");
+    assert!(img["unpacked_size"].as_u64().unwrap() > 500_000, "{img}");
+    assert_error(
+        &bob.get(&format!("/v1/images/{image}")).await,
+        404,
+        "NotFound",
+    );
+    // The same name and version again.
+    assert_error(&alice.post(&path, &manifest).await, 409, "Conflict");
+    let (st, body) = alice
+        .post(&format!("/v1/images/{image}/activate"), &json!({}))
+        .await;
+    assert_eq!(st, 200, "{body}");
+
+    // Provisioned on the other node, it holds the original's file, owners
+    // and mode; the FIFO was left out.
+    let (st, body) = alice
+        .post(
+            "/v1/instances",
+            &json!({"alias": "copy", "image": image, "package": "small", "networks": ["net"],
+                    "affinity": ["instance!=orig"]}),
+        )
+        .await;
+    assert_eq!(st, 202, "{body}");
+    let job = dc.wait_job(body["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let copy = dc.instance(body["instance"]["id"].as_str().unwrap()).await;
+    assert_ne!(copy["server_id"], orig["server_id"]);
+    let (ok, out) = dc.exec(
+        &copy,
+        &[
+            "sh",
+            "-c",
+            "cat /root/keep; stat -c '%u:%g %a' /root/keep; test -e /root/pipe || echo no-pipe",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out, "made-by-alice\n1234:4321 640\nno-pipe\n");
+
+    // While its instance lives, the image stays; then both go.
+    assert_error(
+        &alice.delete(&format!("/v1/images/{image}")).await,
+        409,
+        "Conflict",
+    );
+    for i in [&copy, &orig] {
+        dc.act(i["id"].as_str().unwrap(), "delete").await;
+    }
+    assert_eq!(alice.delete(&format!("/v1/images/{image}")).await.0, 204);
+    dc.assert_nothing_held().await;
 }

@@ -149,6 +149,37 @@ async fn a_tiny_vm_and_a_container_reach_each_other_and_the_host_and_delete_leav
     // (the kernel's last words after the guest's ACPI handler powered it off)
     let text = dc.wait_console(&id, "Power down", BOOT).await;
     assert_eq!(count(&text, "NEREID-READY"), 1, "{text}");
+    // An image made from the VM holds its boot files, not the node's
+    // console log or seed, and is a vm image like its origin.
+    let (st, made) = dc
+        .op()
+        .post(
+            &format!("/v1/instances/{id}/images"),
+            &json!({"name": "vm-copy", "version": "1"}),
+        )
+        .await;
+    assert_eq!(st, 202, "{made}");
+    assert_eq!(made["image"]["type"], "vm");
+    let job = dc.wait_job(made["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let image = made["image"]["id"].as_str().unwrap();
+    let file = dc
+        .op()
+        .request(reqwest::Method::GET, &format!("/v1/images/{image}/file"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = tar::Archive::new(flate2::read::GzDecoder::new(&file[..]))
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cmdline", "initramfs.gz", "vmlinuz"]);
+    assert_eq!(dc.op().delete(&format!("/v1/images/{image}")).await.0, 204);
     // Start boots it again (the console log keeps the first boot).
     dc.act(&id, "start").await;
     dc.wait_state(&id, "running", Duration::from_secs(10)).await;

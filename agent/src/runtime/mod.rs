@@ -446,6 +446,33 @@ impl Instances {
         self.store.rollback(id, name).await
     }
 
+    /// Takes the transient snapshot an image is made from, under the
+    /// instance's lock (so no start, stop or rollback is half done in it);
+    /// returns the instance's brand and the snapshot. One export per image
+    /// at a time: a snapshot that exists means one runs (a conflict).
+    pub async fn export_snapshot(&self, id: &str, image: &str) -> Result<(Brand, String)> {
+        for (what, v) in [("id", id), ("image id", image)] {
+            if !crate::spec::is_uuid(v) {
+                return Err(InstanceError::Invalid(format!(
+                    "{what} {v:?} is not a UUID"
+                )));
+            }
+        }
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let spec = self.recorded(id).await?;
+        let name = format!("{}{image}", crate::export::SNAPSHOT_PREFIX);
+        let snap = format!("{}@{name}", self.store.dataset(id));
+        if crate::storage::zfs::exists(&snap).await? {
+            return Err(InstanceError::Conflict {
+                id: id.into(),
+                message: format!("image {image} is being made from it already"),
+            });
+        }
+        crate::storage::zfs::snapshot(&snap).await?;
+        Ok((spec.brand, snap))
+    }
+
     pub async fn console(&self, id: &str, tail_lines: usize) -> Result<Console> {
         let spec = self.recorded(id).await?;
         self.driver(spec.brand)?.console(&spec, tail_lines).await

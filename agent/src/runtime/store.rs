@@ -245,6 +245,8 @@ impl Store {
         match zfs::snapshots(&self.dataset(id)).await {
             Ok(list) => Ok(list
                 .into_iter()
+                // The transient snapshots images are made from are not the user's.
+                .filter(|(name, ..)| !name.starts_with(crate::export::SNAPSHOT_PREFIX))
                 .map(|(name, used_bytes, created)| Snapshot {
                     name,
                     used_bytes,

@@ -123,7 +123,7 @@ pub async fn get(dataset: &str, props: &[&str]) -> Result<BTreeMap<String, Strin
 }
 
 /// `zfs get -Hp -r` of a dataset: its descendants and snapshots too.
-async fn get_tree(
+pub async fn get_tree(
     dataset: &str,
     props: &[&str],
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use futures::StreamExt;
-use nereid_api::{Image, ImageCreate};
+use nereid_api::{Image, ImageCreate, ImageFromInstance, ImageFromInstanceAccepted, JobState};
 use reqwest::Method;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -38,6 +38,22 @@ pub enum ImageCmd {
         /// Leave the image unactivated.
         #[arg(long)]
         no_activate: bool,
+    },
+    /// Make an image from an instance (running or stopped; it keeps
+    /// running). The image stays unactivated unless --activate.
+    Create {
+        /// The instance (id or alias).
+        instance: String,
+        name: String,
+        version: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Wait until the image has its file.
+        #[arg(long)]
+        wait: bool,
+        /// Wait, then activate it.
+        #[arg(long)]
+        activate: bool,
     },
     /// Make an image usable for new instances.
     Activate { id: String },
@@ -99,6 +115,54 @@ pub async fn run(c: &Client, fmt: Format, cmd: ImageCmd) -> anyhow::Result<()> {
             let m: ImageCreate = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a valid image manifest", manifest.display()))?;
             let image = import(c, fmt, &file, &m, !no_activate).await?;
+            show(fmt, &image);
+        }
+        ImageCmd::Create {
+            instance,
+            name,
+            version,
+            description,
+            wait,
+            activate,
+        } => {
+            let instance = super::instance::resolve(c, &instance).await?;
+            let accepted: ImageFromInstanceAccepted = c
+                .post(
+                    &format!("/v1/instances/{instance}/images"),
+                    &ImageFromInstance {
+                        name,
+                        version,
+                        description,
+                    },
+                )
+                .await?;
+            let id = accepted.image.id;
+            if !(wait || activate) {
+                if fmt == Format::Json {
+                    output::json(&accepted);
+                } else {
+                    println!(
+                        "image {id} ({} {}) is being made from instance {instance}; job {}",
+                        accepted.image.name, accepted.image.version, accepted.job_id
+                    );
+                }
+                return Ok(());
+            }
+            let job =
+                super::instance::follow(c, &accepted.job_id.to_string(), fmt == Format::Table)
+                    .await?;
+            if job.state != JobState::Succeeded {
+                bail!(
+                    "job {} failed: {}",
+                    job.id,
+                    job.error.unwrap_or_else(|| "no reason given".into())
+                );
+            }
+            let image: Image = if activate {
+                c.post(&format!("/v1/images/{id}/activate"), &()).await?
+            } else {
+                c.get(&format!("/v1/images/{id}"), &[]).await?
+            };
             show(fmt, &image);
         }
         ImageCmd::Activate { id } => show(
@@ -219,5 +283,11 @@ fn show(fmt: Format, i: &Image) {
                 .unwrap_or_else(|| "-".into()),
         ),
         ("description", i.description.clone()),
+        (
+            "origin",
+            i.origin
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
     ]);
 }

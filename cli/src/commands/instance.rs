@@ -401,12 +401,11 @@ async fn finish(
     Ok(())
 }
 
-/// Polls a job until it ends; with `live`, prints each step as it changes (to stderr).
 /// Follows a job until it ends: it reads the job again each time the change
 /// feed says its instance or the job changed (or every 5 s without one, and
 /// every 150 ms when the feed cannot be opened); with `live`, prints each
 /// step as it changes (to stderr).
-async fn follow(c: &Client, id: &str, live: bool) -> anyhow::Result<Job> {
+pub(crate) async fn follow(c: &Client, id: &str, live: bool) -> anyhow::Result<Job> {
     let started = Instant::now();
     let mut seen: Vec<(StepState, u32)> = Vec::new();
     let first: Job = c.get(&format!("/v1/jobs/{id}"), &[]).await?;

@@ -52,6 +52,61 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Calls that do real work on the node (pulls, clones, container starts)
 /// queue there behind each other in a burst; they get longer.
 const WORK_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest an image export may stream.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+
+/// An image file streaming from a node: the chunks, then its trailer.
+pub struct Export {
+    stream: tonic::Streaming<pb::ExportChunk>,
+    server: ServerId,
+    address: String,
+    /// What the node says it wrote (once the stream ended well).
+    pub trailer: Option<pb::ExportTrailer>,
+    /// Why the stream broke, if it did.
+    pub failed: Option<Error>,
+}
+
+impl Export {
+    /// The file's bytes; ends at the trailer or at the first failure (kept
+    /// in `failed`, so the stream's consumer sees only that it ended).
+    pub fn chunks(&mut self) -> impl futures::Stream<Item = Result<bytes::Bytes>> + Unpin + '_ {
+        Box::pin(futures::stream::unfold(self, |e| async move {
+            if e.trailer.is_some() || e.failed.is_some() {
+                return None;
+            }
+            use pb::export_chunk::Part;
+            let failure = match e.stream.message().await {
+                Ok(Some(pb::ExportChunk {
+                    part: Some(Part::Data(d)),
+                })) => return Some((Ok(bytes::Bytes::from(d)), e)),
+                Ok(Some(pb::ExportChunk {
+                    part: Some(Part::Done(t)),
+                })) => {
+                    e.trailer = Some(t);
+                    return None;
+                }
+                Ok(Some(pb::ExportChunk { part: None })) => Error::AgentUnavailable {
+                    server: e.server,
+                    message: format!(
+                        "the agent of server {} sent an empty export chunk",
+                        e.server
+                    ),
+                },
+                Ok(None) => Error::AgentUnavailable {
+                    server: e.server,
+                    message: format!(
+                        "the agent of server {} ended ExportImage without its trailer",
+                        e.server
+                    ),
+                },
+                Err(st) => agent_error(e.server, &e.address, "ExportImage", st),
+            };
+            let message = failure.to_string();
+            e.failed = Some(failure);
+            Some((Err(Error::Internal(message)), e))
+        }))
+    }
+}
 
 impl AgentPool {
     fn channel(&self, id: ServerId, address: &str) -> Result<Channel> {
@@ -325,6 +380,32 @@ impl AgentPool {
             Err(st) if st.code() == tonic::Code::NotFound => Ok(()),
             Err(st) => Err(agent_error(t.server, &t.address, "SetMetadata", st)),
         }
+    }
+
+    /// Starts writing the instance as the file of `image` (see ExportImage).
+    pub async fn export_image(
+        &self,
+        t: &AgentTarget,
+        id: InstanceId,
+        image: nereid_api::ImageId,
+    ) -> Result<Export> {
+        let msg = pb::ExportImageRequest {
+            instance_id: id.to_string(),
+            image_id: image.to_string(),
+        };
+        let stream = self
+            .client(t)?
+            .export_image(self.request_within(msg, &t.control_key, EXPORT_TIMEOUT))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "ExportImage", st))?
+            .into_inner();
+        Ok(Export {
+            stream,
+            server: t.server,
+            address: t.address.clone(),
+            trailer: None,
+            failed: None,
+        })
     }
 
     /// Snapshots the instance's dataset; an existing snapshot is fine.

@@ -5,13 +5,14 @@
 
 use chrono::{DateTime, Utc};
 use nereid_api::{
-    AccountId, Image, ImageCreate, ImageFile, ImageId, ImageRequirements, ImageState, ImageType,
-    Page,
+    AccountId, Image, ImageCreate, ImageFile, ImageFromInstance, ImageId, ImageRequirements,
+    ImageState, ImageType, InstanceId, Page,
 };
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Datastore, into_page, is_unique_violation};
+use super::states::INSTANCE_DELETED;
+use super::{Datastore, NewJob, into_page, is_unique_violation};
 use crate::error::{Error, Result};
 
 #[derive(sqlx::FromRow)]
@@ -30,6 +31,7 @@ struct ImageRow {
     file_sha256: Option<String>,
     file_size: Option<i64>,
     unpacked_size: Option<i64>,
+    origin: Option<Uuid>,
     created_at: DateTime<Utc>,
 }
 
@@ -55,6 +57,7 @@ impl ImageRow {
             requirements: self.requirements.0,
             public: self.public,
             unpacked_size: self.unpacked_size.map(|s| s as u64),
+            origin: self.origin.map(Into::into),
             created_at: self.created_at,
         })
     }
@@ -62,7 +65,8 @@ impl ImageRow {
 
 const SELECT: &str =
     "SELECT i.id, i.owner, i.name, i.version, i.type, i.os, i.description, i.requirements,
-        i.public, i.state, i.file_sha256, f.size AS file_size, i.unpacked_size, i.created_at
+        i.public, i.state, i.file_sha256, f.size AS file_size, i.unpacked_size, i.origin,
+        i.created_at
     FROM images i LEFT JOIN image_files f ON f.sha256 = i.file_sha256";
 
 #[derive(Debug, Default)]
@@ -72,6 +76,55 @@ pub struct ImageFilter {
     pub state: Option<ImageState>,
     /// Only images this account may see (its own and public ones); None = all.
     pub visible_to: Option<AccountId>,
+}
+
+/// Inserts an image, counted against the owner's image quota.
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    defaults: &nereid_api::QuotaValues,
+    id: ImageId,
+    owner: AccountId,
+    req: &ImageCreate,
+    origin: Option<ImageId>,
+) -> Result<()> {
+    let need = super::quotas::Need {
+        images: 1,
+        ..Default::default()
+    };
+    super::quotas::reserve(tx, owner, defaults, &need).await?;
+    sqlx::query(
+        "INSERT INTO images (id, owner, name, version, type, os, description, requirements, public,
+                unpacked_size, origin)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(id.as_uuid())
+    .bind(owner.as_uuid())
+    .bind(&req.name)
+    .bind(&req.version)
+    .bind(req.image_type.as_str())
+    .bind(&req.os)
+    .bind(&req.description)
+    .bind(Json(&req.requirements))
+    .bind(req.public)
+    .bind(req.unpacked_size.map(|s| s as i64))
+    .bind(origin.map(|o| o.as_uuid()))
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match &e {
+        e if is_unique_violation(e, "images_owner_name_version_key") => Error::Conflict(format!(
+            "this account already has an image {} version {}",
+            req.name, req.version
+        )),
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+            Error::not_found("account", owner)
+        }
+        _ => e.into(),
+    })?;
+    crate::audit::record(
+        tx,
+        crate::audit::Event::new("image.create", "image", id).owned_by(owner),
+    )
+    .await
 }
 
 /// What detaching a file left behind: a hash whose file may now be unused.
@@ -85,42 +138,104 @@ impl Datastore {
     pub async fn image_create(&self, owner: AccountId, req: &ImageCreate) -> Result<Image> {
         let id = ImageId::new();
         let mut tx = self.pool.begin().await?;
-        let need = super::quotas::Need {
-            images: 1,
-            ..Default::default()
-        };
-        super::quotas::reserve(&mut tx, owner, &self.default_quotas, &need).await?;
-        sqlx::query(
-            "INSERT INTO images (id, owner, name, version, type, os, description, requirements, public,
-                    unpacked_size)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(id.as_uuid())
-        .bind(owner.as_uuid())
-        .bind(&req.name)
-        .bind(&req.version)
-        .bind(req.image_type.as_str())
-        .bind(&req.os)
-        .bind(&req.description)
-        .bind(Json(&req.requirements))
-        .bind(req.public)
-        .bind(req.unpacked_size.map(|s| s as i64))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            e if is_unique_violation(e, "images_owner_name_version_key") => {
-                Error::Conflict(format!("this account already has an image {} version {}", req.name, req.version))
-            }
-            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => Error::not_found("account", owner),
-            _ => e.into(),
-        })?;
-        crate::audit::record(
-            &mut tx,
-            crate::audit::Event::new("image.create", "image", id).owned_by(owner),
-        )
-        .await?;
+        insert(&mut tx, &self.default_quotas, id, owner, req, None).await?;
         tx.commit().await?;
         self.image_get(id, None).await
+    }
+
+    /// Records an image to be made from an instance (running or stopped),
+    /// taking its type, OS and requirements from the instance's image, and
+    /// queues `job` to make it, in one transaction.
+    pub async fn image_from_instance(
+        &self,
+        instance: InstanceId,
+        scope: Option<AccountId>,
+        req: &ImageFromInstance,
+        mut job: NewJob,
+    ) -> Result<ImageId> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(Uuid, String, Uuid)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT owner, state, image_id FROM instances
+              WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2) AND state <> {INSTANCE_DELETED}
+              FOR UPDATE"
+        )))
+        .bind(instance.as_uuid())
+        .bind(scope.map(|o| o.as_uuid()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((owner, state, origin)) = row else {
+            return Err(Error::not_found("instance", instance));
+        };
+        if !matches!(state.as_str(), "running" | "stopped") {
+            return Err(Error::Conflict(format!(
+                "instance {instance} is {state}; an image is made from a running or stopped instance"
+            )));
+        }
+        let origin: ImageRow =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} WHERE i.id = $1")))
+                .bind(origin)
+                .fetch_one(&mut *tx)
+                .await?;
+        let image_type = ImageType::parse(&origin.image_type)
+            .ok_or_else(|| Error::Internal(format!("image {} has a bad type", origin.id)))?;
+        let manifest = ImageCreate {
+            name: req.name.clone(),
+            version: req.version.clone(),
+            image_type,
+            os: origin.os,
+            description: req.description.clone(),
+            requirements: origin.requirements.0,
+            public: false,
+            owner: None,
+            unpacked_size: None,
+        };
+        let id = ImageId::new();
+        insert(
+            &mut tx,
+            &self.default_quotas,
+            id,
+            owner.into(),
+            &manifest,
+            Some(origin.id.into()),
+        )
+        .await?;
+        job.params = serde_json::json!({ "image_id": id });
+        super::jobs::insert(&mut tx, &job).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Declares how much an image's file unpacks to (an image made from an
+    /// instance learns it with its file).
+    pub async fn image_set_unpacked_size(&self, id: ImageId, bytes: u64) -> Result<()> {
+        sqlx::query("UPDATE images SET unpacked_size = $2 WHERE id = $1 AND state = 'unactivated'")
+            .bind(id.as_uuid())
+            .bind(bytes as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes an image that never got its file (a failed image-from-instance
+    /// job); one with a file, or that is gone, is left as it is.
+    pub async fn image_discard_unfinished(&self, id: ImageId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let gone: Option<(Uuid,)> = sqlx::query_as(
+            "DELETE FROM images WHERE id = $1 AND file_sha256 IS NULL AND state = 'unactivated'
+             RETURNING owner",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((owner,)) = gone {
+            crate::audit::record(
+                &mut tx,
+                crate::audit::Event::new("image.delete", "image", id).owned_by(owner.into()),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// One image; with `visible_to`, another account's private image is NotFound.

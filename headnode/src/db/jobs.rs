@@ -167,6 +167,16 @@ impl Datastore {
         Ok(())
     }
 
+    /// What a job's steps need beyond its instance (set when it was queued).
+    pub async fn job_params(&self, id: JobId) -> Result<serde_json::Value> {
+        let row: Option<(serde_json::Value,)> =
+            sqlx::query_as("SELECT params FROM jobs WHERE id = $1")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.ok_or_else(|| Error::not_found("job", id))?.0)
+    }
+
     pub async fn job_get(&self, id: JobId, owner: Option<AccountId>) -> Result<Job> {
         sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR owner = $2)"

@@ -5,7 +5,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nereid_api::{AccountId, ErrorBody, Image, ImageCreate, ImageId, ImageState, ImageType, Page};
+use nereid_api::{
+    AccountId, ErrorBody, Image, ImageCreate, ImageFromInstance, ImageFromInstanceAccepted,
+    ImageId, ImageState, ImageType, InstanceId, Page,
+};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::IntoParams;
@@ -183,25 +186,7 @@ pub async fn image_file_put(
             ),
         ));
     }
-    let attached =
-        s.db.image_attach_file(id, &received.sha256, received.size, || {
-            s.images.commit(&received)
-        })
-        .await;
-    let previous = match attached {
-        Ok(prev) => prev,
-        Err(e) => {
-            s.images.discard(&received).await;
-            // The file may have been moved into place before the failure.
-            s.db.image_file_collect(&received.sha256, || s.images.remove(&received.sha256))
-                .await?;
-            return Err(e);
-        }
-    };
-    if let Some(old) = previous {
-        s.db.image_file_collect(&old, || s.images.remove(&old))
-            .await?;
-    }
+    crate::images::attach(&s, id, &received).await?;
     tracing::info!(image = %id, sha256 = %received.sha256, size = received.size, "image file stored");
     Ok(Json(s.db.image_get(id, None).await?))
 }
@@ -320,4 +305,23 @@ pub async fn image_enable(
     ApiPath(id): ApiPath<ImageId>,
 ) -> Result<Json<Image>> {
     transition(&s, &p, id, &[ImageState::Disabled], ImageState::Active).await
+}
+
+/// Makes an image from an instance (running or stopped, which it stays): a
+/// job snapshots it on its node and streams it into the image store with
+/// its sha256. The image is answered at once, unactivated and without its
+/// file; it has its file when the job succeeds, then it can be activated
+/// and provisioned on any node. A failed job removes it.
+#[utoipa::path(post, path = "/v1/instances/{id}/images", tag = "images",
+    params(("id" = InstanceId, Path)), request_body = ImageFromInstance,
+    responses((status = 202, body = ImageFromInstanceAccepted), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn image_from_instance(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<InstanceId>,
+    ApiJson(req): ApiJson<ImageFromInstance>,
+) -> Result<(StatusCode, Json<ImageFromInstanceAccepted>)> {
+    let accepted = crate::images::from_instance(&s, p, id, &req).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

@@ -183,6 +183,10 @@ pub fn router(state: AppState) -> Router {
             post(snapshots::snapshot_rollback),
         )
         .route(
+            "/v1/instances/{id}/images",
+            post(images::image_from_instance),
+        )
+        .route(
             "/v1/instances/{id}/resize",
             post(instance_meta::instance_resize),
         )

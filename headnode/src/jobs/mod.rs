@@ -11,6 +11,7 @@
 //! that could not renew its lease before the lease ends stops at once (its
 //! in-flight node call is dropped), so no two runs of a job act together.
 
+mod create_image;
 mod lifecycle;
 mod provision;
 mod resize;
@@ -27,6 +28,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::Error;
 
+pub use create_image::CREATE_IMAGE_STEPS_DONE_AT_REQUEST;
 pub use provision::PROVISION_STEPS_DONE_AT_CREATE;
 pub use resize::RESIZE_STEPS_DONE_AT_REQUEST;
 
@@ -90,6 +92,7 @@ fn saga(kind: JobKind) -> Saga {
         JobKind::Destroy => lifecycle::destroy(),
         JobKind::Start | JobKind::Stop | JobKind::Reboot => lifecycle::action(kind),
         JobKind::Resize => resize::saga(),
+        JobKind::CreateImage => create_image::saga(),
     }
 }
 

@@ -48,6 +48,16 @@ impl DiskFormat {
     }
 }
 
+/// The files of a VM image (whatever else its dataset holds, the console
+/// logs and the seed, is the node's).
+pub const IMAGE_FILES: &[&str] = &[
+    "disk.raw",
+    "disk.qcow2",
+    "vmlinuz",
+    "initramfs.gz",
+    "cmdline",
+];
+
 /// Where a VM image's boot files are, relative to its root.
 pub fn boot_of(root: &Path) -> Option<Boot> {
     for f in [DiskFormat::Raw, DiskFormat::Qcow2] {
