@@ -183,6 +183,35 @@ impl Client {
         Ok(())
     }
 
+    /// What a list command shows: one page (`--limit`, default 100), or
+    /// with `--all` every item, following page tokens.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        l: &Listing,
+    ) -> anyhow::Result<Listed<T>> {
+        if l.all {
+            let items = self.list_all(path, query).await?;
+            return Ok(Listed {
+                items,
+                more: false,
+                all: true,
+            });
+        }
+        let mut q = query.to_vec();
+        q.push((
+            "limit",
+            l.limit.clamp(1, nereid_api::MAX_PAGE_LIMIT).to_string(),
+        ));
+        let page: Page<T> = self.get(path, &q).await?;
+        Ok(Listed {
+            items: page.items,
+            more: page.next_page_token.is_some(),
+            all: false,
+        })
+    }
+
     /// Every item of a collection, following page tokens.
     pub async fn list_all<T: DeserializeOwned>(
         &self,
@@ -254,6 +283,41 @@ impl Feed {
                 }
                 _ => return None,
             }
+        }
+    }
+}
+
+/// How much of a collection a list command shows.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Listing {
+    /// Every item, page after page (the count is printed at the end).
+    #[arg(long)]
+    pub all: bool,
+    /// At most this many items (up to 1000).
+    #[arg(long, default_value_t = nereid_api::DEFAULT_PAGE_LIMIT)]
+    pub limit: u32,
+}
+
+/// What a list command got.
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    /// There are more than shown.
+    pub more: bool,
+    all: bool,
+}
+
+impl<T> Listed<T> {
+    /// After a table: says on stderr that there is more, or how many in all
+    /// (stdout stays the table alone).
+    pub fn footer(&self, fmt: crate::output::Format, noun: &str) {
+        if fmt != crate::output::Format::Table {
+            return;
+        }
+        let n = self.items.len();
+        if self.more {
+            eprintln!("{n} {noun} shown; there are more (--all for every one, --limit up to 1000)");
+        } else if self.all {
+            eprintln!("{n} {noun}");
         }
     }
 }

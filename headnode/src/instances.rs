@@ -399,6 +399,15 @@ pub async fn resize(
             ),
         ));
     }
+    if package.brand == nereid_api::Brand::Kvm && package.disk_mb < inst.disk_mb {
+        return Err(Error::invalid(
+            "package",
+            format!(
+                "{} has a {} MiB disk, less than the {} MiB of VM {id}: a VM's disk does not shrink",
+                package.name, package.disk_mb, inst.disk_mb
+            ),
+        ));
+    }
     if package.id == inst.package_id {
         return Err(Error::invalid(
             "package",

@@ -50,6 +50,27 @@ async fn the_cli_lists_servers_creates_accounts_and_reports_errors_in_one_line()
         String::from_utf8_lossy(&out.stderr)
     );
     let carol: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // Lists show one page (--limit, default 100) and say when there is
+    // more; --all follows the pages and counts (the operator and carol).
+    let out = nereid(&h, &["account", "list", "--limit", "1"]);
+    let (table, note) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert_eq!(
+        table.lines().count(),
+        2,
+        "a header and one account: {table}"
+    );
+    assert!(note.contains("1 accounts shown; there are more"), "{note}");
+    let out = nereid(&h, &["account", "list", "--all"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "2 accounts");
+    let out = nereid(&h, &["account", "list", "--limit", "1", "-o", "json"]);
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert!(out.stderr.is_empty());
     let out = nereid(
         &h,
         &[

@@ -359,6 +359,38 @@ async fn a_raw_disk_image_boots_from_its_clone_grown_to_the_package_with_a_noclo
         net.contains(&format!("address: {}/24", ip_of(&vm))),
         "{net}"
     );
+
+    // Resized while stopped, the disk grows to the new package's; a
+    // smaller disk is refused (a VM's disk does not shrink).
+    for (name, disk) in [("vm-big", 128), ("vm-tiny", 32)] {
+        let (st, body) = dc
+            .op()
+            .post(
+                "/v1/packages",
+                &json!({"name": name, "version": "1", "memory_mb": 128, "vcpus": 1,
+                        "disk_mb": disk, "brand": "kvm"}),
+            )
+            .await;
+        assert_eq!(st, 201, "{body}");
+    }
+    let resize = format!("/v1/instances/{id}/resize");
+    dc.act(&id, "stop").await;
+    nereid_tests::api::assert_error_says(
+        &dc.op().post(&resize, &json!({"package": "vm-tiny"})).await,
+        400,
+        "InvalidArgument",
+        "does not shrink",
+    );
+    let (st, body) = dc.op().post(&resize, &json!({"package": "vm-big"})).await;
+    assert_eq!(st, 202, "{body}");
+    let job = dc.wait_job(body["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        size(mnt.join("instances").join(&id).join("disk.raw")),
+        124 << 20
+    );
+    dc.act(&id, "start").await;
+    dc.wait_state(&id, "running", Duration::from_secs(30)).await;
     dc.act(&id, "delete").await;
     dc.assert_nothing_held().await;
 }

@@ -3,13 +3,16 @@
 use nereid_api::{Account, AccountCreate, QuotaKind, QuotaValues, Quotas, Role};
 use reqwest::Method;
 
-use crate::client::Client;
+use crate::client::{Client, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AccountCmd {
     /// List accounts (a tenant sees only itself).
-    List,
+    List {
+        #[command(flatten)]
+        listing: Listing,
+    },
     /// Show one account.
     Get { id: String },
     /// Create an account (operators only).
@@ -153,7 +156,11 @@ pub enum RoleArg {
 pub async fn run(c: &Client, fmt: Format, cmd: AccountCmd) -> anyhow::Result<()> {
     let accounts: Vec<Account> = match cmd {
         AccountCmd::Quota { cmd } => return quota(c, fmt, cmd).await,
-        AccountCmd::List => c.list_all("/v1/accounts", &[]).await?,
+        AccountCmd::List { listing } => {
+            let listed = c.list("/v1/accounts", &[], &listing).await?;
+            listed.footer(fmt, "accounts");
+            listed.items
+        }
         AccountCmd::Get { id } => vec![c.get(&format!("/v1/accounts/{id}"), &[]).await?],
         AccountCmd::Create { name, role } => {
             let role = match role {

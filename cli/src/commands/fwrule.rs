@@ -2,7 +2,7 @@
 
 use nereid_api::{FwRule, FwRuleCreate, FwRuleUpdate};
 
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -12,6 +12,8 @@ pub enum FwRuleCmd {
         /// Only the rules that apply to this instance.
         #[arg(long)]
         instance: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Show one rule.
     Get { id: String },
@@ -52,9 +54,10 @@ pub async fn run(c: &Client, fmt: Format, cmd: FwRuleCmd) -> anyhow::Result<()> 
         async move { c.patch::<_, FwRule>(&path, &u).await }
     };
     match cmd {
-        FwRuleCmd::List { instance } => {
+        FwRuleCmd::List { instance, listing } => {
             let q: Vec<(&str, String)> = instance.into_iter().map(|i| ("instance", i)).collect();
-            let rules: Vec<FwRule> = c.list_all("/v1/fwrules", &q).await?;
+            let listed: Listed<FwRule> = c.list("/v1/fwrules", &q, &listing).await?;
+            let rules = &listed.items;
             match fmt {
                 Format::Json => output::json(&rules),
                 Format::Table => output::table(
@@ -72,6 +75,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: FwRuleCmd) -> anyhow::Result<()> 
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "rules");
         }
         FwRuleCmd::Get { id } => show(fmt, &c.get(&format!("/v1/fwrules/{id}"), &[]).await?),
         FwRuleCmd::Create {

@@ -9,7 +9,7 @@ use reqwest::Method;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -24,6 +24,8 @@ pub enum ImageCmd {
         /// unactivated, active or disabled
         #[arg(long)]
         state: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Show one image.
     Get { id: String },
@@ -71,12 +73,14 @@ pub async fn run(c: &Client, fmt: Format, cmd: ImageCmd) -> anyhow::Result<()> {
             name,
             image_type,
             state,
+            listing,
         } => {
             let q: Vec<(&str, String)> = [("name", name), ("type", image_type), ("state", state)]
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| (k, v)))
                 .collect();
-            let images: Vec<Image> = c.list_all("/v1/images", &q).await?;
+            let listed: Listed<Image> = c.list("/v1/images", &q, &listing).await?;
+            let images = &listed.items;
             match fmt {
                 Format::Json => output::json(&images),
                 Format::Table => output::table(
@@ -103,6 +107,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: ImageCmd) -> anyhow::Result<()> {
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "images");
         }
         ImageCmd::Get { id } => show(fmt, &c.get(&format!("/v1/images/{id}"), &[]).await?),
         ImageCmd::Import {

@@ -9,7 +9,7 @@ use nereid_api::{
 use reqwest::Method;
 
 use super::{key_value, time};
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -28,6 +28,8 @@ pub enum InstanceCmd {
         /// Operators: one account's instances.
         #[arg(long)]
         owner: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Show one instance.
     Get {
@@ -163,6 +165,8 @@ pub enum JobCmd {
         instance: Option<String>,
         #[arg(long)]
         state: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Show a job with its steps.
     Get {
@@ -196,6 +200,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
             alias,
             tag,
             owner,
+            listing,
         } => {
             let mut q = Vec::new();
             for (k, v) in [
@@ -209,7 +214,8 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
                     q.push((k, v));
                 }
             }
-            let items: Vec<Instance> = c.list_all("/v1/instances", &q).await?;
+            let listed: Listed<Instance> = c.list("/v1/instances", &q, &listing).await?;
+            let items = &listed.items;
             match fmt {
                 Format::Json => output::json(&items),
                 Format::Table => output::table(
@@ -232,6 +238,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "instances");
             Ok(())
         }
         InstanceCmd::Get { id } => {
@@ -498,7 +505,11 @@ async fn watch(c: &Client, fmt: Format, id: &str) -> anyhow::Result<()> {
 
 pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
     match cmd {
-        JobCmd::List { instance, state } => {
+        JobCmd::List {
+            instance,
+            state,
+            listing,
+        } => {
             let mut q = Vec::new();
             if let Some(i) = instance {
                 q.push(("instance", resolve(c, &i).await?));
@@ -506,7 +517,8 @@ pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()>
             if let Some(s) = state {
                 q.push(("state", s));
             }
-            let jobs: Vec<Job> = c.list_all("/v1/jobs", &q).await?;
+            let listed: Listed<Job> = c.list("/v1/jobs", &q, &listing).await?;
+            let jobs = &listed.items;
             match fmt {
                 Format::Json => output::json(&jobs),
                 Format::Table => output::table(
@@ -528,6 +540,7 @@ pub async fn run_job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()>
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "jobs");
         }
         JobCmd::Get { id, wait } => {
             let job = if wait {

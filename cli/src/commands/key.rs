@@ -3,7 +3,7 @@
 
 use nereid_api::{SshKey, SshKeyCreate};
 
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -23,6 +23,8 @@ pub enum KeyCmd {
         /// Operators: only this account's.
         #[arg(long)]
         owner: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Show a key (by name or fingerprint).
     Get {
@@ -71,16 +73,18 @@ pub async fn run(c: &Client, fmt: Format, cmd: KeyCmd) -> anyhow::Result<()> {
                 Format::Table => println!("{}", show(&k)),
             }
         }
-        KeyCmd::List { owner } => {
-            let keys: Vec<SshKey> = c.list_all("/v1/keys", &owner_query(owner)).await?;
+        KeyCmd::List { owner, listing } => {
+            let listed: Listed<SshKey> = c.list("/v1/keys", &owner_query(owner), &listing).await?;
+            let keys = &listed.items;
             match fmt {
                 Format::Json => output::json(&keys),
                 Format::Table => {
-                    for k in &keys {
+                    for k in keys {
                         println!("{}", show(k));
                     }
                 }
             }
+            listed.footer(fmt, "keys");
         }
         KeyCmd::Get { name, owner } => {
             let k: SshKey = c.get(&key_path(&name), &owner_query(owner)).await?;

@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use nereid_api::{Network, NetworkCreate, NetworkIp, NetworkIpAllocate, NicTag, NicTagCreate};
 
 use super::key_value;
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NicTagCmd {
     /// List nic tags.
-    List,
+    List {
+        #[command(flatten)]
+        listing: Listing,
+    },
     /// Create a nic tag.
     Create {
         name: String,
@@ -27,7 +30,10 @@ pub enum NicTagCmd {
 #[derive(Debug, clap::Subcommand)]
 pub enum NetworkCmd {
     /// List networks.
-    List,
+    List {
+        #[command(flatten)]
+        listing: Listing,
+    },
     /// Show one network.
     Get { id: String },
     /// Create a network (operators only).
@@ -73,7 +79,11 @@ pub enum NetworkCmd {
 #[derive(Debug, clap::Subcommand)]
 pub enum IpCmd {
     /// The taken addresses.
-    List { network: String },
+    List {
+        network: String,
+        #[command(flatten)]
+        listing: Listing,
+    },
     /// Reserve an address (the given one, or the lowest free).
     Reserve {
         network: String,
@@ -86,8 +96,9 @@ pub enum IpCmd {
 
 pub async fn run_nictag(c: &Client, fmt: Format, cmd: NicTagCmd) -> anyhow::Result<()> {
     match cmd {
-        NicTagCmd::List => {
-            let tags: Vec<NicTag> = c.list_all("/v1/nictags", &[]).await?;
+        NicTagCmd::List { listing } => {
+            let listed: Listed<NicTag> = c.list("/v1/nictags", &[], &listing).await?;
+            let tags = &listed.items;
             match fmt {
                 Format::Json => output::json(&tags),
                 Format::Table => output::table(
@@ -97,6 +108,7 @@ pub async fn run_nictag(c: &Client, fmt: Format, cmd: NicTagCmd) -> anyhow::Resu
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "nic tags");
         }
         NicTagCmd::Create {
             name,
@@ -130,8 +142,9 @@ pub async fn run_nictag(c: &Client, fmt: Format, cmd: NicTagCmd) -> anyhow::Resu
 
 pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()> {
     match cmd {
-        NetworkCmd::List => {
-            let nets: Vec<Network> = c.list_all("/v1/networks", &[]).await?;
+        NetworkCmd::List { listing } => {
+            let listed: Listed<Network> = c.list("/v1/networks", &[], &listing).await?;
+            let nets = &listed.items;
             match fmt {
                 Format::Json => output::json(&nets),
                 Format::Table => output::table(
@@ -153,6 +166,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()>
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "networks");
         }
         NetworkCmd::Get { id } => show(fmt, &c.get(&format!("/v1/networks/{id}"), &[]).await?),
         NetworkCmd::Create {
@@ -192,10 +206,11 @@ pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()>
                 println!("network {id} deleted");
             }
         }
-        NetworkCmd::Ip(IpCmd::List { network }) => {
-            let ips: Vec<NetworkIp> = c
-                .list_all(&format!("/v1/networks/{network}/ips"), &[])
+        NetworkCmd::Ip(IpCmd::List { network, listing }) => {
+            let listed: Listed<NetworkIp> = c
+                .list(&format!("/v1/networks/{network}/ips"), &[], &listing)
                 .await?;
+            let ips = &listed.items;
             match fmt {
                 Format::Json => output::json(&ips),
                 Format::Table => output::table(
@@ -214,6 +229,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()>
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "addresses");
         }
         NetworkCmd::Ip(IpCmd::Reserve { network, ip }) => {
             let r: NetworkIp = c

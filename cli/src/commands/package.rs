@@ -3,7 +3,7 @@
 use nereid_api::{Package, PackageCreate, PackageUpdate};
 
 use super::key_value;
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -12,6 +12,8 @@ pub enum PackageCmd {
     List {
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Show one package.
     Get { id: String },
@@ -54,9 +56,10 @@ pub enum PackageCmd {
 
 pub async fn run(c: &Client, fmt: Format, cmd: PackageCmd) -> anyhow::Result<()> {
     match cmd {
-        PackageCmd::List { name } => {
+        PackageCmd::List { name, listing } => {
             let q: Vec<(&str, String)> = name.into_iter().map(|n| ("name", n)).collect();
-            let pkgs: Vec<Package> = c.list_all("/v1/packages", &q).await?;
+            let listed: Listed<Package> = c.list("/v1/packages", &q, &listing).await?;
+            let pkgs = &listed.items;
             match fmt {
                 Format::Json => output::json(&pkgs),
                 Format::Table => output::table(
@@ -79,6 +82,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: PackageCmd) -> anyhow::Result<()>
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "packages");
         }
         PackageCmd::Get { id } => show(fmt, &c.get(&format!("/v1/packages/{id}"), &[]).await?),
         PackageCmd::Create {

@@ -6,7 +6,7 @@ use nereid_api::{JoinTokenCreate, JoinTokenCreated, Server, ServerSetup};
 use serde_json::Value;
 
 use super::key_value;
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -19,6 +19,8 @@ pub enum ServerCmd {
         /// Only reserved (true) or unreserved (false) servers.
         #[arg(long)]
         reserved: Option<bool>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Show one server.
     Get { id: String },
@@ -64,7 +66,11 @@ pub enum JoinTokenCmd {
 
 pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> {
     match cmd {
-        ServerCmd::List { status, reserved } => {
+        ServerCmd::List {
+            status,
+            reserved,
+            listing,
+        } => {
             let mut q = Vec::new();
             if let Some(s) = status {
                 q.push(("status", s));
@@ -72,7 +78,8 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
             if let Some(r) = reserved {
                 q.push(("reserved", r.to_string()));
             }
-            let servers: Vec<Server> = c.list_all("/v1/servers", &q).await?;
+            let listed: Listed<Server> = c.list("/v1/servers", &q, &listing).await?;
+            let servers = &listed.items;
             match fmt {
                 Format::Json => output::json(&servers),
                 Format::Table => output::table(
@@ -106,6 +113,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "servers");
         }
         ServerCmd::Get { id } => show(fmt, &c.get(&format!("/v1/servers/{id}"), &[]).await?),
         ServerCmd::Setup {

@@ -2,7 +2,7 @@
 
 use nereid_api::{Token, TokenCreate, TokenCreated};
 
-use crate::client::Client;
+use crate::client::{Client, Listed, Listing};
 use crate::output::{self, Format};
 
 #[derive(Debug, clap::Subcommand)]
@@ -23,6 +23,8 @@ pub enum TokenCmd {
     List {
         #[arg(long)]
         account: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
     },
     /// Revoke a token.
     Delete { id: String },
@@ -56,9 +58,10 @@ pub async fn run(c: &Client, fmt: Format, cmd: TokenCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        TokenCmd::List { account } => {
+        TokenCmd::List { account, listing } => {
             let q: Vec<(&str, String)> = account.into_iter().map(|a| ("account_id", a)).collect();
-            let tokens: Vec<Token> = c.list_all("/v1/tokens", &q).await?;
+            let listed: Listed<Token> = c.list("/v1/tokens", &q, &listing).await?;
+            let tokens = &listed.items;
             match fmt {
                 Format::Json => output::json(&tokens),
                 Format::Table => output::table(
@@ -78,6 +81,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: TokenCmd) -> anyhow::Result<()> {
                         .collect(),
                 ),
             }
+            listed.footer(fmt, "tokens");
         }
         TokenCmd::Delete { id } => {
             c.delete(&format!("/v1/tokens/{id}")).await?;

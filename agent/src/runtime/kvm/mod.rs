@@ -221,7 +221,8 @@ impl Vms {
         Ok((root, boot))
     }
 
-    /// Grows a fresh instance's disk to the package's size.
+    /// Grows the instance's disk to the package's size; a disk larger than
+    /// that is refused (a disk never shrinks).
     async fn size_disk(&self, spec: &InstanceSpec, boot: &Boot) -> Result<()> {
         let Boot::Disk { path, format } = boot else {
             return Ok(());
@@ -476,7 +477,9 @@ impl Runtime for Vms {
         start: bool,
         undo: &mut Undo,
     ) -> Result<Instance> {
-        if fresh {
+        // A fresh disk, and a stopped VM's after a resize (QEMU takes the
+        // size at its next start).
+        if fresh || self.live_pid(&spec.id).is_none() {
             let (_, boot) = self.boot(spec).await?;
             self.size_disk(spec, &boot).await?;
         }
