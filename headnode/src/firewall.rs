@@ -4,7 +4,7 @@
 //! a headnode that restarted, converges there). It never decides what a
 //! rule means (that is `fwrule`) and never writes the database.
 
-use nereid_api::ServerId;
+use nereid_api::{AccountId, ServerId};
 
 use crate::AppState;
 use crate::db::AgentTarget;
@@ -61,6 +61,37 @@ pub async fn sync_all(state: &AppState) {
 pub fn spawn_sync_all(state: &AppState) {
     let state = state.clone();
     tokio::spawn(async move { sync_all(&state).await });
+}
+
+/// After an instance of `owner` came or went (or changed address): pushes,
+/// in the background, the nodes whose rules may name it — none when neither
+/// the owner nor an operator has an enabled rule.
+pub fn spawn_sync_naming(state: &AppState, owner: AccountId) {
+    use futures::StreamExt;
+    let state = state.clone();
+    tokio::spawn(async move {
+        let servers = match state.db.fw_servers_naming(owner).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%owner, "firewall sync: {e}");
+                return;
+            }
+        };
+        futures::stream::iter(servers)
+            .for_each_concurrent(8, |server| {
+                let state = state.clone();
+                async move {
+                    let result = match state.db.agent_target(server).await {
+                        Ok(t) => sync_server(&state, &t).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(%server, "firewall sync: {e}");
+                    }
+                }
+            })
+            .await;
+    });
 }
 
 /// Pushes one server's firewall in the background (an instance came or went).

@@ -324,15 +324,33 @@ pub async fn create(
     // Rank on a snapshot; the database's conditional update decides. When
     // concurrent placements took every ranked server, rank again on fresh
     // numbers: the 409 then says what each server lacks now.
+    let instance_rules = request
+        .affinity
+        .iter()
+        .any(|a| matches!(a.target, scheduler::AffinityTarget::Instance(_)));
     let mut attempt = 0;
     let created = loop {
         attempt += 1;
-        let candidates = s.db.scheduler_candidates(owner).await?;
-        let ranked_ids = scheduler::rank(&request, &candidates, rand::random::<u64>)
-            .map_err(|r| Error::InsufficientCapacity(r.to_string()))?;
+        let all = s.db.scheduler_candidates().await?;
+        let no_room = |r: scheduler::Rejection| Error::InsufficientCapacity(r.to_string());
+        let pool = if instance_rules {
+            // Rules about the owner's instances are checked on every server.
+            let mut all = all;
+            s.db.fill_owner_aliases(owner, &mut all, false).await?;
+            all
+        } else {
+            let picked =
+                scheduler::sample_feasible(&request, &all, scheduler::SAMPLE, rand::random::<u64>)
+                    .map_err(no_room)?;
+            let mut pool: Vec<_> = picked.into_iter().map(|i| all[i].clone()).collect();
+            s.db.fill_owner_aliases(owner, &mut pool, true).await?;
+            pool
+        };
+        let ranked_ids = scheduler::rank(&request, &pool, rand::random::<u64>).map_err(no_room)?;
+        let by_id: std::collections::HashMap<_, _> = pool.iter().map(|c| (c.id, c)).collect();
         let ranked: Vec<_> = ranked_ids
             .iter()
-            .filter_map(|id| candidates.iter().find(|c| c.id == *id).cloned())
+            .filter_map(|id| by_id.get(id).map(|c| (*c).clone()))
             .collect();
         match s.db.instance_create(&new, &ranked, &job).await {
             Err(Error::InsufficientCapacity(_)) if attempt < 5 => continue,

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub heartbeats: AtomicU64,
     pub heartbeats_refused: AtomicU64,
     pub audit_failures_dropped: AtomicU64,
+    /// The reconciler's last pass over every node, in µs (0: none yet).
+    pub reconcile_last_pass_us: AtomicU64,
+    pub reconcile_passes: AtomicU64,
 }
 
 impl Metrics {
@@ -67,6 +70,16 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP nereid_reconcile_passes_total Reconciler passes over every node.\n# TYPE nereid_reconcile_passes_total counter\nnereid_reconcile_passes_total {}",
+            self.reconcile_passes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP nereid_reconcile_last_pass_seconds How long the reconciler's last pass took.\n# TYPE nereid_reconcile_last_pass_seconds gauge\nnereid_reconcile_last_pass_seconds {:.6}",
+            self.reconcile_last_pass_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         out.push_str("# HELP nereid_servers Servers by status.\n# TYPE nereid_servers gauge\n");
         for (status, n) in servers_by_status {
             let _ = writeln!(out, "nereid_servers{{status=\"{status}\"}} {n}");

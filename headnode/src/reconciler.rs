@@ -37,8 +37,18 @@ pub async fn run(state: AppState) {
         let ttl = state.config.reconcile_interval * 3 + NODE_TIMEOUT;
         match state.db.lease_take(LEASE, me, ttl).await {
             Ok(true) => {
-                if let Err(e) = pass(&state, &mut watchers, &missing).await {
-                    tracing::warn!("reconcile pass failed: {e}");
+                let started = std::time::Instant::now();
+                match pass(&state, &mut watchers, &missing).await {
+                    Ok(()) => {
+                        let m = &state.metrics;
+                        m.reconcile_last_pass_us.store(
+                            started.elapsed().as_micros() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        m.reconcile_passes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!("reconcile pass failed: {e}"),
                 }
             }
             Ok(false) => {

@@ -7,6 +7,7 @@
 //! placements racing on one snapshot can never over-commit a server.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use nereid_api::{ServerId, ServerStatus};
 
@@ -38,9 +39,10 @@ pub struct Candidate {
     pub ram_used_mb: u64,
     pub disk_used_mb: u64,
     pub vcpus_used: u32,
-    pub nic_tags: BTreeSet<String>,
-    pub capabilities: BTreeSet<String>,
-    pub traits: BTreeMap<String, serde_json::Value>,
+    /// What rarely changes is shared between the snapshots of a server.
+    pub nic_tags: Arc<BTreeSet<String>>,
+    pub capabilities: Arc<BTreeSet<String>>,
+    pub traits: Arc<BTreeMap<String, serde_json::Value>>,
     /// Aliases of the requesting owner's live instances on this server.
     pub owner_aliases: Vec<String>,
 }
@@ -217,6 +219,59 @@ fn weight(req: &Request, c: &Candidate) -> f64 {
     free + spread + 2.0 * soft
 }
 
+/// How many of the servers that can take an instance a placement scores: a
+/// random sample, so a placement costs the same among 100 servers or
+/// 10,000, and concurrent placements spread instead of all trying the one
+/// best server.
+pub const SAMPLE: usize = 64;
+
+/// Up to `k` servers drawn at random (their indexes) among those that pass
+/// every filter but the owner's instance affinity (which needs the owner's
+/// aliases, read afterwards for the sample only); the rejection, every
+/// server counted, when none passes.
+pub fn sample_feasible(
+    req: &Request,
+    candidates: &[Candidate],
+    k: usize,
+    mut draw: impl FnMut() -> u64,
+) -> Result<Vec<usize>, Rejection> {
+    let base = Request {
+        affinity: req
+            .affinity
+            .iter()
+            .filter(|a| matches!(a.target, AffinityTarget::Server(_)))
+            .cloned()
+            .collect(),
+        ..req.clone()
+    };
+    let mut rejection = Rejection {
+        servers: candidates.len(),
+        ..Default::default()
+    };
+    let mut picked = Vec::with_capacity(k);
+    let mut seen = 0u64;
+    for (i, c) in candidates.iter().enumerate() {
+        if let Some(reason) = reject_reason(&base, c) {
+            *rejection.reasons.entry(reason).or_default() += 1;
+            continue;
+        }
+        seen += 1;
+        if picked.len() < k {
+            picked.push(i);
+        } else {
+            // Reservoir sampling: each passing server is kept with k/seen.
+            let j = (draw() % seen) as usize;
+            if j < k {
+                picked[j] = i;
+            }
+        }
+    }
+    if picked.is_empty() {
+        return Err(rejection);
+    }
+    Ok(picked)
+}
+
 /// The servers that can take `req`, best first; `tie` draws a random
 /// number per server to break ties.
 pub fn rank(
@@ -257,9 +312,9 @@ mod tests {
             ram_used_mb: 0,
             disk_used_mb: 0,
             vcpus_used: 0,
-            nic_tags: ["admin".to_string()].into(),
-            capabilities: ["runc".to_string()].into(),
-            traits: BTreeMap::new(),
+            nic_tags: Arc::new(["admin".to_string()].into()),
+            capabilities: Arc::new(["runc".to_string()].into()),
+            traits: Arc::new(BTreeMap::new()),
             owner_aliases: vec![],
         }
     }
@@ -288,14 +343,14 @@ mod tests {
         let mut reserved = server(3);
         reserved.reserved = true;
         let mut no_tag = server(4);
-        no_tag.nic_tags.clear();
+        Arc::make_mut(&mut no_tag.nic_tags).clear();
         let mut req = request();
         req.nic_tags.insert("external".into());
-        no_tag.nic_tags.insert("admin".into());
+        Arc::make_mut(&mut no_tag.nic_tags).insert("admin".into());
         let mut lacks_memory_with_tag = lacks_memory.clone();
-        lacks_memory_with_tag.nic_tags.insert("external".into());
+        Arc::make_mut(&mut lacks_memory_with_tag.nic_tags).insert("external".into());
         let mut lacks_memory2_with_tag = lacks_memory2.clone();
-        lacks_memory2_with_tag.nic_tags.insert("external".into());
+        Arc::make_mut(&mut lacks_memory2_with_tag.nic_tags).insert("external".into());
         let err = rank(
             &req,
             &[
@@ -412,5 +467,38 @@ mod tests {
             rank(&request(), &[], no_tie()).unwrap_err().to_string(),
             "no server is set up"
         );
+    }
+
+    #[test]
+    fn a_placement_scores_a_random_sample_of_the_servers_that_fit_and_counts_all_when_none_does() {
+        let mut servers: Vec<Candidate> = (0..200).map(server).collect();
+        for s in servers.iter_mut().take(50) {
+            s.ram_used_mb = s.ram_total_mb;
+        }
+        let req = Request {
+            ram_mb: 512,
+            nic_tags: ["admin".to_string()].into(),
+            ..Default::default()
+        };
+        let mut n = 0u64;
+        let mut draw = || {
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            n >> 11
+        };
+        let picked = sample_feasible(&req, &servers, SAMPLE, &mut draw).unwrap();
+        assert_eq!(picked.len(), SAMPLE);
+        let distinct: BTreeSet<usize> = picked.iter().copied().collect();
+        assert_eq!(distinct.len(), SAMPLE);
+        assert!(picked.iter().all(|i| *i >= 50), "only servers with room");
+        // Reservoir sampling reaches past the first 64 that fit.
+        assert!(picked.iter().any(|i| *i >= 50 + SAMPLE));
+
+        for s in servers.iter_mut() {
+            s.ram_used_mb = s.ram_total_mb;
+        }
+        let err = sample_feasible(&req, &servers, SAMPLE, &mut draw).unwrap_err();
+        assert_eq!(err.to_string(), "200 servers: 200 lacked memory");
     }
 }

@@ -12,6 +12,7 @@ pub mod datacenter;
 pub mod node;
 pub mod pg;
 pub mod procs;
+pub mod sim;
 pub mod zfs;
 
 use std::time::Duration;

@@ -40,79 +40,95 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The tests' settings: no fsync (tests do not survive power loss).
+const TEST_SETTINGS: &str = "-c fsync=off -c max_connections=300 -c shared_buffers=32MB";
+
+/// Production settings for measurements (the simulator): fsync and
+/// synchronous commits on, memory for a large database.
+pub const PRODUCTION_SETTINGS: &str = "-c fsync=on -c synchronous_commit=on -c max_connections=400 \
+     -c shared_buffers=2GB -c work_mem=16MB -c maintenance_work_mem=512MB -c max_wal_size=8GB \
+     -c checkpoint_timeout=15min -c shared_preload_libraries=pg_stat_statements \
+     -c pg_stat_statements.track=all";
+
 fn start() -> Cluster {
-    let bin = pg_bin();
-    let dir = std::env::temp_dir().join(format!(
-        "nereid-pg-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::create_dir_all(dir.join("sock")).unwrap();
-    let pg = nix::unistd::User::from_name("postgres")
-        .unwrap()
-        .expect("no postgres user");
-    for p in [dir.clone(), dir.join("data"), dir.join("sock")] {
-        nix::unistd::chown(&p, Some(pg.uid), Some(pg.gid)).unwrap();
-    }
-    std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("initdb"))
-        .args(["-D"])
-        .arg(dir.join("data"))
-        .args(["-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
-        .output()
-        .expect("running initdb");
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let port = free_port();
-    let script = format!(
-        "{postgres} -D {dir}/data -p {port} -c listen_addresses=127.0.0.1 -k {dir}/sock -c fsync=off \
-         -c max_connections=300 -c shared_buffers=32MB >{dir}/postgres.log 2>&1 & pid=$!; \
-         read _; kill -INT $pid; wait $pid; rm -rf {dir}",
-        postgres = bin.join("postgres").display(),
-        dir = dir.display(),
-    );
-    let mut child = Command::new("runuser")
-        .args(["-u", "postgres", "--", "sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("starting postgres");
-    let stdin = child.stdin.take().unwrap();
-    // The shell is reaped by nobody once we exit; that is fine, init adopts it.
-    std::mem::forget(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            // Accepting TCP is not yet accepting queries; psql tells.
-            let ok = Command::new("runuser")
-                .args(["-u", "postgres", "--", "psql", "-h"])
-                .arg(dir.join("sock"))
-                .args(["-p", &port.to_string(), "-tAc", "SELECT 1"])
-                .stderr(Stdio::null())
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            if ok {
-                return Cluster {
-                    port,
-                    dir,
-                    _guard: Mutex::new(stdin),
-                };
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "PostgreSQL did not start; see {}/postgres.log",
-        dir.display()
-    );
+    Cluster::start(TEST_SETTINGS)
 }
 
 impl Cluster {
+    /// A cluster of its own with these `postgres -c` settings, stopped and
+    /// removed when this process exits.
+    pub fn start(settings: &str) -> Cluster {
+        let bin = pg_bin();
+        let dir = std::env::temp_dir().join(format!(
+            "nereid-pg-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir.join("sock")).unwrap();
+        let pg = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("no postgres user");
+        for p in [dir.clone(), dir.join("data"), dir.join("sock")] {
+            nix::unistd::chown(&p, Some(pg.uid), Some(pg.gid)).unwrap();
+        }
+        std::fs::set_permissions(dir.join("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-D"])
+            .arg(dir.join("data"))
+            .args(["-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            .output()
+            .expect("running initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let script = format!(
+            "{postgres} -D {dir}/data -p {port} -c listen_addresses=127.0.0.1 -k {dir}/sock {settings} \
+         >{dir}/postgres.log 2>&1 & pid=$!; \
+         read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+            postgres = bin.join("postgres").display(),
+            dir = dir.display(),
+        );
+        let mut child = Command::new("runuser")
+            .args(["-u", "postgres", "--", "sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("starting postgres");
+        let stdin = child.stdin.take().unwrap();
+        // The shell is reaped by nobody once we exit; that is fine, init adopts it.
+        std::mem::forget(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Accepting TCP is not yet accepting queries; psql tells.
+                let ok = Command::new("runuser")
+                    .args(["-u", "postgres", "--", "psql", "-h"])
+                    .arg(dir.join("sock"))
+                    .args(["-p", &port.to_string(), "-tAc", "SELECT 1"])
+                    .stderr(Stdio::null())
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                if ok {
+                    return Cluster {
+                        port,
+                        dir,
+                        _guard: Mutex::new(stdin),
+                    };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "PostgreSQL did not start; see {}/postgres.log",
+            dir.display()
+        );
+    }
+
     pub fn get() -> &'static Cluster {
         CLUSTER.get_or_init(start)
     }
@@ -173,14 +189,21 @@ impl Cluster {
 
 /// A fresh, empty database on the shared cluster; returns its URL.
 pub async fn fresh_database() -> String {
-    let cluster = Cluster::get();
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&cluster.url("postgres"))
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    cluster.url(&name)
+    Cluster::get().fresh_database().await
+}
+
+impl Cluster {
+    /// A fresh, empty database on this cluster; returns its URL.
+    pub async fn fresh_database(&self) -> String {
+        let cluster = self;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&cluster.url("postgres"))
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        cluster.url(&name)
+    }
 }

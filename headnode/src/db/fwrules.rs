@@ -275,6 +275,23 @@ impl Datastore {
             .collect())
     }
 
+    /// The servers whose compiled firewall may name an instance of `owner`:
+    /// those running firewalled instances of `owner` when it has enabled
+    /// rules, and those running any firewalled instance when an enabled
+    /// global rule exists (tenants' rules only ever name their own instances).
+    pub async fn fw_servers_naming(&self, owner: AccountId) -> Result<Vec<ServerId>> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT DISTINCT server_id FROM instances
+              WHERE state <> 'deleted' AND firewall_enabled AND server_id IS NOT NULL
+                AND (EXISTS (SELECT 1 FROM fw_rules WHERE enabled AND owner IS NULL)
+                     OR (owner = $1 AND EXISTS (SELECT 1 FROM fw_rules WHERE enabled AND owner = $1)))",
+        )
+        .bind(owner.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(s,)| s.into()).collect())
+    }
+
     /// The owners of firewalled live instances on a server.
     pub async fn fw_owners_on(&self, server: ServerId) -> Result<Vec<AccountId>> {
         let rows: Vec<(Uuid,)> = sqlx::query_as(

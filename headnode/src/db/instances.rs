@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use chrono::{DateTime, Utc};
 use nereid_api::{
     Accelerator, AccountId, Brand, ImageId, Instance, InstanceId, InstanceNic, InstanceState,
-    JobId, NetworkId, PackageId, Page, ServerId, ServerSetup, ServerStatus, Sysinfo,
+    JobId, NetworkId, PackageId, Page, ServerId, ServerSetup,
 };
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
@@ -154,57 +154,6 @@ const SELECT: &str = "SELECT i.id, i.owner, i.alias, i.brand, i.accelerator, i.i
         i.created_at, i.updated_at
     FROM instances i";
 
-#[derive(sqlx::FromRow)]
-struct CandidateRow {
-    id: Uuid,
-    status: String,
-    reserved: bool,
-    sysinfo: Json<Sysinfo>,
-    setup: Option<Json<ServerSetup>>,
-    used_ram_mb: i64,
-    used_disk_mb: i64,
-    used_vcpus: i32,
-    overprovision_ram: f32,
-    overprovision_disk: f32,
-    overprovision_cpu: f32,
-    owner_aliases: Vec<String>,
-}
-
-impl CandidateRow {
-    fn into_candidate(self) -> Candidate {
-        let setup = self.setup.map(|s| s.0).unwrap_or_default();
-        let pool_bytes = self
-            .sysinfo
-            .zpools
-            .iter()
-            .find(|z| z.name == setup.zpool)
-            .map(|z| z.size_bytes)
-            .unwrap_or(0);
-        Candidate {
-            id: self.id.into(),
-            status: ServerStatus::parse(&self.status).unwrap_or(ServerStatus::Unknown),
-            reserved: self.reserved,
-            ram_total_mb: ((self.sysinfo.memory_bytes >> 20) as f64 * self.overprovision_ram as f64)
-                as u64,
-            disk_total_mb: ((pool_bytes >> 20) as f64 * self.overprovision_disk as f64) as u64,
-            vcpus_total: (self.sysinfo.cpu_count as f64 * self.overprovision_cpu as f64) as u32,
-            ram_used_mb: self.used_ram_mb as u64,
-            disk_used_mb: self.used_disk_mb as u64,
-            vcpus_used: self.used_vcpus as u32,
-            nic_tags: setup.nic_tags.keys().cloned().collect(),
-            capabilities: self
-                .sysinfo
-                .capabilities
-                .iter()
-                .filter(|(_, c)| c.available)
-                .map(|(k, _)| k.clone())
-                .collect(),
-            traits: setup.traits.clone(),
-            owner_aliases: self.owner_aliases,
-        }
-    }
-}
-
 /// A MAC address in the locally administered range, from the instance id and NIC index.
 fn mac_for(id: InstanceId, idx: u32) -> String {
     let b = id.as_uuid().into_bytes();
@@ -220,37 +169,6 @@ fn mac_for(id: InstanceId, idx: u32) -> String {
 }
 
 impl Datastore {
-    /// The servers as the scheduler sees them, with `owner`'s instance aliases on each.
-    pub async fn scheduler_candidates(&self, owner: AccountId) -> Result<Vec<Candidate>> {
-        self.candidates(owner, None).await
-    }
-
-    /// One server as the scheduler sees it (a resize stays on its server).
-    pub async fn candidate(&self, server: ServerId, owner: AccountId) -> Result<Candidate> {
-        self.candidates(owner, Some(server))
-            .await?
-            .pop()
-            .ok_or_else(|| Error::not_found("server", server))
-    }
-
-    async fn candidates(&self, owner: AccountId, only: Option<ServerId>) -> Result<Vec<Candidate>> {
-        let rows = sqlx::query_as::<_, CandidateRow>(AssertSqlSafe(format!(
-            "SELECT s.id, s.status, s.reserved, s.sysinfo, s.setup, v.used_ram_mb, v.used_disk_mb, v.used_vcpus,
-                    v.overprovision_ram, v.overprovision_disk, v.overprovision_cpu,
-                    ARRAY(SELECT alias FROM instances i WHERE i.server_id = s.id AND i.owner = $2
-                          AND i.state <> {INSTANCE_DELETED}) AS owner_aliases
-             FROM {} JOIN servers v ON v.id = s.id
-             WHERE $3::uuid IS NULL OR s.id = $3",
-            super::servers::SERVERS
-        )))
-        .bind(self.heartbeat_deadline.as_secs_f64())
-        .bind(owner.as_uuid())
-        .bind(only.map(|s| s.as_uuid()))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(CandidateRow::into_candidate).collect())
-    }
-
     /// Records a new instance, places it on the first server of `ranked`
     /// that still has room (a conditional update per try), and queues its
     /// provision job; all in one transaction, so a 409 leaves nothing.

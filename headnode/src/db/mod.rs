@@ -6,6 +6,7 @@
 
 mod accounts;
 mod audit;
+mod candidates;
 mod fwrules;
 mod images;
 mod instance_meta;
@@ -52,6 +53,8 @@ pub struct Datastore {
     heartbeat_deadline: Duration,
     /// The quotas of accounts that set none of their own.
     default_quotas: nereid_api::QuotaValues,
+    /// What the scheduler keeps of the servers between placements.
+    candidate_cache: std::sync::Arc<candidates::CandidateCache>,
 }
 
 impl Datastore {
@@ -88,6 +91,7 @@ impl Datastore {
             pool,
             heartbeat_deadline,
             default_quotas: Default::default(),
+            candidate_cache: Default::default(),
         })
     }
 

@@ -1,15 +1,16 @@
 //! Per-account quotas: the limits set on an account (`account_quotas`), the
 //! headnode's defaults for the rest, and the check every create makes inside
-//! its own transaction. Usage is counted from the rows it is about, never
-//! kept in a counter that could drift; the account's row is locked first, so
-//! two creates of one account are checked one after the other and cannot
-//! both slip under a limit.
+//! its own transaction. What live instances hold is `account_usage`, kept by
+//! a trigger in the transaction of every instance change (so it cannot
+//! drift from the rows, and a check costs one row however large the
+//! account); images and snapshots are counted from their rows. The
+//! account's usage row is locked first, so two creates of one account are
+//! checked one after the other and cannot both slip under a limit.
 
 use nereid_api::{AccountId, QuotaKind, QuotaValues, Quotas};
 use sqlx::{Postgres, Transaction};
 
 use super::Datastore;
-use super::states::INSTANCE_DELETED;
 use crate::error::{Error, Result};
 
 /// What a create adds to an account's usage.
@@ -69,21 +70,31 @@ async fn overrides(tx: &mut Transaction<'_, Postgres>, account: AccountId) -> Re
 }
 
 async fn usage(tx: &mut Transaction<'_, Postgres>, account: AccountId) -> Result<QuotaValues> {
-    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT (SELECT count(*) FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED}),
-                (SELECT COALESCE(sum(ram_mb), 0)::bigint FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED}),
-                (SELECT COALESCE(sum(disk_mb), 0)::bigint FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED})
+    let row: Row = sqlx::query_as(
+        "SELECT COALESCE(u.instances, 0), COALESCE(u.ram_mb, 0),
+                COALESCE(u.disk_mb, 0)
                   + (SELECT (COALESCE(sum(s.used_bytes), 0) / 1048576)::bigint FROM instance_snapshots s
                        JOIN instances i ON i.id = s.instance_id WHERE i.owner = $1),
-                (SELECT COALESCE(sum(vcpus), 0)::bigint FROM instances WHERE owner = $1 AND state <> {INSTANCE_DELETED}),
+                COALESCE(u.vcpus, 0),
                 (SELECT count(*) FROM images WHERE owner = $1),
                 (SELECT COALESCE(sum(f.size), 0)::bigint FROM images i
-                   JOIN image_files f ON f.sha256 = i.file_sha256 WHERE i.owner = $1)"
-    )))
+                   JOIN image_files f ON f.sha256 = i.file_sha256 WHERE i.owner = $1)
+           FROM (SELECT 1) one LEFT JOIN account_usage u ON u.account_id = $1",
+    )
     .bind(account.as_uuid())
     .fetch_one(&mut **tx)
     .await?;
     Ok(values(row))
+}
+
+/// A foreign-key failure on the account is its absence.
+fn no_such_account(e: sqlx::Error, account: AccountId) -> Error {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+            Error::not_found("account", account)
+        }
+        _ => e.into(),
+    }
 }
 
 /// The limit in force: the account's own, else the default.
@@ -119,14 +130,17 @@ pub(super) async fn reserve(
     defaults: &QuotaValues,
     need: &Need,
 ) -> Result<()> {
-    let locked: Option<(uuid::Uuid,)> =
-        sqlx::query_as("SELECT id FROM accounts WHERE id = $1 FOR UPDATE")
-            .bind(account.as_uuid())
-            .fetch_optional(&mut **tx)
-            .await?;
-    if locked.is_none() {
-        return Err(Error::not_found("account", account));
-    }
+    // The usage row is the account's lock (made on first use; a missing
+    // account fails its foreign key).
+    sqlx::query("INSERT INTO account_usage (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(account.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| no_such_account(e, account))?;
+    sqlx::query("SELECT 1 FROM account_usage WHERE account_id = $1 FOR UPDATE")
+        .bind(account.as_uuid())
+        .execute(&mut **tx)
+        .await?;
     let own = overrides(tx, account).await?;
     let used = usage(tx, account).await?;
     check(&limits(&own, defaults), &used, need)
@@ -173,12 +187,7 @@ impl Datastore {
         .bind(i(v.image_bytes))
         .execute(&mut *tx)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
-                Error::not_found("account", account)
-            }
-            _ => e.into(),
-        })?;
+        .map_err(|e| no_such_account(e, account))?;
         crate::audit::record(
             &mut tx,
             crate::audit::Event::new("quota.set", "account", account).owned_by(account),

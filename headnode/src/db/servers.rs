@@ -161,19 +161,25 @@ impl Datastore {
         agent_version: &str,
         sysinfo: Option<&Sysinfo>,
     ) -> Result<bool> {
-        let done = sqlx::query(
+        // Without a new sysinfo the wide column is left out of the update
+        // (and the scheduler's cached view of the server stays valid).
+        let sql = if sysinfo.is_some() {
             "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
-                    sysinfo = COALESCE($6, sysinfo), hostname = COALESCE($6->>'hostname', hostname)
-             WHERE id = $1 AND credential_hash = $2",
-        )
-        .bind(id.as_uuid())
-        .bind(credential_hash)
-        .bind(Json(usage))
-        .bind(agent_address)
-        .bind(agent_version)
-        .bind(sysinfo.map(Json))
-        .execute(&self.pool)
-        .await?;
+                    sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname)
+             WHERE id = $1 AND credential_hash = $2"
+        } else {
+            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5
+             WHERE id = $1 AND credential_hash = $2 AND $6::jsonb IS NULL"
+        };
+        let done = sqlx::query(sql)
+            .bind(id.as_uuid())
+            .bind(credential_hash)
+            .bind(Json(usage))
+            .bind(agent_address)
+            .bind(agent_version)
+            .bind(sysinfo.map(Json))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

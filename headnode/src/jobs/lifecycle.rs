@@ -139,7 +139,7 @@ async fn mark(c: &Ctx, to: InstanceState) -> StepResult {
 /// The instance is gone: rules elsewhere that named its address follow.
 async fn mark_deleted(c: &Ctx) -> StepResult {
     mark(c, InstanceState::Deleted).await?;
-    crate::firewall::spawn_sync_all(&c.state);
+    crate::firewall::spawn_sync_naming(&c.state, c.job.owner);
     Ok(())
 }
 

@@ -215,7 +215,7 @@ async fn mark_running(c: &Ctx) -> StepResult {
         )
         .await?;
     // Rules on other nodes that name it (tags, `all vms`) take its address.
-    crate::firewall::spawn_sync_all(&c.state);
+    crate::firewall::spawn_sync_naming(&c.state, c.job.owner);
     Ok(())
 }
 
@@ -231,7 +231,7 @@ fn mark_failed<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult> {
                 Some(&c.fence),
             )
             .await?;
-        crate::firewall::spawn_sync_all(&c.state);
+        crate::firewall::spawn_sync_naming(&c.state, c.job.owner);
         Ok(())
     }
     .boxed()

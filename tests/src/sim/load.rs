@@ -1,0 +1,226 @@
+//! Open-loop load against the REST API: creates arrive at a fixed rate
+//! whether or not earlier ones answered (a slow headnode shows as latency,
+//! not as a lower offered rate), mixed with gets, lists, stops, starts and
+//! deletes of what the run created. Latencies are kept per operation.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::api::Api;
+
+/// Latencies (and failures) of each kind of operation.
+#[derive(Default)]
+pub struct Tally {
+    pub ok: BTreeMap<&'static str, Vec<Duration>>,
+    /// (operation, status) -> count
+    pub failed: BTreeMap<(&'static str, u16), u64>,
+    /// The first answer of each kind of failure.
+    pub sample: BTreeMap<(&'static str, u16), String>,
+}
+
+impl Tally {
+    fn record(&mut self, op: &'static str, status: u16, expect: &[u16], took: Duration) {
+        self.record_body(op, status, expect, took, &serde_json::Value::Null)
+    }
+
+    fn record_body(
+        &mut self,
+        op: &'static str,
+        status: u16,
+        expect: &[u16],
+        took: Duration,
+        body: &serde_json::Value,
+    ) {
+        if expect.contains(&status) {
+            self.ok.entry(op).or_default().push(took);
+        } else {
+            *self.failed.entry((op, status)).or_default() += 1;
+            self.sample
+                .entry((op, status))
+                .or_insert_with(|| body.to_string());
+        }
+    }
+}
+
+/// A percentile of `v` (sorted in place), `q` in 0..=1.
+pub fn percentile(v: &mut [Duration], q: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// What the run made and may act on.
+#[derive(Default)]
+struct Made {
+    running: Vec<String>,
+    stopped: Vec<String>,
+}
+
+pub struct Load {
+    pub tenants: Vec<Api>,
+    pub package: String,
+    pub image: String,
+    pub networks: Vec<String>,
+    made: Arc<Mutex<Made>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Load {
+    pub fn new(tenants: Vec<Api>, package: &str, image: &str, networks: Vec<String>) -> Load {
+        Load {
+            tenants,
+            package: package.to_string(),
+            image: image.to_string(),
+            networks,
+            made: Default::default(),
+            seq: Default::default(),
+        }
+    }
+
+    /// Offers `rate` creates per second for `secs`, with per create one
+    /// get, and per five creates one list, one stop, one start and one
+    /// delete; waits for every request to answer. Returns the tally and
+    /// the wall time until the last answer.
+    pub async fn step(self: &Arc<Self>, rate: f64, secs: f64) -> (Tally, Duration) {
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let n = (rate * secs).round().max(1.0) as u64;
+        let gap = Duration::from_secs_f64(1.0 / rate);
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(n as usize * 2);
+        for k in 0..n {
+            tokio::time::sleep_until((start + gap.mul_f64(k as f64)).into()).await;
+            let me = self.clone();
+            let t = tally.clone();
+            tasks.push(tokio::spawn(async move { me.create(&t).await }));
+            let me = self.clone();
+            let t = tally.clone();
+            tasks.push(tokio::spawn(async move { me.mixed(k, &t).await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let took = start.elapsed();
+        let tally = Arc::try_unwrap(tally)
+            .ok()
+            .expect("every task ended")
+            .into_inner()
+            .unwrap();
+        (tally, took)
+    }
+
+    fn tenant(&self, k: u64) -> &Api {
+        &self.tenants[k as usize % self.tenants.len()]
+    }
+
+    async fn create(&self, tally: &Mutex<Tally>) {
+        let k = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let api = self.tenant(k);
+        let body = json!({
+            "alias": format!("load-{}-{k}", std::process::id()),
+            "image": self.image,
+            "package": self.package,
+            "networks": [self.networks[k as usize % self.networks.len()]],
+        });
+        let t = Instant::now();
+        let (st, resp) = api.post("/v1/instances", &body).await;
+        tally
+            .lock()
+            .unwrap()
+            .record_body("create", st, &[202], t.elapsed(), &resp);
+        if st == 202
+            && let Some(id) = resp["instance"]["id"].as_str()
+        {
+            self.made
+                .lock()
+                .unwrap()
+                .running
+                .push(format!("{}:{id}", k as usize % self.tenants.len()));
+        }
+    }
+
+    /// One get, and every fifth time a list, a stop, a start and a delete.
+    async fn mixed(&self, k: u64, tally: &Mutex<Tally>) {
+        let pick = |v: &mut Vec<String>, take: bool| -> Option<(usize, String)> {
+            if v.is_empty() {
+                return None;
+            }
+            let i = rand::random_range(0..v.len());
+            let s = if take { v.swap_remove(i) } else { v[i].clone() };
+            let (t, id) = s.split_once(':')?;
+            Some((t.parse().ok()?, id.to_string()))
+        };
+        let target = pick(&mut self.made.lock().unwrap().running, false);
+        if let Some((t, id)) = &target {
+            let start = Instant::now();
+            let (st, _) = self.tenants[*t].get(&format!("/v1/instances/{id}")).await;
+            tally
+                .lock()
+                .unwrap()
+                .record("get", st, &[200], start.elapsed());
+        }
+        if !k.is_multiple_of(5) {
+            return;
+        }
+        let api = self.tenant(k);
+        let start = Instant::now();
+        let (st, _) = api.get("/v1/instances?limit=100").await;
+        tally
+            .lock()
+            .unwrap()
+            .record("list", st, &[200], start.elapsed());
+
+        let stop = pick(&mut self.made.lock().unwrap().running, true);
+        if let Some((t, id)) = stop {
+            let start = Instant::now();
+            let (st, _) = self.tenants[t]
+                .post(&format!("/v1/instances/{id}/stop"), &json!({}))
+                .await;
+            // 409: its provision job still runs.
+            tally
+                .lock()
+                .unwrap()
+                .record("stop", st, &[202, 409], start.elapsed());
+            let mut m = self.made.lock().unwrap();
+            if st == 202 {
+                m.stopped.push(format!("{t}:{id}"));
+            } else {
+                m.running.push(format!("{t}:{id}"));
+            }
+        }
+        let start_one = pick(&mut self.made.lock().unwrap().stopped, true);
+        if let Some((t, id)) = start_one {
+            let start = Instant::now();
+            let (st, _) = self.tenants[t]
+                .post(&format!("/v1/instances/{id}/start"), &json!({}))
+                .await;
+            tally
+                .lock()
+                .unwrap()
+                .record("start", st, &[202, 409], start.elapsed());
+            let mut m = self.made.lock().unwrap();
+            if st == 202 {
+                m.running.push(format!("{t}:{id}"));
+            } else {
+                m.stopped.push(format!("{t}:{id}"));
+            }
+        }
+        let gone = pick(&mut self.made.lock().unwrap().running, true);
+        if let Some((t, id)) = gone {
+            let start = Instant::now();
+            let (st, _) = self.tenants[t].delete(&format!("/v1/instances/{id}")).await;
+            tally
+                .lock()
+                .unwrap()
+                .record("delete", st, &[202, 409], start.elapsed());
+            if st != 202 {
+                self.made.lock().unwrap().running.push(format!("{t}:{id}"));
+            }
+        }
+    }
+}
