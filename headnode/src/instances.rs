@@ -331,7 +331,10 @@ pub async fn create(
     let mut attempt = 0;
     let created = loop {
         attempt += 1;
-        let all = s.db.scheduler_candidates().await?;
+        // The first try may use the shared read of the last 200 ms; a
+        // retry, and any "no room" answer, is decided on a fresh one.
+        let fresh = attempt > 1;
+        let all = s.db.scheduler_candidates(fresh).await?;
         let no_room = |r: scheduler::Rejection| Error::InsufficientCapacity(r.to_string());
         let pool = if instance_rules {
             // Rules about the owner's instances are checked on every server.
@@ -339,14 +342,25 @@ pub async fn create(
             s.db.fill_owner_aliases(owner, &mut all, false).await?;
             all
         } else {
-            let picked =
-                scheduler::sample_feasible(&request, &all, scheduler::SAMPLE, rand::random::<u64>)
-                    .map_err(no_room)?;
+            let picked = match scheduler::sample_feasible(
+                &request,
+                &all,
+                scheduler::SAMPLE,
+                rand::random::<u64>,
+            ) {
+                Ok(p) => p,
+                Err(_) if !fresh => continue,
+                Err(r) => return Err(no_room(r)),
+            };
             let mut pool: Vec<_> = picked.into_iter().map(|i| all[i].clone()).collect();
             s.db.fill_owner_aliases(owner, &mut pool, true).await?;
             pool
         };
-        let ranked_ids = scheduler::rank(&request, &pool, rand::random::<u64>).map_err(no_room)?;
+        let ranked_ids = match scheduler::rank(&request, &pool, rand::random::<u64>) {
+            Ok(r) => r,
+            Err(_) if !fresh => continue,
+            Err(r) => return Err(no_room(r)),
+        };
         let by_id: std::collections::HashMap<_, _> = pool.iter().map(|c| (c.id, c)).collect();
         let ranked: Vec<_> = ranked_ids
             .iter()

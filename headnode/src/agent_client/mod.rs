@@ -37,7 +37,9 @@ pub struct ImagePull {
 
 #[derive(Clone, Default)]
 pub struct AgentPool {
-    channels: Arc<Mutex<HashMap<ServerId, (String, Channel)>>>,
+    /// One connection per agent address (calls carry their server's
+    /// control key, so servers behind one address share it safely).
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Images this process saw ready on a server: EnsureImage is not asked
     /// again. EnsureInstance answering "image missing" drops the entry.
     images_on: Arc<Mutex<std::collections::HashSet<(ServerId, ImageId)>>>,
@@ -111,9 +113,7 @@ impl Export {
 impl AgentPool {
     fn channel(&self, id: ServerId, address: &str) -> Result<Channel> {
         let mut map = self.channels.lock().expect("agent pool lock");
-        if let Some((addr, ch)) = map.get(&id)
-            && addr == address
-        {
+        if let Some(ch) = map.get(address) {
             return Ok(ch.clone());
         }
         let ch = Endpoint::from_shared(format!("http://{address}"))
@@ -126,12 +126,11 @@ impl AgentPool {
             // The bound of any call; shorter deadlines travel as grpc-timeout.
             .timeout(WORK_TIMEOUT)
             .connect_lazy();
-        map.insert(id, (address.to_string(), ch.clone()));
+        map.insert(address.to_string(), ch.clone());
         Ok(ch)
     }
 
     pub fn forget(&self, id: ServerId) {
-        self.channels.lock().expect("agent pool lock").remove(&id);
         self.firewalls.lock().expect("firewalls lock").remove(&id);
         self.images_on
             .lock()

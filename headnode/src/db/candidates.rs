@@ -1,9 +1,10 @@
 //! The servers as the scheduler sees them. What rarely changes (capacity
 //! totals from the parsed sysinfo, capabilities, nic tags, traits) is
 //! cached per datastore and re-read for a server only when its
-//! `static_version` moved; every placement reads just the narrow columns
-//! that move with placements and heartbeats (used capacity, status), so a
-//! placement among 10,000 servers parses no JSON. The owner's instance
+//! `static_version` moved; placements read just the narrow columns that move
+//! with placements and heartbeats (used capacity, status), and share one
+//! such read for up to 200 ms (each adding its own placement to it), so a
+//! placement among 10,000 servers parses no JSON and rarely scans. The owner's instance
 //! aliases (for spreading and affinity) are read only for the servers asked.
 //!
 //! A stale view is harmless: the conditional update of the placement is
@@ -12,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use nereid_api::{AccountId, ServerId, ServerSetup, ServerStatus, Sysinfo};
 use sqlx::AssertSqlSafe;
@@ -31,9 +33,33 @@ struct Static {
     base: Candidate,
 }
 
-/// The cached static parts, by server.
+/// How long one read of the moving columns serves placements: concurrent
+/// placements share it instead of each scanning every server (a placement
+/// in it adds its own reservation, and the conditional update decides).
+const MOVING_MAX_AGE: Duration = Duration::from_millis(200);
+
+/// The cached static parts, by server, and the last read of the moving ones.
 #[derive(Default)]
-pub struct CandidateCache(RwLock<HashMap<Uuid, Arc<Static>>>);
+pub struct CandidateCache {
+    statics: RwLock<HashMap<Uuid, Arc<Static>>>,
+    moving: tokio::sync::Mutex<Option<(Instant, Arc<Vec<MovingRow>>)>>,
+}
+
+impl CandidateCache {
+    /// A placement on `server` (committed): the shared read counts it.
+    pub async fn note_placement(&self, server: ServerId, ram_mb: u64, disk_mb: u64, vcpus: u32) {
+        let mut moving = self.moving.lock().await;
+        if let Some((_, rows)) = moving.as_mut()
+            && let Some(r) = Arc::make_mut(rows)
+                .iter_mut()
+                .find(|r| r.0 == server.as_uuid())
+        {
+            r.3 += ram_mb as i64;
+            r.4 += disk_mb as i64;
+            r.5 += vcpus as i32;
+        }
+    }
+}
 
 #[derive(sqlx::FromRow)]
 struct StaticRow {
@@ -89,16 +115,17 @@ impl StaticRow {
 type MovingRow = (Uuid, i64, String, i64, i64, i32);
 
 impl Datastore {
-    /// Every server as the scheduler sees it (without owner aliases).
-    pub async fn scheduler_candidates(&self) -> Result<Vec<Candidate>> {
-        self.candidates(None).await
+    /// Every server as the scheduler sees it (without owner aliases); with
+    /// `fresh`, never from the shared read.
+    pub async fn scheduler_candidates(&self, fresh: bool) -> Result<Vec<Candidate>> {
+        self.candidates(None, fresh).await
     }
 
     /// One server as the scheduler sees it, with `owner`'s aliases on it
     /// (a resize stays on its server).
     pub async fn candidate(&self, server: ServerId, owner: AccountId) -> Result<Candidate> {
         let mut c = self
-            .candidates(Some(server))
+            .candidates(Some(server), true)
             .await?
             .pop()
             .ok_or_else(|| Error::not_found("server", server))?;
@@ -107,7 +134,20 @@ impl Datastore {
         Ok(c)
     }
 
-    async fn candidates(&self, only: Option<ServerId>) -> Result<Vec<Candidate>> {
+    async fn candidates(&self, only: Option<ServerId>, fresh: bool) -> Result<Vec<Candidate>> {
+        // One placement reads, concurrent ones wait for that read.
+        let mut shared = match only {
+            None => Some(self.candidate_cache.moving.lock().await),
+            Some(_) => None,
+        };
+        if let Some(Some((at, rows))) = shared.as_deref()
+            && !fresh
+            && at.elapsed() < MOVING_MAX_AGE
+        {
+            let rows = rows.clone();
+            drop(shared);
+            return self.build(&rows, false).await;
+        }
         let moving: Vec<MovingRow> = sqlx::query_as(
             "SELECT id, static_version,
                     CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1)
@@ -119,8 +159,24 @@ impl Datastore {
         .bind(only.map(|s| s.as_uuid()))
         .fetch_all(&self.pool)
         .await?;
+        let moving = Arc::new(moving);
+        if let Some(guard) = shared.as_mut() {
+            **guard = Some((Instant::now(), moving.clone()));
+        }
+        drop(shared);
+        self.build(&moving, only.is_none()).await
+    }
+
+    /// Candidates from a read of the moving columns, re-reading the static
+    /// part of servers whose version moved (and, after a full read,
+    /// forgetting servers that are gone).
+    async fn build(&self, moving: &[MovingRow], full: bool) -> Result<Vec<Candidate>> {
         let stale: Vec<Uuid> = {
-            let cache = self.candidate_cache.0.read().expect("candidate cache");
+            let cache = self
+                .candidate_cache
+                .statics
+                .read()
+                .expect("candidate cache");
             moving
                 .iter()
                 .filter(|(id, v, ..)| cache.get(id).is_none_or(|s| s.version != *v))
@@ -136,8 +192,12 @@ impl Datastore {
             .bind(&stale)
             .fetch_all(&self.pool)
             .await?;
-            let mut cache = self.candidate_cache.0.write().expect("candidate cache");
-            if only.is_none() {
+            let mut cache = self
+                .candidate_cache
+                .statics
+                .write()
+                .expect("candidate cache");
+            if full {
                 // Deleted servers leave the cache on a full read.
                 let live: std::collections::HashSet<Uuid> = moving.iter().map(|m| m.0).collect();
                 cache.retain(|id, _| live.contains(id));
@@ -146,16 +206,20 @@ impl Datastore {
                 cache.insert(r.id, Arc::new(r.into_static()));
             }
         }
-        let cache = self.candidate_cache.0.read().expect("candidate cache");
+        let cache = self
+            .candidate_cache
+            .statics
+            .read()
+            .expect("candidate cache");
         Ok(moving
-            .into_iter()
+            .iter()
             .filter_map(|(id, _, status, ram, disk, vcpus)| {
-                let s = cache.get(&id)?;
+                let s = cache.get(id)?;
                 let mut c = s.base.clone();
-                c.status = ServerStatus::parse(&status).unwrap_or(ServerStatus::Unknown);
-                c.ram_used_mb = ram.max(0) as u64;
-                c.disk_used_mb = disk.max(0) as u64;
-                c.vcpus_used = vcpus.max(0) as u32;
+                c.status = ServerStatus::parse(status).unwrap_or(ServerStatus::Unknown);
+                c.ram_used_mb = (*ram).max(0) as u64;
+                c.disk_used_mb = (*disk).max(0) as u64;
+                c.vcpus_used = (*vcpus).max(0) as u32;
                 Some(c)
             })
             .collect())
@@ -170,14 +234,17 @@ impl Datastore {
         by_server: bool,
     ) -> Result<()> {
         let ids: Vec<Uuid> = servers.iter().map(|c| c.id.as_uuid()).collect();
+        let only = if by_server {
+            "AND server_id = ANY($2)"
+        } else {
+            "AND $2::uuid[] IS NOT NULL"
+        };
         let rows: Vec<(Uuid, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT server_id, alias FROM instances
-              WHERE owner = $1 AND state <> {INSTANCE_DELETED} AND server_id IS NOT NULL
-                AND (NOT $3 OR server_id = ANY($2))"
+              WHERE owner = $1 AND state <> {INSTANCE_DELETED} AND server_id IS NOT NULL {only}"
         )))
         .bind(owner.as_uuid())
         .bind(&ids)
-        .bind(by_server)
         .fetch_all(&self.pool)
         .await?;
         let mut by: HashMap<Uuid, Vec<String>> = HashMap::new();

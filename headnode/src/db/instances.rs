@@ -244,14 +244,14 @@ impl Datastore {
         }
         super::jobs::insert(&mut tx, job).await?;
         // Last, so the server row stays locked only from here to the commit.
-        let mut placed = false;
+        let mut placed = None;
         for c in ranked {
             if reserve(&mut tx, c, new).await? {
-                placed = true;
+                placed = Some(c.id);
                 break;
             }
         }
-        if !placed {
+        let Some(server) = placed else {
             let mut r = Rejection {
                 servers: ranked.len(),
                 ..Default::default()
@@ -259,13 +259,16 @@ impl Datastore {
             r.reasons
                 .insert("filled up by concurrent placements".into(), ranked.len());
             return Err(Error::InsufficientCapacity(r.to_string()));
-        }
+        };
         crate::audit::record(
             &mut tx,
             crate::audit::Event::new("instance.create", "instance", new.id).owned_by(new.owner),
         )
         .await?;
         tx.commit().await?;
+        self.candidate_cache
+            .note_placement(server, new.ram_mb, new.disk_mb, new.vcpus)
+            .await;
         Ok(Created::New(self.instance_get(new.id, None).await?, job.id))
     }
 

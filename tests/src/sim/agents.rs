@@ -448,6 +448,9 @@ pub async fn serve(sim: Arc<Sim>) -> anyhow::Result<String> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
+            // The headnode reaches every simulated node over one connection
+            // (one address), with a WatchEvents stream open for each.
+            .max_concurrent_streams(Some(1 << 20))
             .add_service(AgentServer::new(SimAgent(sim)))
             .serve_with_incoming(incoming)
             .await;
@@ -485,30 +488,34 @@ pub async fn register(
     Ok((r.server_id, r.node_credential, r.control_key))
 }
 
-/// Sends every node's heartbeats, each over its own connection, spread
-/// evenly over `interval`, until the returned handles are aborted.
+/// Sends every node's heartbeats, spread evenly over `interval`, until the
+/// returned handles are aborted; `per_connection` nodes share a connection
+/// (1: a connection per node, as real agents have; more where the process
+/// may not hold two descriptors per node).
 pub fn heartbeats(
     sim: Arc<Sim>,
     grpc_url: &str,
     agent_address: &str,
     nodes: Vec<(String, String)>,
     interval: Duration,
+    per_connection: usize,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let n = nodes.len().max(1) as u32;
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(grpc_url.to_string()) else {
+        return Vec::new();
+    };
+    let channels: Vec<_> = (0..nodes.len().div_ceil(per_connection.max(1)))
+        .map(|_| endpoint.clone().tcp_nodelay(true).connect_lazy())
+        .collect();
     nodes
         .into_iter()
         .enumerate()
         .map(|(i, (server, credential))| {
             let sim = sim.clone();
-            let url = grpc_url.to_string();
             let address = agent_address.to_string();
+            let ch = channels[i / per_connection.max(1)].clone();
             tokio::spawn(async move {
                 tokio::time::sleep(interval / n * i as u32).await;
-                let Ok(ch) = tonic::transport::Endpoint::from_shared(url)
-                    .map(|e| e.tcp_nodelay(true).connect_lazy())
-                else {
-                    return;
-                };
                 let mut c = pb::registry_client::RegistryClient::new(ch);
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

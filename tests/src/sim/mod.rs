@@ -45,6 +45,9 @@ pub struct Plan {
     pub tenants: usize,
     pub latency: agents::Latency,
     pub reconcile_interval: Duration,
+    /// Simulated nodes sharing one heartbeat connection (this machine's
+    /// 20,000 descriptors cannot hold one per node each way at 10,000).
+    pub nodes_per_connection: usize,
 }
 
 impl Plan {
@@ -65,6 +68,7 @@ impl Plan {
             tenants: 50,
             latency: agents::Latency::default(),
             reconcile_interval: Duration::from_secs(10),
+            nodes_per_connection: 8,
         }
     }
 
@@ -88,6 +92,7 @@ impl Plan {
                 action: Duration::from_millis(5),
             },
             reconcile_interval: Duration::from_secs(1),
+            nodes_per_connection: 1,
         }
     }
 }
@@ -274,6 +279,7 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         &address,
         beating,
         plan.heartbeat_interval,
+        plan.nodes_per_connection,
     );
     say(&format!("{} nodes registered", plan.registered));
 
@@ -342,6 +348,7 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         &address,
         nodes,
         plan.heartbeat_interval,
+        plan.nodes_per_connection,
     ));
 
     // Heartbeats only.
