@@ -91,10 +91,11 @@ impl Exporter {
             zfs::clone(snapshot, &clone, &[("readonly", "on")]).await?;
             let root = zfs::mountpoint(&clone).await?;
             let id = id.to_string();
+            let id_for_error = id.clone();
             tokio::task::spawn_blocking(move || write_image(&id, &root, selection, out))
                 .await
                 .map_err(|e| ExportError::Io {
-                    id: tag.to_string(),
+                    id: id_for_error.clone(),
                     path: PathBuf::new(),
                     source: std::io::Error::other(e.to_string()),
                 })?

@@ -80,15 +80,7 @@ pub fn spawn_sync_naming(state: &AppState, owner: AccountId) {
         futures::stream::iter(servers)
             .for_each_concurrent(8, |server| {
                 let state = state.clone();
-                async move {
-                    let result = match state.db.agent_target(server).await {
-                        Ok(t) => sync_server(&state, &t).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(%server, "firewall sync: {e}");
-                    }
-                }
+                async move { sync_logged(&state, server).await }
             })
             .await;
     });
@@ -97,13 +89,16 @@ pub fn spawn_sync_naming(state: &AppState, owner: AccountId) {
 /// Pushes one server's firewall in the background (an instance came or went).
 pub fn spawn_sync_server(state: &AppState, server: ServerId) {
     let state = state.clone();
-    tokio::spawn(async move {
-        let result = match state.db.agent_target(server).await {
-            Ok(t) => sync_server(&state, &t).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::warn!(%server, "firewall sync: {e}");
-        }
-    });
+    tokio::spawn(async move { sync_logged(&state, server).await });
+}
+
+/// Syncs one server by id; a failure is logged (the reconciler retries).
+async fn sync_logged(state: &AppState, server: ServerId) {
+    let result = match state.db.agent_target(server).await {
+        Ok(t) => sync_server(state, &t).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(%server, "firewall sync: {e}");
+    }
 }

@@ -50,9 +50,7 @@ pub async fn from_instance(
     id: InstanceId,
     req: &ImageFromInstance,
 ) -> Result<ImageFromInstanceAccepted> {
-    validate::name("name", &req.name)?;
-    validate::name("version", &req.version)?;
-    validate::text("description", &req.description, 1024)?;
+    validate::image_label(&req.name, &req.version, &req.description)?;
     let inst = s.db.instance_get(id, p.owner_scope()).await?;
     let job = crate::jobs::new_job(
         JobKind::CreateImage,

@@ -78,6 +78,13 @@ pub fn truncate(s: &str) -> String {
     }
 }
 
+/// An image's name, version and description (uploaded or made from an instance).
+pub fn image_label(name_: &str, version: &str, description: &str) -> Result<()> {
+    name("name", name_)?;
+    name("version", version)?;
+    text("description", description, 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -463,13 +463,19 @@ impl Instances {
         let spec = self.recorded(id).await?;
         let name = format!("{}{image}", crate::export::SNAPSHOT_PREFIX);
         let snap = format!("{}@{name}", self.store.dataset(id));
-        if crate::storage::zfs::exists(&snap).await? {
-            return Err(InstanceError::Conflict {
-                id: id.into(),
-                message: format!("image {image} is being made from it already"),
-            });
+        match crate::storage::zfs::snapshot(&snap).await {
+            Ok(()) => {}
+            Err(crate::storage::zfs::ZfsError::Command {
+                source: crate::cmd::CmdError::Failed { ref stderr, .. },
+                ..
+            }) if stderr.contains("already exists") || stderr.contains("dataset exists") => {
+                return Err(InstanceError::Conflict {
+                    id: id.into(),
+                    message: format!("image {image} is being made from it already"),
+                });
+            }
+            Err(e) => return Err(e.into()),
         }
-        crate::storage::zfs::snapshot(&snap).await?;
         Ok((spec.brand, snap))
     }
 

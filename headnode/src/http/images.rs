@@ -76,10 +76,8 @@ pub async fn image_create(
     p: Principal,
     ApiJson(req): ApiJson<ImageCreate>,
 ) -> Result<(StatusCode, Json<Image>)> {
-    validate::name("name", &req.name)?;
-    validate::name("version", &req.version)?;
+    validate::image_label(&req.name, &req.version, &req.description)?;
     validate::name("os", &req.os)?;
-    validate::text("description", &req.description, 1024)?;
     if let Some(u) = req.unpacked_size
         && !(1..=1 << 44).contains(&u)
     {

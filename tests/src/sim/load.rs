@@ -144,18 +144,48 @@ impl Load {
         }
     }
 
+    /// Stops a running instance the run made, or starts a stopped one
+    /// (`verb`); it moves between the lists when the action was accepted
+    /// (409: a job of its still runs).
+    async fn switch(&self, tally: &Mutex<Tally>, verb: &'static str) {
+        let stopping = verb == "stop";
+        let picked = {
+            let mut m = self.made.lock().unwrap();
+            take_one(if stopping {
+                &mut m.running
+            } else {
+                &mut m.stopped
+            })
+        };
+        let Some((t, id)) = picked else { return };
+        let start = Instant::now();
+        let (st, _) = self.tenants[t]
+            .post(&format!("/v1/instances/{id}/{verb}"), &json!({}))
+            .await;
+        tally
+            .lock()
+            .unwrap()
+            .record(verb, st, &[202, 409], start.elapsed());
+        let mut m = self.made.lock().unwrap();
+        let to_stopped = stopping == (st == 202);
+        let list = if to_stopped {
+            &mut m.stopped
+        } else {
+            &mut m.running
+        };
+        list.push(format!("{t}:{id}"));
+    }
+
     /// One get, and every fifth time a list, a stop, a start and a delete.
     async fn mixed(&self, k: u64, tally: &Mutex<Tally>) {
-        let pick = |v: &mut Vec<String>, take: bool| -> Option<(usize, String)> {
-            if v.is_empty() {
-                return None;
+        let target = {
+            let m = self.made.lock().unwrap();
+            if m.running.is_empty() {
+                None
+            } else {
+                parse(&m.running[rand::random_range(0..m.running.len())])
             }
-            let i = rand::random_range(0..v.len());
-            let s = if take { v.swap_remove(i) } else { v[i].clone() };
-            let (t, id) = s.split_once(':')?;
-            Some((t.parse().ok()?, id.to_string()))
         };
-        let target = pick(&mut self.made.lock().unwrap().running, false);
         if let Some((t, id)) = &target {
             let start = Instant::now();
             let (st, _) = self.tenants[*t].get(&format!("/v1/instances/{id}")).await;
@@ -175,42 +205,9 @@ impl Load {
             .unwrap()
             .record("list", st, &[200], start.elapsed());
 
-        let stop = pick(&mut self.made.lock().unwrap().running, true);
-        if let Some((t, id)) = stop {
-            let start = Instant::now();
-            let (st, _) = self.tenants[t]
-                .post(&format!("/v1/instances/{id}/stop"), &json!({}))
-                .await;
-            // 409: its provision job still runs.
-            tally
-                .lock()
-                .unwrap()
-                .record("stop", st, &[202, 409], start.elapsed());
-            let mut m = self.made.lock().unwrap();
-            if st == 202 {
-                m.stopped.push(format!("{t}:{id}"));
-            } else {
-                m.running.push(format!("{t}:{id}"));
-            }
-        }
-        let start_one = pick(&mut self.made.lock().unwrap().stopped, true);
-        if let Some((t, id)) = start_one {
-            let start = Instant::now();
-            let (st, _) = self.tenants[t]
-                .post(&format!("/v1/instances/{id}/start"), &json!({}))
-                .await;
-            tally
-                .lock()
-                .unwrap()
-                .record("start", st, &[202, 409], start.elapsed());
-            let mut m = self.made.lock().unwrap();
-            if st == 202 {
-                m.running.push(format!("{t}:{id}"));
-            } else {
-                m.stopped.push(format!("{t}:{id}"));
-            }
-        }
-        let gone = pick(&mut self.made.lock().unwrap().running, true);
+        self.switch(tally, "stop").await;
+        self.switch(tally, "start").await;
+        let gone = take_one(&mut self.made.lock().unwrap().running);
         if let Some((t, id)) = gone {
             let start = Instant::now();
             let (st, _) = self.tenants[t].delete(&format!("/v1/instances/{id}")).await;
@@ -223,4 +220,18 @@ impl Load {
             }
         }
     }
+}
+
+/// Removes a random entry ("tenant:id") of `v`.
+fn take_one(v: &mut Vec<String>) -> Option<(usize, String)> {
+    if v.is_empty() {
+        return None;
+    }
+    parse(&v.swap_remove(rand::random_range(0..v.len())))
+}
+
+/// "tenant:id" as (tenant index, id).
+fn parse(s: &str) -> Option<(usize, String)> {
+    let (t, id) = s.split_once(':')?;
+    Some((t.parse().ok()?, id.to_string()))
 }
