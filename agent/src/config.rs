@@ -13,7 +13,7 @@ use clap::Parser;
     about = "Nereid agent: makes a compute node match what the headnode wants"
 )]
 pub struct Flags {
-    /// The headnode's gRPC address, e.g. http://10.0.0.1:8441
+    /// The headnode's gRPC address, e.g. https://10.0.0.1:8441 (always mutual TLS)
     #[arg(long, env = "NEREID_AGENT_HEADNODE")]
     pub headnode: String,
     /// A join token from `nereid server join-token create` (first start only).

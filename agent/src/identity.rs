@@ -1,23 +1,17 @@
 //! The node's identity, kept in the state dir so a restarted agent is the same
-//! server: its server id, its node credential and the hash of the key the
-//! headnode presents when it calls. Also the setup the headnode applied.
+//! server: its server id and its headnode (its key and certificate are in
+//! `certs`). Also the setup the headnode applied.
 //!
 //! Files are written atomically with mode 0600; this module must never log
 //! their secrets.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub server_id: String,
-    pub node_credential: String,
-    /// sha256 (hex) of the control key.
-    pub control_key_sha256: String,
     /// The headnode this identity belongs to.
     pub headnode: String,
 }
@@ -50,10 +44,6 @@ pub enum StateError {
     },
 }
 
-pub fn hash_hex(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
 /// Reads a JSON state file; Ok(None) when it does not exist.
 pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
@@ -75,22 +65,11 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Stat
 
 /// Writes a JSON state file atomically, readable by root only.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
+    let bytes = serde_json::to_vec_pretty(value).expect("state serializes");
+    nereid_tls::pki::write_atomic(path, &bytes, 0o600).map_err(|source| StateError::Write {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(&serde_json::to_vec_pretty(value).expect("state serializes"))
-        .map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]
@@ -105,13 +84,11 @@ mod tests {
         assert!(load::<Identity>(&path).unwrap().is_none());
         let id = Identity {
             server_id: "s".into(),
-            node_credential: "c".into(),
-            control_key_sha256: hash_hex("k"),
             headnode: "h".into(),
         };
         save(&path, &id).unwrap();
         let back: Identity = load(&path).unwrap().unwrap();
-        assert_eq!(back.control_key_sha256, id.control_key_sha256);
+        assert_eq!(back.server_id, id.server_id);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,

@@ -2,9 +2,10 @@
 //! image file, read-only, with a `@final` snapshot that instances clone.
 //!
 //! `ensure` is idempotent: an image with `@final` is done. The file is pulled
-//! over HTTP with the node credential into `<pool>/downloads/<uuid>.partial`
-//! (staged on the pool, never on the node's root filesystem), resuming with
-//! `Range` after an interruption, no longer than its known size, and verified
+//! from the headnode's registry over mutual TLS (FetchImage) into
+//! `<pool>/downloads/<uuid>.partial` (staged on the pool, never on the node's
+//! root filesystem), resuming from an offset after an interruption, no
+//! longer than its known size, and verified
 //! by sha256 before anything is unpacked. The image's dataset gets a quota
 //! from its declared unpacked size, and unpacking stops at that size (a gzip
 //! bomb is refused, not written). A container image is unpacked with its
@@ -19,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -30,10 +30,9 @@ use crate::unpack::{self, UnpackError};
 pub enum ImageError {
     #[error("image id {0:?} is not a UUID")]
     BadId(String),
-    #[error("downloading image {id} from {url} failed after {attempts} attempts: {message}")]
+    #[error("downloading image {id} from the headnode failed after {attempts} attempts: {message}")]
     Download {
         id: String,
-        url: String,
         attempts: u32,
         message: String,
     },
@@ -85,7 +84,6 @@ pub enum Progress {
 #[derive(Debug, Clone)]
 pub struct ImageRequest {
     pub id: String,
-    pub url: String,
     pub sha256: String,
     pub brand: nereid_api::Brand,
     /// The file's size; 0 when unknown.
@@ -104,8 +102,8 @@ pub struct Images {
     downloads: Arc<tokio::sync::OnceCell<PathBuf>>,
     /// The node's shared container id range starts here.
     shift: u32,
-    credential: Arc<String>,
-    http: reqwest::Client,
+    /// The node's certificates and its mutual-TLS channel to the headnode.
+    certs: Arc<crate::certs::NodeCerts>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Images this process has seen ready (`@final` exists): a repeated
     /// EnsureImage answers without a `zfs` command. `forget` drops one whose
@@ -116,16 +114,12 @@ pub struct Images {
 const ATTEMPTS: u32 = 5;
 
 impl Images {
-    pub fn new(pool: &str, credential: &str, shift: u32) -> Images {
+    pub fn new(pool: &str, certs: Arc<crate::certs::NodeCerts>, shift: u32) -> Images {
         Images {
             pool: pool.to_string(),
             downloads: Default::default(),
             shift,
-            credential: Arc::new(credential.to_string()),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .expect("http client"),
+            certs,
             locks: Default::default(),
             ready: Default::default(),
         }
@@ -327,10 +321,10 @@ impl Images {
         partial: &std::path::Path,
         progress: &impl Fn(Progress),
     ) -> Result<(), ImageError> {
-        let (id, url) = (req.id.as_str(), req.url.as_str());
+        let id = req.id.as_str();
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
-            match self.download_once(url, req.size, partial, progress).await {
+            match self.download_once(id, req.size, partial, progress).await {
                 Ok(()) => return Ok(()),
                 Err(DownloadFailure::TooLong(got)) => {
                     return Err(ImageError::TooLong {
@@ -342,7 +336,6 @@ impl Images {
                 Err(DownloadFailure::Fatal(m)) => {
                     return Err(ImageError::Download {
                         id: id.into(),
-                        url: url.into(),
                         attempts: attempt,
                         message: m,
                     });
@@ -356,7 +349,6 @@ impl Images {
         }
         Err(ImageError::Download {
             id: id.into(),
-            url: url.into(),
             attempts: ATTEMPTS,
             message: last,
         })
@@ -365,78 +357,63 @@ impl Images {
     /// One attempt; stops as soon as more than `size` bytes (when known) arrived.
     async fn download_once(
         &self,
-        url: &str,
+        id: &str,
         size: u64,
         partial: &std::path::Path,
         progress: &impl Fn(Progress),
     ) -> Result<(), DownloadFailure> {
+        use nereid_proto::v1::registry_client::RegistryClient;
         let have = tokio::fs::metadata(partial)
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        let mut req = self.http.get(url).bearer_auth(self.credential.as_str());
-        if have > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| DownloadFailure::Retry(e.to_string()))?;
-        let status = resp.status();
-        let (mut file, mut done, total) = match status.as_u16() {
-            200 => {
-                let total = resp.content_length().unwrap_or(0);
-                (open(partial, false).await?, 0, total)
-            }
-            206 => {
-                let total = resp
-                    .headers()
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.rsplit('/').next())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                (open(partial, true).await?, have, total)
-            }
-            // The partial file is already whole (or stale): start over.
-            416 => {
+        let request = nereid_proto::v1::FetchImageRequest {
+            image_id: id.to_string(),
+            offset: have,
+        };
+        let channel = self.certs.headnode().ok_or_else(|| {
+            DownloadFailure::Fatal("the agent is not connected to a headnode".into())
+        })?;
+        let mut stream = match RegistryClient::new(channel).fetch_image(request).await {
+            Ok(r) => r.into_inner(),
+            // The partial file is longer than the image (stale): start over.
+            Err(st) if st.code() == tonic::Code::OutOfRange => {
                 let _ = tokio::fs::remove_file(partial).await;
                 return Err(DownloadFailure::Retry(
-                    "range not satisfiable; restarting".into(),
+                    "the partial file is past the image's end; restarting".into(),
                 ));
             }
-            s if (500..600).contains(&s) => {
-                return Err(DownloadFailure::Retry(format!(
-                    "the headnode answered {status}"
-                )));
-            }
-            _ => {
-                let body = resp.text().await.unwrap_or_default();
-                return Err(DownloadFailure::Fatal(format!(
-                    "the headnode answered {status}: {}",
-                    body.chars().take(300).collect::<String>()
-                )));
-            }
+            Err(st) => return Err(fetch_failure(&st)),
         };
-        let mut stream = resp.bytes_stream();
-        let mut last_report = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
+        let mut file = open(partial, have > 0).await?;
+        let (mut done, mut total, mut last_report) = (have, 0, 0);
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(st) => {
                     // Keep what arrived: the next attempt resumes after it.
                     file.flush()
                         .await
                         .map_err(|e| DownloadFailure::Fatal(e.to_string()))?;
-                    return Err(DownloadFailure::Retry(e.to_string()));
+                    return Err(fetch_failure(&st));
                 }
             };
-            file.write_all(&chunk).await.map_err(|e| {
+            total = chunk.total;
+            file.write_all(&chunk.data).await.map_err(|e| {
                 DownloadFailure::Fatal(format!("writing {}: {e}", partial.display()))
             })?;
-            done += chunk.len() as u64;
+            let first = done == have;
+            done += chunk.data.len() as u64;
             if size > 0 && done > size {
                 return Err(DownloadFailure::TooLong(done));
+            }
+            if first {
+                // Crash tests stop here, with the first piece on disk.
+                file.flush()
+                    .await
+                    .map_err(|e| DownloadFailure::Fatal(e.to_string()))?;
+                crate::fault::point("fetch_image:after_first_chunk");
             }
             if done - last_report >= 4 << 20 {
                 progress(Progress::Downloading { bytes: done, total });
@@ -453,6 +430,20 @@ impl Images {
         }
         progress(Progress::Downloading { bytes: done, total });
         Ok(())
+    }
+}
+
+/// What a failed FetchImage means: worth another attempt, or not.
+fn fetch_failure(st: &tonic::Status) -> DownloadFailure {
+    use tonic::Code;
+    let message = format!("the headnode answered {:?}: {}", st.code(), st.message());
+    match st.code() {
+        Code::NotFound
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::InvalidArgument
+        | Code::FailedPrecondition => DownloadFailure::Fatal(message),
+        _ => DownloadFailure::Retry(message),
     }
 }
 

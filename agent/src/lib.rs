@@ -2,6 +2,7 @@
 //! match what the headnode wants. Its identity and setup live in its state
 //! dir, so a restarted agent is the same server.
 
+pub mod certs;
 pub mod cmd;
 pub mod config;
 pub mod export;
@@ -57,10 +58,19 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     .to_string();
 
     let identity_path = flags.state_dir.join(IDENTITY_FILE);
-    let (identity, interval_ms) = match identity::load::<Identity>(&identity_path)? {
+    let (identity, certs, interval_ms) = match identity::load::<Identity>(&identity_path)? {
         Some(id) => {
+            let Some(certs) = certs::NodeCerts::load(&flags.state_dir)? else {
+                bail!(
+                    "{} exists but {} does not: this node joined without a certificate (before mutual TLS) or lost it; delete server {} (`nereid server delete`), remove {} and join again with a new token",
+                    identity_path.display(),
+                    flags.state_dir.join(certs::NODE_FILE).display(),
+                    id.server_id,
+                    identity_path.display()
+                );
+            };
             tracing::info!(server = %id.server_id, "using the identity in {}", identity_path.display());
-            (id, 5000)
+            (id, certs, 5000)
         }
         None => {
             let token = match (&flags.join_token, &flags.join_token_file) {
@@ -73,11 +83,17 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
                 ),
             };
             let info = sysinfo::collect(&overrides).await;
-            let (id, interval) =
-                registration::join(&flags.headnode, &token, info, address.clone()).await?;
+            let (id, certs, interval) = registration::join(
+                &flags.headnode,
+                &token,
+                info,
+                address.clone(),
+                &flags.state_dir,
+            )
+            .await?;
             identity::save(&identity_path, &id)?;
             tracing::info!(server = %id.server_id, "joined the headnode; identity saved in {}", identity_path.display());
-            (id, interval)
+            (id, certs, interval)
         }
     };
 
@@ -91,14 +107,14 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     if let Err(e) = firewall.restore().await {
         tracing::error!("restoring the node's firewall: {}", error_chain(&e));
     }
+    let certs = Arc::new(certs);
+    certs
+        .connect(&identity.headnode)
+        .map_err(anyhow::Error::msg)?;
     let node = std::sync::Arc::new(std::sync::RwLock::new(None));
     if let Some(setup) = identity::load::<identity::Setup>(&flags.state_dir.join(SETUP_FILE))? {
-        let runtime = service::NodeRuntime::start(
-            &setup,
-            &flags.state_dir,
-            &identity.node_credential,
-            flags.uid_range,
-        );
+        let runtime =
+            service::NodeRuntime::start(&setup, &flags.state_dir, certs.clone(), flags.uid_range);
         match runtime.instances.list().await {
             Ok(list) => {
                 runtime.instances.serve_metadata(&list);
@@ -122,24 +138,23 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let svc = service::AgentService {
         state_dir: flags.state_dir.clone(),
         overrides: overrides.clone(),
-        credential: identity.node_credential.clone(),
+        certs: certs.clone(),
         ids: flags.uid_range,
         node,
         firewall,
     };
-    let server = nereid_proto::v1::agent_server::AgentServer::with_interceptor(
-        svc,
-        service::auth_interceptor(Arc::new(identity.control_key_sha256.clone())),
-    );
+    let server = nereid_proto::v1::agent_server::AgentServer::new(svc);
     let metrics_addr = match flags.metrics_listen {
         Some(at) => Some(serve_metrics(at, node_for_metrics).await?),
         None => None,
     };
     write_run_file(&flags.state_dir, &address, metrics_addr)?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Only headnodes of the CA get through the handshake.
+    let incoming = nereid_tls::incoming(listener, certs.server_config());
     tracing::info!(%address, "agent listening");
     let heartbeats = tokio::spawn(registration::heartbeat_loop(
         identity,
+        certs,
         address,
         overrides,
         interval_ms,

@@ -1,5 +1,6 @@
-//! The agent's gRPC service (headnode -> agent). Every call must carry the
-//! control key the headnode issued at registration; others are refused.
+//! The agent's gRPC service (headnode -> agent). It is served over mutual
+//! TLS: only a headnode certificate of the node's CA gets through the
+//! handshake (see `certs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,7 +37,7 @@ impl NodeRuntime {
     pub fn start(
         setup: &Setup,
         state_dir: &std::path::Path,
-        credential: &str,
+        certs: Arc<crate::certs::NodeCerts>,
         ids: crate::idmap::IdRange,
     ) -> NodeRuntime {
         let pool = setup.zpool.as_str();
@@ -69,7 +70,7 @@ impl NodeRuntime {
         let instances = Instances::new(store, metadata, drivers, events);
         instances.watch();
         NodeRuntime {
-            images: Images::new(pool, credential, ids.base),
+            images: Images::new(pool, certs, ids.base),
             instances,
             exporter: crate::export::Exporter::new(pool),
         }
@@ -79,7 +80,7 @@ impl NodeRuntime {
 pub struct AgentService {
     pub state_dir: PathBuf,
     pub overrides: sysinfo::Overrides,
-    pub credential: String,
+    pub certs: Arc<crate::certs::NodeCerts>,
     pub ids: crate::idmap::IdRange,
     pub node: Arc<RwLock<Option<NodeRuntime>>>,
     pub firewall: Arc<crate::net::firewall::Firewall>,
@@ -189,24 +190,6 @@ fn timeout_of(secs: u32) -> Duration {
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Checks the control key of each call against the hash in the identity.
-pub fn auth_interceptor(
-    control_key_sha256: Arc<String>,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |req: Request<()>| {
-        let presented = req
-            .metadata()
-            .get(nereid_proto::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("the control key is required"))?;
-        if identity::hash_hex(presented.trim()) != *control_key_sha256 {
-            return Err(Status::unauthenticated("wrong control key"));
-        }
-        Ok(req)
-    }
-}
-
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn setup(
@@ -253,7 +236,7 @@ impl Agent for AgentService {
                 *node = Some(NodeRuntime::start(
                     &setup,
                     &self.state_dir,
-                    &self.credential,
+                    self.certs.clone(),
                     self.ids,
                 ));
             }
@@ -280,9 +263,6 @@ impl Agent for AgentService {
         let req = req.into_inner();
         if !(req.sha256.len() == 64 && req.sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(Status::invalid_argument("sha256 must be 64 hex digits"));
-        }
-        if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {
-            return Err(Status::invalid_argument("url must be http(s)"));
         }
         let brand =
             crate::spec::brand_from_pb(req.brand).map_err(|e| Status::invalid_argument(e.0))?;
@@ -314,7 +294,6 @@ impl Agent for AgentService {
             // The work goes on even if the caller hangs up: a retry then finds it done.
             let image = crate::images::ImageRequest {
                 id: req.image_id.clone(),
-                url: req.url.clone(),
                 sha256: req.sha256.clone(),
                 brand,
                 size: req.size,
@@ -557,6 +536,39 @@ impl Agent for AgentService {
             .map_err(instance_status)?;
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: list.into_iter().map(snapshot_to_pb).collect(),
+        }))
+    }
+
+    async fn renew_key(
+        &self,
+        _req: Request<pb::RenewKeyRequest>,
+    ) -> Result<Response<pb::RenewKeyResponse>, Status> {
+        let public_key = self
+            .certs
+            .renew_key()
+            .map_err(|e| Status::internal(format!("making a new key: {e}")))?;
+        tracing::info!("made a new key for a certificate rotation");
+        Ok(Response::new(pb::RenewKeyResponse { public_key }))
+    }
+
+    async fn install_certificate(
+        &self,
+        req: Request<pb::InstallCertificateRequest>,
+    ) -> Result<Response<pb::InstallCertificateResponse>, Status> {
+        use crate::certs::CertError;
+        let fingerprint = self
+            .certs
+            .install(&req.into_inner().certificate_pem)
+            .map_err(|e| match e {
+                CertError::NoPendingKey => Status::failed_precondition(e.to_string()),
+                CertError::Pki(nereid_tls::PkiError::Invalid { .. }) => {
+                    Status::invalid_argument(e.to_string())
+                }
+                CertError::Pki(_) => Status::internal(e.to_string()),
+            })?;
+        tracing::info!(%fingerprint, "installed a new certificate");
+        Ok(Response::new(pb::InstallCertificateResponse {
+            fingerprint,
         }))
     }
 

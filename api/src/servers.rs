@@ -40,7 +40,19 @@ pub struct Server {
     /// Why the last comparison of its instances with the node failed (the
     /// node cannot see its pool, did not answer, ...); null when it worked.
     pub sync_error: Option<String>,
+    /// The certificate the node proves itself with (mutual TLS); null for
+    /// a server registered before certificates, which must re-join.
+    pub certificate: Option<ServerCertificate>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A node's certificate: issued by the datacenter's CA for a key that never
+/// left the node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerCertificate {
+    /// The sha256 (hex) of the certificate.
+    pub sha256: String,
+    pub not_after: DateTime<Utc>,
 }
 
 /// An instance a node has that the database does not place on it (unknown,
@@ -138,7 +150,11 @@ pub struct JoinTokenCreate {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenCreated {
     pub id: JoinTokenId,
-    /// Give this to `nereid-agent --join-token`; it is shown once.
+    /// Give this to `nereid-agent --join-token`; it is shown once. It ends
+    /// with `.` and the CA's fingerprint, so the node checks the headnode
+    /// before it sends anything.
     pub token: String,
+    /// The sha256 of the datacenter's CA certificate.
+    pub ca_sha256: String,
     pub expires_at: DateTime<Utc>,
 }

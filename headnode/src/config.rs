@@ -39,10 +39,10 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "NEREID_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// The host agents use to reach the REST API (image downloads); default:
-    /// the REST listen address (127.0.0.1 when it listens on every address).
-    #[arg(long, env = "NEREID_ADVERTISE_HOST")]
-    pub advertise_host: Option<String>,
+    /// Where the CA's key and certificate are kept (default `<state-dir>/pki`);
+    /// headnodes of one datacenter share it.
+    #[arg(long, env = "NEREID_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
     /// How long a claimed job stays this headnode's without renewal, in ms;
     /// a dead headnode's jobs are taken over after it.
     #[arg(long, env = "NEREID_JOB_LEASE_MS")]
@@ -102,7 +102,7 @@ struct FileConfig {
     max_image_bytes: Option<u64>,
     image_store: Option<PathBuf>,
     log_format: Option<String>,
-    advertise_host: Option<String>,
+    pki_dir: Option<PathBuf>,
     job_lease_ms: Option<u64>,
     job_workers: Option<usize>,
     reconcile_interval_ms: Option<u64>,
@@ -172,7 +172,8 @@ pub struct Config {
     /// Where image files are stored (default: `<state_dir>/images`).
     pub image_store: PathBuf,
     pub log_format: LogFormat,
-    pub advertise_host: Option<String>,
+    /// The CA's key and certificate (default `<state_dir>/pki`).
+    pub pki_dir: PathBuf,
     pub job_lease: Duration,
     pub job_workers: usize,
     pub reconcile_interval: Duration,
@@ -304,7 +305,11 @@ impl Config {
                 .max_unpacked_image_bytes
                 .or(file.max_unpacked_image_bytes)
                 .unwrap_or(16 << 30),
-            advertise_host: flags.advertise_host.clone().or(file.advertise_host),
+            pki_dir: flags
+                .pki_dir
+                .clone()
+                .or(file.pki_dir)
+                .unwrap_or_else(|| state_dir.join("pki")),
             job_lease: Duration::from_millis(job_lease_ms),
             job_workers,
             reconcile_interval: Duration::from_millis(reconcile_ms),

@@ -4,6 +4,7 @@
 
 pub mod agent_client;
 pub mod audit;
+pub mod certificates;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod jobs;
 pub mod metadata;
 pub mod metrics;
 pub mod openapi;
+pub mod pki;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod scheduler;
@@ -29,9 +31,8 @@ pub mod snapshots;
 pub mod sshkey;
 pub mod validate;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +50,8 @@ pub struct AppState {
     pub agents: agent_client::AgentPool,
     pub images: imagestore::ImageStore,
     pub jobs: jobs::Runner,
-    /// The REST API's base URL as agents reach it (image downloads).
-    pub public_url: Arc<String>,
+    /// The CA and this headnode's certificate.
+    pub pki: Arc<pki::Pki>,
     pub limits: Arc<ApiLimits>,
     /// Writes the audit entries of failed requests.
     pub audit: audit::FailureLog,
@@ -130,11 +131,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the gRPC API to {}", config.grpc_listen))?;
     let rest_addr = rest.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
-    let public_host = match &config.advertise_host {
-        Some(h) => h.clone(),
-        None if rest_addr.ip().is_unspecified() => "127.0.0.1".to_string(),
-        None => rest_addr.ip().to_string(),
-    };
+    let pki = Arc::new(
+        pki::Pki::load(&config.pki_dir)
+            .with_context(|| format!("loading the CA from {}", config.pki_dir.display()))?,
+    );
+    tracing::info!(ca_sha256 = %pki.ca_fingerprint(), "mutual TLS with agents");
     let metrics = Arc::new(metrics::Metrics::default());
     let state = AppState {
         audit: audit::FailureLog::start(jobs_db.pool().clone(), metrics.clone()),
@@ -142,9 +143,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         db,
         config: Arc::new(config.clone()),
         metrics,
-        agents: agent_client::AgentPool::default(),
+        agents: agent_client::AgentPool::new(pki.client_config()),
         jobs: jobs::Runner::new(),
-        public_url: Arc::new(format!("http://{public_host}:{}", rest_addr.port())),
+        pki: pki.clone(),
         limits: Arc::new(ApiLimits::new(&config.limits)),
         events: events::Feed::new(),
     };
@@ -182,7 +183,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ..state.clone()
             }),
         );
-        let incoming = tokio_stream_listener(grpc);
+        let incoming = nereid_tls::incoming(grpc, pki.server_config());
         let per_conn = config.limits.max_concurrent_grpc_per_connection;
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -223,10 +224,6 @@ async fn sweep_image_store(
     Ok(())
 }
 
-fn tokio_stream_listener(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -238,17 +235,7 @@ async fn shutdown_signal() {
 
 /// Writes a secret to a file only root can read, atomically (temp + rename).
 fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    nereid_tls::pki::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)
 }
 
 fn write_run_file(path: &Path, rest: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {

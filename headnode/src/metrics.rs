@@ -55,7 +55,7 @@ impl Metrics {
             ),
             (
                 "nereid_agent_heartbeats_refused_total",
-                "Heartbeats refused (unknown server or credential).",
+                "Heartbeats refused (unknown server or not its certificate).",
                 &self.heartbeats_refused,
             ),
             (

@@ -1,4 +1,5 @@
-//! Bearer secrets: API tokens, join tokens, node credentials and control keys.
+//! Bearer secrets: API tokens and join tokens. (Nodes and headnodes prove
+//! who they are with certificates; see `pki`.)
 //!
 //! A secret is 32 random bytes, hex-encoded behind a prefix that says what it
 //! is. Only its sha256 is stored (secrets are high-entropy, so a fast hash is
@@ -11,8 +12,6 @@ use sha2::{Digest, Sha256};
 pub enum Kind {
     ApiToken,
     JoinToken,
-    NodeCredential,
-    ControlKey,
 }
 
 impl Kind {
@@ -20,14 +19,9 @@ impl Kind {
         match self {
             Kind::ApiToken => "nrd_",
             Kind::JoinToken => "nrdjoin_",
-            Kind::NodeCredential => NODE_CREDENTIAL_PREFIX,
-            Kind::ControlKey => "nrdctl_",
         }
     }
 }
-
-/// Node credentials start with this, so a bearer can be told apart cheaply.
-pub const NODE_CREDENTIAL_PREFIX: &str = "nrdnode_";
 
 /// A new random secret of this kind.
 pub fn generate(kind: Kind) -> String {

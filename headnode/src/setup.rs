@@ -18,14 +18,11 @@ pub async fn setup_server(s: &AppState, id: ServerId, setup: &ServerSetup) -> Re
             "server {id} is not heartbeating (status unknown); start its agent and try again"
         )));
     }
-    let (address, control_key) = match s.db.server_setup_begin(id, setup).await? {
+    let address = match s.db.server_setup_begin(id, setup).await? {
         SetupBegin::AlreadyDone => return s.db.server_get(id).await,
-        SetupBegin::Started {
-            agent_address,
-            control_key,
-        } => (agent_address, control_key),
+        SetupBegin::Started { agent_address } => agent_address,
     };
-    let outcome = s.agents.setup(id, &address, &control_key, setup).await;
+    let outcome = s.agents.setup(id, &address, setup).await;
     match outcome {
         Ok(missing) if missing.is_empty() => {
             s.db.server_setup_finish(id, setup).await?;

@@ -5,6 +5,3 @@
 pub mod v1 {
     tonic::include_proto!("nereid.v1");
 }
-
-/// The metadata key that carries a bearer credential on every gRPC call.
-pub const AUTHORIZATION: &str = "authorization";

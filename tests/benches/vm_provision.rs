@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nereid_proto::v1 as pb;
 use nereid_proto::v1::agent_client::AgentClient;
 use nereid_tests::datacenter::{Datacenter, DcOpts};
-use nereid_tests::node::{ControlKey, build_sample, state_name, vm_pids};
+use nereid_tests::node::{build_sample, state_name, vm_pids};
 use nereid_tests::procs::rss_kib;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -183,14 +183,7 @@ async fn main() {
     );
 
     // (c) kill -9 of the agent, then a new one: until it reports all five.
-    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&dc.headnode().database_url)
-        .await
-        .unwrap();
-    let (key,): (String,) = sqlx::query_as("SELECT control_key FROM servers WHERE id = $1::uuid")
-        .bind(&node.server_id)
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
+    let server_id = node.server_id.to_string();
     let mut dc = dc;
     dc.nodes[0].agent.proc.kill();
     let t = Instant::now();
@@ -204,11 +197,7 @@ async fn main() {
             .and_then(|l| l.split("address=").nth(1))
             .map(|a| a.split_whitespace().next().unwrap_or("").to_string());
         if let Some(address) = address {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                .unwrap()
-                .connect_lazy();
-            let mut c =
-                AgentClient::with_interceptor(ch, ControlKey::new(&format!("Bearer {key}")));
+            let mut c = AgentClient::new(dc.headnode().agent_channel(&server_id, &address));
             if let Ok(r) = c.list_instances(pb::ListInstancesRequest {}).await {
                 let running = r
                     .into_inner()

@@ -59,3 +59,16 @@ pub fn bench_setting<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Whether a call failed because its connection did (a refused TLS
+/// handshake shows up as any of these, depending on when the client
+/// learns of it), not with an answer of the service.
+pub fn connection_failed(st: &tonic::Status) -> bool {
+    matches!(
+        st.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    )
+}

@@ -1,36 +1,18 @@
 //! A whole test "node": a file-backed zpool, a headnode, an agent that joined
 //! and was set up on that pool, the busybox image in the catalog, and a gRPC
-//! client to the agent carrying the control key.
+//! client to the agent presenting a headnode certificate of the CA.
 
 use std::time::Duration;
 
 use nereid_proto::v1 as pb;
 use nereid_proto::v1::agent_client::AgentClient;
 use serde_json::json;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::procs::{Agent, Headnode, HeadnodeOpts};
 use crate::zfs::TestPool;
 
-pub type Client = AgentClient<InterceptedService<Channel, ControlKey>>;
-
-#[derive(Clone)]
-pub struct ControlKey(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl ControlKey {
-    /// The `authorization` value, e.g. `Bearer <control key>`.
-    pub fn new(value: &str) -> ControlKey {
-        ControlKey(value.parse().expect("an ASCII header value"))
-    }
-}
-
-impl tonic::service::Interceptor for ControlKey {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
+pub type Client = AgentClient<Channel>;
 
 pub struct TestNode {
     pub agent: Agent,
@@ -71,30 +53,34 @@ impl TestNode {
     }
 
     pub async fn client(&self) -> Client {
-        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.headnode.database_url)
-            .await
-            .unwrap();
-        let (address, key): (String, String) =
-            sqlx::query_as("SELECT agent_address, control_key FROM servers WHERE id = $1::uuid")
-                .bind(&self.server_id)
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .unwrap()
-            .connect_lazy();
-        AgentClient::with_interceptor(ch, ControlKey(format!("Bearer {key}").parse().unwrap()))
+        let address = self.agent_address().await;
+        AgentClient::new(self.headnode.agent_channel(&self.server_id, &address))
     }
 
     /// The agent's address changes when it restarts on port 0: connect to
     /// the port its log announces (once it listens).
     pub async fn client_after_restart(&self) -> Client {
         let port = self.agent_port_from_log().await;
-        let key = self.control_key().await;
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_lazy();
-        AgentClient::with_interceptor(ch, ControlKey(format!("Bearer {key}").parse().unwrap()))
+        AgentClient::new(
+            self.headnode
+                .agent_channel(&self.server_id, &format!("127.0.0.1:{port}")),
+        )
+    }
+
+    /// Lets the node fetch an image (the headnode records this before it
+    /// asks a node to ensure one).
+    pub async fn grant(&self, image_id: &str) {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.headnode.database_url)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO image_grants (server_id, image_id) VALUES ($1::uuid, $2::uuid) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.server_id)
+        .bind(image_id)
+        .execute(&mut db)
+        .await
+        .unwrap();
     }
 
     /// The agent's gRPC address as the headnode has it.
@@ -109,19 +95,6 @@ impl TestNode {
                 .await
                 .unwrap();
         address
-    }
-
-    async fn control_key(&self) -> String {
-        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.headnode.database_url)
-            .await
-            .unwrap();
-        let (key,): (String,) =
-            sqlx::query_as("SELECT control_key FROM servers WHERE id = $1::uuid")
-                .bind(&self.server_id)
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
-        key
     }
 
     async fn agent_port_from_log(&self) -> String {
@@ -141,16 +114,10 @@ impl TestNode {
         .await
     }
 
-    pub fn image_url(&self) -> String {
-        format!(
-            "{}/v1/images/{}/file",
-            self.headnode.rest_url, self.image_id
-        )
-    }
-
-    /// EnsureImage until `ready`; returns the phases seen.
+    /// EnsureImage of the busybox image until `ready`; returns the phases seen.
     pub async fn ensure_image(&self, c: &mut Client) -> Result<Vec<String>, tonic::Status> {
-        ensure_image(c, &self.image_id, &self.image_url(), &self.image_sha256).await
+        self.grant(&self.image_id).await;
+        ensure_image(c, &self.image_id, &self.image_sha256).await
     }
 
     pub fn spec(&self, hostname: &str) -> pb::InstanceSpec {
@@ -218,16 +185,15 @@ pub fn state_name(s: i32) -> &'static str {
     }
 }
 
+/// EnsureImage until it ends (the node must be granted the image).
 pub async fn ensure_image(
     c: &mut Client,
     id: &str,
-    url: &str,
     sha256: &str,
 ) -> Result<Vec<String>, tonic::Status> {
     let mut stream = c
         .ensure_image(pb::EnsureImageRequest {
             image_id: id.into(),
-            url: url.into(),
             sha256: sha256.into(),
             brand: pb::Brand::Container.into(),
             ..Default::default()

@@ -302,6 +302,24 @@ impl Headnode {
         (id, api)
     }
 
+    /// The headnode's CA (from its state dir).
+    pub fn ca(&self) -> nereid_tls::Ca {
+        nereid_tls::Ca::load_or_create(&self.state.path().join("pki")).unwrap()
+    }
+
+    /// A channel to the agent of `server_id` at `address`, presenting a
+    /// headnode certificate of this headnode's CA (as the headnode does).
+    pub fn agent_channel(&self, server_id: &str, address: &str) -> tonic::transport::Channel {
+        let ca = self.ca();
+        let identity = ca.identity(nereid_tls::HEADNODE_NAME).unwrap();
+        let config =
+            nereid_tls::client_config(Some(identity), nereid_tls::Trust::Ca(ca.cert_der.clone()));
+        nereid_tls::Connector::new(config, &nereid_tls::node_name(server_id))
+            .unwrap()
+            .channel(address, |e| e)
+            .unwrap()
+    }
+
     /// A new single-use join token.
     pub async fn join_token(&self) -> String {
         let (st, body) = self

@@ -171,7 +171,7 @@ async fn an_image_is_uploaded_verified_activated_and_downloaded_with_ranges() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn image_visibility_follows_owner_public_and_node_credentials() {
+async fn image_visibility_follows_owner_public_and_nodes_fetch_only_granted_images() {
     let h = Headnode::start(HeadnodeOpts::default()).await;
     let op = h.operator();
     let (_, alice) = op
@@ -232,18 +232,76 @@ async fn image_visibility_follows_owner_public_and_node_credentials() {
     let mine = create(&alice, &manifest("mine")).await;
     assert_eq!(op.get(&format!("/v1/images/{mine}")).await.0, 200);
 
-    // A node pulls any image with its node credential; a bogus one is refused.
+    // A node fetches over mutual TLS, and only what it was asked to ensure.
     let agent = Agent::start(&h.grpc_url, &h.join_token().await);
-    agent.server_id().await;
-    let identity: Value =
-        serde_json::from_slice(&std::fs::read(agent.state.path().join("identity.json")).unwrap())
-            .unwrap();
-    let node = Api::new(&h.rest_url, identity["node_credential"].as_str().unwrap());
+    let server = agent.server_id().await;
+    let pem = std::fs::read_to_string(agent.state.path().join("node.pem")).unwrap();
+    let node = nereid_tls::Identity::from_pem(&pem, &pem).unwrap();
+    let ca = h.ca();
+    let fetch =
+        |identity: Option<std::sync::Arc<nereid_tls::Identity>>, ca: Vec<u8>, image: String| {
+            let url = h.grpc_url.clone();
+            async move {
+                let config = nereid_tls::client_config(identity, nereid_tls::Trust::Ca(ca.into()));
+                let ch = nereid_tls::Connector::new(config, nereid_tls::HEADNODE_NAME)
+                    .unwrap()
+                    .channel(&url, |e| e)
+                    .unwrap();
+                let mut stream = nereid_proto::v1::registry_client::RegistryClient::new(ch)
+                    .fetch_image(nereid_proto::v1::FetchImageRequest {
+                        image_id: image,
+                        offset: 0,
+                    })
+                    .await?
+                    .into_inner();
+                let mut bytes = Vec::new();
+                while let Some(m) = stream.message().await? {
+                    bytes.extend(m.data);
+                }
+                Ok::<_, tonic::Status>(bytes)
+            }
+        };
+    let ca_der = ca.cert_der.to_vec();
+    for image in [&private, &public] {
+        let err = fetch(Some(node.clone()), ca_der.clone(), image.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    }
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&h.database_url)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO image_grants (server_id, image_id) VALUES ($1::uuid, $2::uuid)")
+        .bind(&server)
+        .bind(&private)
+        .execute(&mut db)
+        .await
+        .unwrap();
     assert_eq!(
-        node.get(&format!("/v1/images/{private}/file")).await.1,
-        json!("private bits")
+        fetch(Some(node.clone()), ca_der.clone(), private.clone())
+            .await
+            .unwrap(),
+        b"private bits"
     );
-    assert_error(&node.get("/v1/images").await, 401, "Unauthorized");
+    // Without a certificate: refused.
+    let err = fetch(None, ca_der.clone(), private.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // A certificate (and CA) of another datacenter: the handshake fails.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = nereid_tls::Ca::load_or_create(elsewhere.path()).unwrap();
+    let stranger = other.identity(&format!("{server}.node.nereid")).unwrap();
+    let err = fetch(Some(stranger), ca_der.clone(), private.clone())
+        .await
+        .unwrap_err();
+    // (TLS 1.3: the client learns of it as a broken connection.)
+    assert!(nereid_tests::connection_failed(&err), "{err:?}");
+    assert!(
+        h.proc.log_text().contains("TLS handshake refused"),
+        "the headnode refused the handshake"
+    );
+    // The REST API has no node credentials any more.
     assert_error(
         &Api::new(&h.rest_url, "nrdnode_bogus")
             .get(&format!("/v1/images/{private}/file"))

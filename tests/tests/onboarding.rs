@@ -167,8 +167,9 @@ async fn reused_expired_and_unknown_join_tokens_are_refused_and_record_nothing()
     );
     assert!(!second.state.path().join("identity.json").exists());
 
-    // Unknown.
-    let mut third = Agent::start(&h.grpc_url, "nrdjoin_0000");
+    // Unknown (with this headnode's CA fingerprint).
+    let fingerprint = token.rsplit_once('.').unwrap().1.to_string();
+    let mut third = Agent::start(&h.grpc_url, &format!("nrdjoin_0000.{fingerprint}"));
     assert!(
         !third
             .proc
@@ -207,6 +208,52 @@ async fn reused_expired_and_unknown_join_tokens_are_refused_and_record_nothing()
         fourth.proc.log_text()
     );
 
+    // Without the CA's fingerprint: refused before any connection.
+    let mut bare = Agent::start(&h.grpc_url, token.rsplit_once('.').unwrap().0);
+    assert!(
+        !bare
+            .proc
+            .wait_exit(Duration::from_secs(60))
+            .unwrap()
+            .success()
+    );
+    assert!(
+        bare.proc.log_text().contains("carries no CA fingerprint"),
+        "{}",
+        bare.proc.log_text()
+    );
+
+    // A token naming another datacenter's CA: the agent refuses this
+    // headnode before it sends anything, so the (valid, single-use) secret
+    // never reached it and still works with the right fingerprint.
+    let valid = h.join_token().await;
+    let secret = valid.rsplit_once('.').unwrap().0.to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_ca = nereid_tls::Ca::load_or_create(elsewhere.path()).unwrap();
+    let mut misled = Agent::start(&h.grpc_url, &format!("{secret}.{}", other_ca.fingerprint()));
+    assert!(
+        !misled
+            .proc
+            .wait_exit(Duration::from_secs(60))
+            .unwrap()
+            .success()
+    );
+    let log = misled.proc.log_text();
+    assert!(
+        log.contains("is not the headnode that made this join token"),
+        "{log}"
+    );
+    assert!(!misled.state.path().join("identity.json").exists());
+    assert!(!misled.state.path().join("node.pem").exists());
+    let (tokens_used,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM join_tokens WHERE used_at IS NOT NULL")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(tokens_used, 1, "only the first agent's token was used");
+    let rightly = Agent::start(&h.grpc_url, &valid);
+    rightly.server_id().await;
+
     // A second agent claiming an existing machine id is refused, and its
     // fresh token stays usable by another machine.
     let fresh = h.join_token().await;
@@ -230,11 +277,11 @@ async fn reused_expired_and_unknown_join_tokens_are_refused_and_record_nothing()
     );
 
     let (_, list) = h.operator().get("/v1/servers").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
     let other = Agent::start(&h.grpc_url, &fresh);
     other.server_id().await;
     let (_, list) = h.operator().get("/v1/servers").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

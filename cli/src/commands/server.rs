@@ -49,6 +49,9 @@ pub enum ServerCmd {
     },
     /// Instances the node has that the database does not place on it.
     Orphans { id: String },
+    /// Give the node a new key and certificate (nothing on it restarts).
+    #[command(name = "rotate-certificate")]
+    RotateCertificate { id: String },
     /// Join tokens.
     #[command(subcommand, name = "join-token")]
     JoinToken(JoinTokenCmd),
@@ -160,6 +163,18 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
                 ),
             }
         }
+        ServerCmd::RotateCertificate { id } => {
+            let cert: nereid_api::ServerCertificate = c
+                .post(&format!("/v1/servers/{id}/certificate"), &())
+                .await?;
+            match fmt {
+                Format::Json => output::json(&cert),
+                Format::Table => output::fields(vec![
+                    ("sha256", cert.sha256.clone()),
+                    ("not after", cert.not_after.to_rfc3339()),
+                ]),
+            }
+        }
         ServerCmd::Delete { id, force } => {
             let path = if force {
                 format!("/v1/servers/{id}?force=true")
@@ -183,8 +198,8 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
                 Format::Table => {
                     println!("{}", t.token);
                     eprintln!(
-                        "single use, expires {}; start the node with: nereid-agent --join-token <token> ...",
-                        t.expires_at
+                        "single use, expires {}; start the node with: nereid-agent --join-token <token> ...\n(the token ends with the CA's sha256 {}: the node checks the headnode against it before it sends anything)",
+                        t.expires_at, t.ca_sha256
                     );
                 }
             }
@@ -244,6 +259,13 @@ fn show(fmt: Format, s: &Server) {
         (
             "sync error",
             s.sync_error.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "certificate",
+            s.certificate
+                .as_ref()
+                .map(|c| format!("sha256 {} until {}", c.sha256, c.not_after.to_rfc3339()))
+                .unwrap_or_else(|| "none (re-join this node)".into()),
         ),
     ]);
 }

@@ -1,9 +1,10 @@
 //! The only place that talks to agents: one lazily-connected gRPC channel per
-//! server, each call carrying that server's control key and the request id,
-//! and (in `convert`) every conversion to and from the agents' protobuf.
-//! Callers see REST/domain types and `Error`, never protobuf.
+//! server over mutual TLS (the headnode presents its certificate; the node
+//! must present the certificate of its server id), each call carrying the
+//! request id, and (in `convert`) every conversion to and from the agents'
+//! protobuf. Callers see REST/domain types and `Error`, never protobuf.
 //!
-//! It must never keep a channel for a deleted server or log a control key.
+//! It must never keep a channel for a deleted server.
 
 pub mod convert;
 
@@ -15,7 +16,7 @@ use nereid_api::{Brand, ImageId, InstanceId, ServerId, ServerSetup};
 use nereid_proto::v1 as pb;
 use nereid_proto::v1::SetupRequest;
 use nereid_proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use convert::{NodeInstance, NodeState};
 
@@ -28,18 +29,19 @@ pub struct ImagePull {
     pub id: ImageId,
     /// The brand of the instances that boot it.
     pub brand: Brand,
-    pub url: String,
     pub sha256: String,
     pub size: u64,
     /// The most it may unpack to on the node.
     pub max_unpacked: u64,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AgentPool {
-    /// One connection per agent address (calls carry their server's
-    /// control key, so servers behind one address share it safely).
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How this headnode connects: its certificate and the CA.
+    tls: Arc<rustls::ClientConfig>,
+    /// One connection per server (its certificate names its server id),
+    /// with the address it was made for.
+    channels: Arc<Mutex<HashMap<ServerId, (String, Channel)>>>,
     /// Images this process saw ready on a server: EnsureImage is not asked
     /// again. EnsureInstance answering "image missing" drops the entry.
     images_on: Arc<Mutex<std::collections::HashSet<(ServerId, ImageId)>>>,
@@ -111,26 +113,51 @@ impl Export {
 }
 
 impl AgentPool {
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> AgentPool {
+        AgentPool {
+            tls,
+            channels: Default::default(),
+            images_on: Default::default(),
+            firewalls: Default::default(),
+            firewall_locks: Default::default(),
+        }
+    }
+
     fn channel(&self, id: ServerId, address: &str) -> Result<Channel> {
         let mut map = self.channels.lock().expect("agent pool lock");
-        if let Some(ch) = map.get(address) {
+        if let Some((at, ch)) = map.get(&id)
+            && at == address
+        {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| {
-                Error::Internal(format!(
-                    "server {id} has an invalid agent address {address:?}: {e}"
-                ))
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            // The bound of any call; shorter deadlines travel as grpc-timeout.
-            .timeout(WORK_TIMEOUT)
-            .connect_lazy();
-        map.insert(address.to_string(), ch.clone());
+        // The bound of any call; shorter deadlines travel as grpc-timeout.
+        let ch = self.connect(id, address, Some(WORK_TIMEOUT))?;
+        map.insert(id, (address.to_string(), ch.clone()));
         Ok(ch)
     }
 
+    /// A new channel to the agent of `id`, which must present that server's
+    /// certificate.
+    fn connect(&self, id: ServerId, address: &str, timeout: Option<Duration>) -> Result<Channel> {
+        let invalid = |e: &dyn std::fmt::Display| {
+            Error::Internal(format!(
+                "server {id} has an invalid agent address {address:?}: {e}"
+            ))
+        };
+        nereid_tls::Connector::new(self.tls.clone(), &nereid_tls::node_name(&id.to_string()))
+            .map_err(|e| invalid(&e))?
+            .channel(address, |e| {
+                let e = e.connect_timeout(Duration::from_secs(5));
+                match timeout {
+                    Some(t) => e.timeout(t),
+                    None => e,
+                }
+            })
+            .map_err(|e| invalid(&e))
+    }
+
     pub fn forget(&self, id: ServerId) {
+        self.channels.lock().expect("agent pool lock").remove(&id);
         self.firewalls.lock().expect("firewalls lock").remove(&id);
         self.images_on
             .lock()
@@ -154,16 +181,13 @@ impl AgentPool {
             .remove(&(server, image));
     }
 
-    fn request<T>(&self, msg: T, control_key: &str) -> tonic::Request<T> {
-        self.request_within(msg, control_key, CALL_TIMEOUT)
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        self.request_within(msg, CALL_TIMEOUT)
     }
 
-    fn request_within<T>(&self, msg: T, control_key: &str, timeout: Duration) -> tonic::Request<T> {
+    fn request_within<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         req.set_timeout(timeout);
-        if let Ok(v) = format!("Bearer {control_key}").parse() {
-            req.metadata_mut().insert(nereid_proto::AUTHORIZATION, v);
-        }
         if let Ok(v) = crate::error::current_request_id().parse() {
             req.metadata_mut().insert("x-request-id", v);
         }
@@ -175,7 +199,6 @@ impl AgentPool {
         &self,
         id: ServerId,
         address: &str,
-        control_key: &str,
         setup: &ServerSetup,
     ) -> Result<Vec<String>> {
         let mut client = AgentClient::new(self.channel(id, address)?);
@@ -184,10 +207,42 @@ impl AgentPool {
             nic_tags: setup.nic_tags.clone().into_iter().collect(),
         };
         let resp = client
-            .setup(self.request(msg, control_key))
+            .setup(self.request(msg))
             .await
             .map_err(|st| agent_error(id, address, "Setup", st))?;
         Ok(resp.into_inner().missing)
+    }
+}
+
+impl AgentPool {
+    /// Has the node make the key of a certificate rotation; returns its
+    /// public half.
+    pub async fn renew_key(&self, id: ServerId, address: &str) -> Result<Vec<u8>> {
+        let mut client = AgentClient::new(self.channel(id, address)?);
+        let resp = client
+            .renew_key(self.request(pb::RenewKeyRequest {}))
+            .await
+            .map_err(|st| agent_error(id, address, "RenewKey", st))?;
+        Ok(resp.into_inner().public_key)
+    }
+
+    /// Gives the node the certificate for its new key; returns the
+    /// fingerprint the node now presents.
+    pub async fn install_certificate(
+        &self,
+        id: ServerId,
+        address: &str,
+        certificate_pem: &str,
+    ) -> Result<String> {
+        let mut client = AgentClient::new(self.channel(id, address)?);
+        let msg = pb::InstallCertificateRequest {
+            certificate_pem: certificate_pem.to_string(),
+        };
+        let resp = client
+            .install_certificate(self.request(msg))
+            .await
+            .map_err(|st| agent_error(id, address, "InstallCertificate", st))?;
+        Ok(resp.into_inner().fingerprint)
     }
 }
 
@@ -204,7 +259,6 @@ impl AgentPool {
         }
         let msg = pb::EnsureImageRequest {
             image_id: image.to_string(),
-            url: pull.url.clone(),
             sha256: pull.sha256.clone(),
             brand: convert::brand(pull.brand).into(),
             size: pull.size,
@@ -212,7 +266,7 @@ impl AgentPool {
         };
         let mut stream = self
             .client(t)?
-            .ensure_image(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .ensure_image(self.request_within(msg, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "EnsureImage", st))?
             .into_inner();
@@ -254,7 +308,7 @@ impl AgentPool {
         };
         let st = self
             .client(t)?
-            .ensure_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .ensure_instance(self.request_within(msg, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "EnsureInstance", st))?
             .into_inner();
@@ -265,7 +319,7 @@ impl AgentPool {
         let msg = pb::InstanceRef { id: id.to_string() };
         let st = self
             .client(t)?
-            .start_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .start_instance(self.request_within(msg, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "StartInstance", st))?
             .into_inner();
@@ -283,7 +337,7 @@ impl AgentPool {
             timeout_seconds: 10,
         };
         let mut c = self.client(t)?;
-        let req = self.request_within(msg, &t.control_key, WORK_TIMEOUT);
+        let req = self.request_within(msg, WORK_TIMEOUT);
         let (call, r) = if reboot {
             ("RebootInstance", c.reboot_instance(req).await)
         } else {
@@ -299,7 +353,7 @@ impl AgentPool {
     pub async fn delete_instance(&self, t: &AgentTarget, id: InstanceId) -> Result<()> {
         let msg = pb::InstanceRef { id: id.to_string() };
         self.client(t)?
-            .delete_instance(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .delete_instance(self.request_within(msg, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "DeleteInstance", st))?;
         Ok(())
@@ -312,11 +366,7 @@ impl AgentPool {
         id: InstanceId,
     ) -> Result<Option<NodeInstance>> {
         let msg = pb::InstanceRef { id: id.to_string() };
-        match self
-            .client(t)?
-            .get_instance(self.request(msg, &t.control_key))
-            .await
-        {
+        match self.client(t)?.get_instance(self.request(msg)).await {
             Ok(r) => Ok(Some(convert::node_instance(r.into_inner())?)),
             Err(st) if st.code() == tonic::Code::NotFound => Ok(None),
             Err(st) => Err(agent_error(t.server, &t.address, "GetInstance", st)),
@@ -347,7 +397,7 @@ impl AgentPool {
             return Ok(false);
         }
         self.client(t)?
-            .apply_firewall(self.request(set, &t.control_key))
+            .apply_firewall(self.request(set))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "ApplyFirewall", st))?;
         self.firewalls
@@ -370,11 +420,7 @@ impl AgentPool {
             instance_id: id.to_string(),
             metadata: Some(metadata),
         };
-        match self
-            .client(t)?
-            .set_metadata(self.request(msg, &t.control_key))
-            .await
-        {
+        match self.client(t)?.set_metadata(self.request(msg)).await {
             Ok(_) => Ok(()),
             Err(st) if st.code() == tonic::Code::NotFound => Ok(()),
             Err(st) => Err(agent_error(t.server, &t.address, "SetMetadata", st)),
@@ -394,7 +440,7 @@ impl AgentPool {
         };
         let stream = self
             .client(t)?
-            .export_image(self.request_within(msg, &t.control_key, EXPORT_TIMEOUT))
+            .export_image(self.request_within(msg, EXPORT_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "ExportImage", st))?
             .into_inner();
@@ -420,7 +466,7 @@ impl AgentPool {
         };
         Ok(self
             .client(t)?
-            .create_snapshot(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .create_snapshot(self.request_within(msg, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "CreateSnapshot", st))?
             .into_inner())
@@ -434,7 +480,7 @@ impl AgentPool {
         };
         match self
             .client(t)?
-            .delete_snapshot(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .delete_snapshot(self.request_within(msg, WORK_TIMEOUT))
             .await
         {
             Ok(_) => Ok(()),
@@ -452,7 +498,7 @@ impl AgentPool {
         let msg = pb::InstanceRef { id: id.to_string() };
         Ok(self
             .client(t)?
-            .list_snapshots(self.request(msg, &t.control_key))
+            .list_snapshots(self.request(msg))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "ListSnapshots", st))?
             .into_inner()
@@ -472,7 +518,7 @@ impl AgentPool {
         };
         Ok(self
             .client(t)?
-            .rollback_snapshot(self.request_within(msg, &t.control_key, WORK_TIMEOUT))
+            .rollback_snapshot(self.request_within(msg, WORK_TIMEOUT))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "RollbackSnapshot", st))?
             .into_inner()
@@ -481,7 +527,7 @@ impl AgentPool {
 
     pub async fn list_instances(&self, t: &AgentTarget) -> Result<Vec<NodeInstance>> {
         self.client(t)?
-            .list_instances(self.request(pb::ListInstancesRequest {}, &t.control_key))
+            .list_instances(self.request(pb::ListInstancesRequest {}))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "ListInstances", st))?
             .into_inner()
@@ -502,11 +548,7 @@ impl AgentPool {
             id: id.to_string(),
             tail_lines,
         };
-        let r = match self
-            .client(t)?
-            .get_console(self.request(msg, &t.control_key))
-            .await
-        {
+        let r = match self.client(t)?.get_console(self.request(msg)).await {
             Ok(r) => r.into_inner(),
             Err(st) if st.code() == tonic::Code::NotFound => {
                 return Err(Error::Conflict(format!(
@@ -526,17 +568,9 @@ impl AgentPool {
         t: &AgentTarget,
     ) -> Result<impl futures::Stream<Item = NodeInstance> + use<>> {
         // No call timeout on a stream meant to stay open.
-        let ch = Endpoint::from_shared(format!("http://{}", t.address))
-            .map_err(|e| {
-                Error::Internal(format!(
-                    "server {} has an invalid agent address: {e}",
-                    t.server
-                ))
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let ch = self.connect(t.server, &t.address, None)?;
         let stream = AgentClient::new(ch)
-            .watch_events(self.request(pb::WatchEventsRequest {}, &t.control_key))
+            .watch_events(self.request(pb::WatchEventsRequest {}))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "WatchEvents", st))?
             .into_inner();

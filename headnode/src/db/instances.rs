@@ -696,17 +696,16 @@ impl Datastore {
 
     /// The server an instance is on, with what it takes to call its agent.
     pub async fn instance_placement(&self, id: InstanceId) -> Result<Option<AgentTarget>> {
-        let row: Option<(Uuid, String, String, Option<Json<ServerSetup>>)> = sqlx::query_as(
-            "SELECT s.id, s.agent_address, s.control_key, s.setup FROM instances i
+        let row: Option<(Uuid, String, Option<Json<ServerSetup>>)> = sqlx::query_as(
+            "SELECT s.id, s.agent_address, s.setup FROM instances i
              JOIN servers s ON s.id = i.server_id WHERE i.id = $1",
         )
         .bind(id.as_uuid())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, address, control_key, setup)| AgentTarget {
+        Ok(row.map(|(id, address, setup)| AgentTarget {
             server: id.into(),
             address,
-            control_key,
             setup: setup.map(|s| s.0).unwrap_or_default(),
         }))
     }
@@ -735,8 +734,8 @@ impl Datastore {
     }
 
     async fn agent_targets_where(&self, only: Option<ServerId>) -> Result<Vec<AgentTarget>> {
-        let rows: Vec<(Uuid, String, String, Option<Json<ServerSetup>>)> = sqlx::query_as(
-            "SELECT id, agent_address, control_key, setup FROM servers
+        let rows: Vec<(Uuid, String, Option<Json<ServerSetup>>)> = sqlx::query_as(
+            "SELECT id, agent_address, setup FROM servers
              WHERE setup_state = 'setup' AND ($1::uuid IS NULL OR id = $1)",
         )
         .bind(only.map(|s| s.as_uuid()))
@@ -744,10 +743,9 @@ impl Datastore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, address, control_key, setup)| AgentTarget {
+            .map(|(id, address, setup)| AgentTarget {
                 server: id.into(),
                 address,
-                control_key,
                 setup: setup.map(|s| s.0).unwrap_or_default(),
             })
             .collect())
@@ -776,7 +774,6 @@ pub struct InstanceSizes {
 pub struct AgentTarget {
     pub server: ServerId,
     pub address: String,
-    pub control_key: String,
     pub setup: ServerSetup,
 }
 

@@ -86,7 +86,7 @@ impl Datastore {
         }
         let inserted = sqlx::query(
             "INSERT INTO servers (id, hostname, machine_id, sysinfo, agent_address, agent_version,
-                                  credential_hash, control_key, last_heartbeat)
+                                  cert_sha256, cert_not_after, last_heartbeat)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
         )
         .bind(new.id.as_uuid())
@@ -95,8 +95,8 @@ impl Datastore {
         .bind(sqlx::types::Json(&new.sysinfo))
         .bind(&new.agent_address)
         .bind(&new.agent_version)
-        .bind(&new.credential_hash)
-        .bind(&new.control_key)
+        .bind(&new.cert_sha256)
+        .bind(new.cert_not_after)
         .execute(&mut *tx)
         .await;
         match inserted {

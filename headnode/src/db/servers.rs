@@ -3,7 +3,7 @@
 //! sharing the database agrees on it without a background writer.
 
 use chrono::{DateTime, Utc};
-use nereid_api::{Page, Server, ServerId, ServerSetup, ServerStatus, Sysinfo, Usage};
+use nereid_api::{ImageId, Page, Server, ServerId, ServerSetup, ServerStatus, Sysinfo, Usage};
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -17,8 +17,9 @@ pub struct NewServer {
     pub sysinfo: Sysinfo,
     pub agent_address: String,
     pub agent_version: String,
-    pub credential_hash: Vec<u8>,
-    pub control_key: String,
+    /// The sha256 (hex) of the certificate issued at registration.
+    pub cert_sha256: String,
+    pub cert_not_after: DateTime<Utc>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -41,6 +42,8 @@ struct ServerRow {
     agent_version: String,
     last_heartbeat: Option<DateTime<Utc>>,
     sync_error: Option<String>,
+    cert_sha256: Option<String>,
+    cert_not_after: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
 }
 
@@ -62,6 +65,12 @@ impl ServerRow {
             agent_version: self.agent_version,
             last_heartbeat: self.last_heartbeat,
             sync_error: self.sync_error,
+            certificate: match (self.cert_sha256, self.cert_not_after) {
+                (Some(sha256), Some(not_after)) => {
+                    Some(nereid_api::ServerCertificate { sha256, not_after })
+                }
+                _ => None,
+            },
             created_at: self.created_at,
         })
     }
@@ -69,7 +78,7 @@ impl ServerRow {
 
 /// The servers with their derived status; `$1` is the heartbeat deadline in seconds.
 pub(super) const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sysinfo, setup, usage, agent_address,
-        agent_version, last_heartbeat, sync_error, created_at,
+        agent_version, last_heartbeat, sync_error, cert_sha256, cert_not_after, created_at,
         CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1) THEN 'unknown'
              WHEN setup_state = 'setup' THEN 'running'
              ELSE setup_state END AS status
@@ -78,10 +87,7 @@ pub(super) const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sy
 /// What starting a setup found.
 pub enum SetupBegin {
     /// The server is now `setting_up`; call the agent.
-    Started {
-        agent_address: String,
-        control_key: String,
-    },
+    Started { agent_address: String },
     /// The server already has exactly this setup.
     AlreadyDone,
 }
@@ -151,11 +157,14 @@ impl Datastore {
         .await?)
     }
 
-    /// Records a heartbeat. Returns false if no server has this id and credential.
+    /// Records a heartbeat. Returns false if no server has this id and
+    /// certificate. The certificate of a rotation in progress is accepted
+    /// and, once presented, becomes the server's (the old one is refused
+    /// from then on).
     pub async fn server_heartbeat(
         &self,
         id: ServerId,
-        credential_hash: &[u8],
+        cert_sha256: &str,
         usage: &Usage,
         agent_address: &str,
         agent_version: &str,
@@ -165,15 +174,20 @@ impl Datastore {
         // (and the scheduler's cached view of the server stays valid).
         let sql = if sysinfo.is_some() {
             "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
-                    sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname)
-             WHERE id = $1 AND credential_hash = $2"
+                    sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname),
+                    cert_sha256 = $2, cert_next_sha256 = NULL
+             WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256)"
         } else {
-            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5
-             WHERE id = $1 AND credential_hash = $2 AND $6::jsonb IS NULL"
+            // The common case writes the certificate columns only when a
+            // rotation's new certificate shows up.
+            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
+                    cert_sha256 = $2,
+                    cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END
+             WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256) AND $6::jsonb IS NULL"
         };
         let done = sqlx::query(sql)
             .bind(id.as_uuid())
-            .bind(credential_hash)
+            .bind(cert_sha256)
             .bind(Json(usage))
             .bind(agent_address)
             .bind(agent_version)
@@ -189,18 +203,15 @@ impl Datastore {
         id: ServerId,
         setup: &ServerSetup,
     ) -> Result<SetupBegin> {
-        let started: Option<(String, String)> = sqlx::query_as(
+        let started: Option<(String,)> = sqlx::query_as(
             "UPDATE servers SET setup_state = 'setting_up'
-             WHERE id = $1 AND setup_state IN ('unsetup', 'setting_up') RETURNING agent_address, control_key",
+             WHERE id = $1 AND setup_state IN ('unsetup', 'setting_up') RETURNING agent_address",
         )
         .bind(id.as_uuid())
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((agent_address, control_key)) = started {
-            return Ok(SetupBegin::Started {
-                agent_address,
-                control_key,
-            });
+        if let Some((agent_address,)) = started {
+            return Ok(SetupBegin::Started { agent_address });
         }
         let current = self.server_get(id).await?;
         match current.setup {
@@ -259,16 +270,72 @@ impl Datastore {
         self.server_get(id).await
     }
 
-    pub async fn server_id_by_credential(
+    /// Records that a node may fetch an image (it is asked to ensure it).
+    pub async fn image_grant(&self, server: ServerId, image: ImageId) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO image_grants (server_id, image_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(server.as_uuid())
+        .bind(image.as_uuid())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the node presenting this certificate may fetch this image.
+    pub async fn image_granted(&self, cert_sha256: &str, image: ImageId) -> Result<bool> {
+        let row: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM servers s JOIN image_grants g ON g.server_id = s.id
+             WHERE g.image_id = $2 AND (s.cert_sha256 = $1 OR s.cert_next_sha256 = $1)",
+        )
+        .bind(cert_sha256)
+        .bind(image.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Starts a rotation: the certificate the node is about to install is
+    /// accepted beside its current one.
+    pub async fn server_cert_rotating(
         &self,
-        credential_hash: &[u8],
-    ) -> Result<Option<ServerId>> {
-        let row: Option<(Uuid,)> =
-            sqlx::query_as("SELECT id FROM servers WHERE credential_hash = $1")
-                .bind(credential_hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|r| r.0.into()))
+        id: ServerId,
+        next_sha256: &str,
+        not_after: DateTime<Utc>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE servers SET cert_next_sha256 = $2, cert_not_after = $3 WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .bind(next_sha256)
+        .bind(not_after)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("server", id));
+        }
+        Ok(())
+    }
+
+    /// Ends a rotation: the node installed its new certificate, the old one
+    /// is refused from now on.
+    pub async fn server_cert_rotated(&self, id: ServerId, sha256: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE servers SET cert_sha256 = $2, cert_next_sha256 = NULL
+             WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256)",
+        )
+        .bind(id.as_uuid())
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("server.rotate_certificate", "server", id),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Deletes a server no live instance is on (a placement waits for this

@@ -1,7 +1,8 @@
-//! The agents' gRPC API (agent -> headnode): registration with a join token and
-//! heartbeats with the node credential.
+//! The agents' gRPC API (agent -> headnode), over mutual TLS: registration
+//! with a join token (the node has no certificate yet), then heartbeats and
+//! image downloads with the node's certificate.
 //!
-//! It must never log a join token, a credential or a control key.
+//! It must never log a join token.
 
 mod registry;
 

@@ -1,9 +1,11 @@
-//! Registry: Register (join token -> server id + node credential) and Heartbeat.
+//! Registry: Register (join token + public key -> server id + certificate),
+//! Heartbeat and FetchImage (identified by the certificate the node
+//! presented in the TLS handshake).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use nereid_api::ServerId;
+use nereid_api::{ImageId, ServerId};
 use nereid_proto::v1 as pb;
 use nereid_proto::v1::registry_server::Registry;
 use tonic::{Request, Response, Status};
@@ -41,15 +43,25 @@ fn check_address(addr: &str) -> Result<(), Status> {
     })
 }
 
-/// The bearer secret of a call's metadata.
-fn bearer<T>(req: &Request<T>) -> Option<String> {
-    let v = req
-        .metadata()
-        .get(nereid_proto::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    v.strip_prefix("Bearer ").map(|s| s.trim().to_string())
+/// The sha256 of the certificate the caller presented (verified against the
+/// CA in the handshake).
+fn peer_cert<T>(req: &Request<T>) -> Result<String, Status> {
+    req.extensions()
+        .get::<nereid_tls::Peer>()
+        .and_then(|p| p.cert_sha256.clone())
+        .ok_or_else(|| {
+            Status::unauthenticated("this call needs the node's certificate (join the node first)")
+        })
 }
+
+/// The secret of a join token (an agent sends it without the CA's
+/// fingerprint; a whole token works too).
+fn join_secret(token: &str) -> &str {
+    nereid_tls::split_join_token(token).map_or(token.trim(), |(secret, _)| secret)
+}
+
+/// Image files stream in pieces of this size.
+const CHUNK: usize = 256 << 10;
 
 #[tonic::async_trait]
 impl Registry for RegistryService {
@@ -76,20 +88,24 @@ impl Registry for RegistryService {
             ));
         }
         check_address(&req.agent_address)?;
-        let node_credential = secrets::generate(secrets::Kind::NodeCredential);
-        let control_key = secrets::generate(secrets::Kind::ControlKey);
+        let id = ServerId::new();
+        let issued = self
+            .state
+            .pki
+            .issue_node(id, &req.public_key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let new = NewServer {
-            id: ServerId::new(),
+            id,
             sysinfo: convert::sysinfo(sysinfo),
             agent_address: req.agent_address,
             agent_version: req.agent_version,
-            credential_hash: secrets::hash(&node_credential),
-            control_key: control_key.clone(),
+            cert_sha256: issued.sha256,
+            cert_not_after: issued.not_after,
         };
         match self
             .state
             .db
-            .server_register(&secrets::hash(req.join_token.trim()), &new)
+            .server_register(&secrets::hash(join_secret(&req.join_token)), &new)
             .await
             .map_err(db_status)?
         {
@@ -99,9 +115,9 @@ impl Registry for RegistryService {
                     address = %new.agent_address, "server registered");
                 Ok(Response::new(pb::RegisterResponse {
                     server_id: new.id.to_string(),
-                    node_credential,
-                    control_key,
                     heartbeat_interval_ms: self.interval_ms(),
+                    certificate_pem: issued.pem,
+                    ca_pem: self.state.pki.ca_pem().to_string(),
                 }))
             }
             Err(refusal) => {
@@ -123,8 +139,7 @@ impl Registry for RegistryService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let credential = bearer(&req)
-            .ok_or_else(|| Status::unauthenticated("the node credential is required"))?;
+        let cert = peer_cert(&req)?;
         let req = req.into_inner();
         let id: ServerId = req
             .server_id
@@ -138,7 +153,7 @@ impl Registry for RegistryService {
             .db
             .server_heartbeat(
                 id,
-                &secrets::hash(&credential),
+                &cert,
                 &usage,
                 &req.agent_address,
                 &req.agent_version,
@@ -152,7 +167,7 @@ impl Registry for RegistryService {
                 .heartbeats_refused
                 .fetch_add(1, Ordering::Relaxed);
             return Err(Status::unauthenticated(format!(
-                "server {id} is unknown or the credential is wrong; if the server was deleted, re-join this node with a new join token"
+                "server {id} is unknown or this is not its certificate; if the server was deleted, re-join this node with a new join token"
             )));
         }
         self.state
@@ -162,5 +177,62 @@ impl Registry for RegistryService {
         Ok(Response::new(pb::HeartbeatResponse {
             heartbeat_interval_ms: self.interval_ms(),
         }))
+    }
+
+    type FetchImageStream = futures::stream::BoxStream<'static, Result<pb::ImageData, Status>>;
+
+    async fn fetch_image(
+        &self,
+        req: Request<pb::FetchImageRequest>,
+    ) -> Result<Response<Self::FetchImageStream>, Status> {
+        let cert = peer_cert(&req)?;
+        let req = req.into_inner();
+        let id: ImageId = req
+            .image_id
+            .parse()
+            .map_err(|_| Status::invalid_argument("image_id must be a UUID"))?;
+        let db = &self.state.db;
+        // A node may fetch what it was asked to ensure, nothing else; an
+        // image it may not see is answered as missing.
+        let missing = || Status::not_found(format!("image {id} is not known to this node"));
+        if !db.image_granted(&cert, id).await.map_err(db_status)? {
+            return Err(missing());
+        }
+        let file = match db.image_get(id, None).await {
+            Ok(image) => image.file.ok_or_else(missing)?,
+            Err(crate::error::Error::NotFound { .. }) => return Err(missing()),
+            Err(e) => return Err(db_status(e)),
+        };
+        if req.offset > file.size {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of image {id}'s file ({} bytes)",
+                req.offset, file.size
+            )));
+        }
+        let path = self.state.images.path_of(&file.sha256);
+        let mut f = tokio::fs::File::open(&path).await.map_err(|e| {
+            tracing::error!(image = %id, "opening {}: {e}", path.display());
+            Status::internal(format!("the headnode cannot read image {id}'s file"))
+        })?;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        f.seek(std::io::SeekFrom::Start(req.offset))
+            .await
+            .map_err(|e| Status::internal(format!("seeking image {id}'s file: {e}")))?;
+        let total = file.size;
+        tracing::info!(image = %id, offset = req.offset, size = total, "image file served");
+        let reader = f.take(total - req.offset);
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, CHUNK);
+        use futures::StreamExt;
+        Ok(Response::new(
+            stream
+                .map(move |chunk| match chunk {
+                    Ok(data) => Ok(pb::ImageData {
+                        data: data.to_vec(),
+                        total,
+                    }),
+                    Err(e) => Err(Status::internal(format!("reading image {id}'s file: {e}"))),
+                })
+                .boxed(),
+        ))
     }
 }

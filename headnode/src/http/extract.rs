@@ -5,7 +5,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use nereid_api::{AccountId, Role, ServerId};
+use nereid_api::{AccountId, Role};
 
 use crate::AppState;
 use crate::error::Error;
@@ -258,32 +258,6 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         principal(bearer(parts)?, state, client(parts)).await
-    }
-}
-
-/// An account, or a node presenting its node credential (agents pulling images).
-#[derive(Debug, Clone, Copy)]
-pub enum Caller {
-    Account(Principal),
-    Node(ServerId),
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = bearer(parts)?;
-        if token.starts_with(crate::secrets::NODE_CREDENTIAL_PREFIX) {
-            let server = state
-                .db
-                .server_id_by_credential(&crate::secrets::hash(token))
-                .await?
-                .ok_or_else(|| Error::Unauthorized("the node credential is unknown".into()))?;
-            return Ok(Caller::Node(server));
-        }
-        Ok(Caller::Account(
-            principal(token, state, client(parts)).await?,
-        ))
     }
 }
 

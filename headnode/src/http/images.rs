@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Caller, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, Principal};
 use crate::AppState;
 use crate::db::{ImageFilter, page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -190,21 +190,18 @@ pub async fn image_file_put(
 }
 
 /// Streams the file back, with `Range` support, to its owner, operators,
-/// anyone for a public image, and nodes (node credential).
+/// anyone for a public image. (Nodes fetch files over mutual TLS, from the
+/// registry.)
 #[utoipa::path(get, path = "/v1/images/{id}/file", tag = "images", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, content_type = "application/octet-stream"), (status = 206), (status = 404, body = ErrorBody),
               (status = 416, body = ErrorBody)))]
 pub async fn image_file_get(
     State(s): State<AppState>,
-    caller: Caller,
+    p: Principal,
     ApiPath(id): ApiPath<ImageId>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let scope = match caller {
-        Caller::Node(_) => None,
-        Caller::Account(p) => p.owner_scope(),
-    };
-    let image = s.db.image_get(id, scope).await?;
+    let image = s.db.image_get(id, p.owner_scope()).await?;
     let file = image.file.ok_or_else(|| Error::NotFound {
         kind: "file of image",
         id: id.to_string(),

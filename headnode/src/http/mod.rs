@@ -21,7 +21,7 @@ pub(crate) mod snapshots;
 mod system;
 pub(crate) mod tokens;
 
-pub use extract::{ApiJson, ApiPath, ApiQuery, Caller, Principal};
+pub use extract::{ApiJson, ApiPath, ApiQuery, Principal};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +68,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/servers/{id}/setup", post(servers::server_setup))
         .route("/v1/servers/{id}/orphans", get(servers::server_orphans))
+        .route(
+            "/v1/servers/{id}/certificate",
+            post(servers::server_certificate_rotate),
+        )
         .route("/v1/servers/{id}/reserve", post(servers::server_reserve))
         .route(
             "/v1/servers/{id}/unreserve",

@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use nereid_api::{
-    ErrorBody, JoinTokenCreate, JoinTokenCreated, Orphan, Page, Server, ServerId, ServerSetup,
-    ServerStatus,
+    ErrorBody, JoinTokenCreate, JoinTokenCreated, Orphan, Page, Server, ServerCertificate,
+    ServerId, ServerSetup, ServerStatus,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -78,6 +78,21 @@ pub async fn server_setup(
     Ok(Json(crate::setup::setup_server(&s, id, &body).await?))
 }
 
+/// Gives the node a new certificate for a new key made on the node; the
+/// old certificate is refused once the node presents the new one. Nothing
+/// on the node restarts.
+#[utoipa::path(post, path = "/v1/servers/{id}/certificate", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = ServerCertificate), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn server_certificate_rotate(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<ServerId>,
+) -> Result<Json<ServerCertificate>> {
+    p.require_operator()?;
+    Ok(Json(crate::certificates::rotate(&s, id).await?))
+}
+
 #[utoipa::path(post, path = "/v1/servers/{id}/reserve", tag = "servers", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
 pub async fn server_reserve(
@@ -107,7 +122,7 @@ pub struct ServerDeleteParams {
     pub force: Option<bool>,
 }
 
-/// Forgets a server. Its agent's credential stops working; to bring the node
+/// Forgets a server. Its node's certificate stops working; to bring the node
 /// back, give it a new join token. A server with live instances is a 409,
 /// unless `force` deletes them first (their capacity and addresses given
 /// back; the node is not asked).
@@ -159,7 +174,8 @@ pub async fn join_token_create(
         StatusCode::CREATED,
         Json(JoinTokenCreated {
             id,
-            token,
+            token: nereid_tls::join_token(&token, &s.pki.ca_fingerprint()),
+            ca_sha256: s.pki.ca_fingerprint(),
             expires_at,
         }),
     ))

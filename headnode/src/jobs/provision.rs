@@ -106,13 +106,14 @@ async fn ensure_image_on(c: &Ctx, t: &AgentTarget) -> StepResult {
     let pull = crate::agent_client::ImagePull {
         id: image.id,
         brand: sizes.brand,
-        url: format!("{}/v1/images/{}/file", c.state.public_url, image.id),
         sha256: file.sha256,
         size: file.size,
         max_unpacked: image
             .unpacked_size
             .unwrap_or(c.state.config.max_unpacked_image_bytes),
     };
+    // The node may fetch only what it was asked to ensure.
+    c.state.db.image_grant(t.server, image.id).await?;
     c.state.agents.ensure_image(t, &pull).await?;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Simulated agents: one gRPC Agent service in this process answers for
-//! every simulated node (the headnode's calls carry the node's control key,
-//! which says which node is asked), and one task per node sends the real
-//! Registry heartbeats over a connection of its own, spread over the
-//! interval. What a node "runs" is kept in memory, loaded from the database
+//! every simulated node, over mutual TLS as a real agent does (its
+//! certificate, issued by the headnode's CA, names `*.node.nereid`; the name
+//! the headnode asks for says which node is called), and one task per node
+//! sends the real Registry heartbeats, spread over the interval. What a node "runs" is kept in memory, loaded from the database
 //! after seeding and changed by the calls, so ListInstances agrees with the
 //! database as a real node's would. Instance calls answer after a latency
 //! drawn around the floor measured on real nodes.
@@ -56,8 +56,8 @@ struct Nodes {
 /// The shared state of every simulated node.
 #[derive(Default)]
 pub struct Sim {
-    /// control key -> server id
-    keys: RwLock<HashMap<String, String>>,
+    /// The simulated nodes' server ids.
+    servers: RwLock<HashSet<String>>,
     nodes: Mutex<Nodes>,
     latency: Latency,
     pub calls: AtomicU64,
@@ -76,11 +76,8 @@ impl Sim {
         })
     }
 
-    pub fn add_node(&self, server_id: &str, control_key: &str) {
-        self.keys
-            .write()
-            .unwrap()
-            .insert(control_key.to_string(), server_id.to_string());
+    pub fn add_node(&self, server_id: &str) {
+        self.servers.write().unwrap().insert(server_id.to_string());
     }
 
     /// What the database says runs where (after seeding).
@@ -111,20 +108,21 @@ impl Sim {
         std::mem::take(&mut *self.heartbeats.lock().unwrap())
     }
 
+    /// The node a call is for: the name the headnode asked for in the
+    /// TLS handshake (`<server id>.node.nereid`).
     fn server_of<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let key = req
-            .metadata()
-            .get(nereid_proto::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("the control key is required"))?;
+        let name = req
+            .extensions()
+            .get::<nereid_tls::Peer>()
+            .and_then(|p| p.server_name.clone())
+            .ok_or_else(|| Status::unauthenticated("no server name in the handshake"))?;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.keys
-            .read()
-            .unwrap()
-            .get(key.trim())
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("wrong control key"))
+        let id = name.strip_suffix(".node.nereid").unwrap_or_default();
+        if self.servers.read().unwrap().contains(id) {
+            Ok(id.to_string())
+        } else {
+            Err(Status::unauthenticated(format!("no simulated node {name}")))
+        }
     }
 
     async fn wait(&self, mean: Duration) {
@@ -191,6 +189,26 @@ type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Agent for SimAgent {
+    async fn renew_key(
+        &self,
+        req: Request<pb::RenewKeyRequest>,
+    ) -> Result<Response<pb::RenewKeyResponse>, Status> {
+        self.0.server_of(&req)?;
+        Err(Status::unimplemented(
+            "simulated nodes keep their certificate",
+        ))
+    }
+
+    async fn install_certificate(
+        &self,
+        req: Request<pb::InstallCertificateRequest>,
+    ) -> Result<Response<pb::InstallCertificateResponse>, Status> {
+        self.0.server_of(&req)?;
+        Err(Status::unimplemented(
+            "simulated nodes keep their certificate",
+        ))
+    }
+
     async fn setup(
         &self,
         req: Request<pb::SetupRequest>,
@@ -441,15 +459,27 @@ pub fn sysinfo(hostname: &str) -> pb::Sysinfo {
     }
 }
 
-/// Serves the simulated agents on a free loopback port; returns host:port.
-pub async fn serve(sim: Arc<Sim>) -> anyhow::Result<String> {
+/// The certificate every simulated node presents (seeded nodes also
+/// heartbeat with it): issued by the headnode's CA for `*.node.nereid`.
+pub fn fleet_identity(ca: &nereid_tls::Ca) -> anyhow::Result<Arc<nereid_tls::Identity>> {
+    let key = nereid_tls::NodeKey::generate()?;
+    let (pem, _) = ca.issue("*.node.nereid", &key.public_key())?;
+    Ok(nereid_tls::Identity::from_pem(&pem, &key.pem())?)
+}
+
+/// Serves the simulated agents on a free loopback port, over mutual TLS
+/// (headnode certificates of the CA only); returns host:port.
+pub async fn serve(
+    sim: Arc<Sim>,
+    ca: &nereid_tls::Ca,
+    identity: Arc<nereid_tls::Identity>,
+) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let config = nereid_tls::server_config(identity, &ca.cert_der, nereid_tls::Clients::Headnode);
+    let incoming = nereid_tls::incoming(listener, config);
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
-            // The headnode reaches every simulated node over one connection
-            // (one address), with a WatchEvents stream open for each.
             .max_concurrent_streams(Some(1 << 20))
             .add_service(AgentServer::new(SimAgent(sim)))
             .serve_with_incoming(incoming)
@@ -458,62 +488,78 @@ pub async fn serve(sim: Arc<Sim>) -> anyhow::Result<String> {
     Ok(addr.to_string())
 }
 
-fn authorized<T>(msg: T, secret: &str) -> Request<T> {
+fn with_timeout<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    if let Ok(v) = format!("Bearer {secret}").parse() {
-        r.metadata_mut().insert(nereid_proto::AUTHORIZATION, v);
-    }
     r.set_timeout(Duration::from_secs(10));
     r
 }
 
 /// Registers a simulated node with a join token through the real Register
-/// call; returns (server id, node credential, control key).
+/// call (checking the headnode against the token's CA fingerprint); returns
+/// (server id, the node's certificate and key).
 pub async fn register(
     grpc_url: &str,
     join_token: &str,
     hostname: &str,
     agent_address: &str,
-) -> anyhow::Result<(String, String, String)> {
-    let mut c = pb::registry_client::RegistryClient::connect(grpc_url.to_string()).await?;
-    let r = c
+) -> anyhow::Result<(String, Arc<nereid_tls::Identity>)> {
+    let (secret, fp) = nereid_tls::split_join_token(join_token)
+        .ok_or_else(|| anyhow::anyhow!("the join token has no CA fingerprint"))?;
+    let config = nereid_tls::client_config(None, nereid_tls::Trust::Pinned(fp));
+    let ch =
+        nereid_tls::Connector::new(config, nereid_tls::HEADNODE_NAME)?.channel(grpc_url, |e| e)?;
+    let key = nereid_tls::NodeKey::generate()?;
+    let r = pb::registry_client::RegistryClient::new(ch)
         .register(pb::RegisterRequest {
-            join_token: join_token.to_string(),
+            join_token: secret.to_string(),
             sysinfo: Some(sysinfo(hostname)),
             agent_address: agent_address.to_string(),
             agent_version: "sim".into(),
+            public_key: key.public_key(),
         })
         .await?
         .into_inner();
-    Ok((r.server_id, r.node_credential, r.control_key))
+    let identity = nereid_tls::Identity::from_pem(&r.certificate_pem, &key.pem())?;
+    Ok((r.server_id, identity))
 }
 
 /// Sends every node's heartbeats, spread evenly over `interval`, until the
 /// returned handles are aborted; `per_connection` nodes share a connection
 /// (1: a connection per node, as real agents have; more where the process
 /// may not hold two descriptors per node).
+/// A connection carries the certificate of its first node, so nodes that
+/// share one must share their certificate (seeded nodes do).
 pub fn heartbeats(
     sim: Arc<Sim>,
     grpc_url: &str,
+    ca: &nereid_tls::Ca,
     agent_address: &str,
-    nodes: Vec<(String, String)>,
+    nodes: Vec<(String, Arc<nereid_tls::Identity>)>,
     interval: Duration,
     per_connection: usize,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let n = nodes.len().max(1) as u32;
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(grpc_url.to_string()) else {
-        return Vec::new();
-    };
-    let channels: Vec<_> = (0..nodes.len().div_ceil(per_connection.max(1)))
-        .map(|_| endpoint.clone().tcp_nodelay(true).connect_lazy())
+    let per_connection = per_connection.max(1);
+    let channels: Vec<_> = nodes
+        .chunks(per_connection)
+        .filter_map(|chunk| {
+            let config = nereid_tls::client_config(
+                Some(chunk[0].1.clone()),
+                nereid_tls::Trust::Ca(ca.cert_der.clone()),
+            );
+            nereid_tls::Connector::new(config, nereid_tls::HEADNODE_NAME)
+                .ok()?
+                .channel(grpc_url, |e| e)
+                .ok()
+        })
         .collect();
     nodes
         .into_iter()
         .enumerate()
-        .map(|(i, (server, credential))| {
+        .map(|(i, (server, _))| {
             let sim = sim.clone();
             let address = agent_address.to_string();
-            let ch = channels[i / per_connection.max(1)].clone();
+            let ch = channels[i / per_connection].clone();
             tokio::spawn(async move {
                 tokio::time::sleep(interval / n * i as u32).await;
                 let mut c = pb::registry_client::RegistryClient::new(ch);
@@ -535,7 +581,7 @@ pub fn heartbeats(
                         sysinfo: None,
                     };
                     let t = Instant::now();
-                    match c.heartbeat(authorized(msg, &credential)).await {
+                    match c.heartbeat(with_timeout(msg)).await {
                         Ok(_) => sim
                             .heartbeats
                             .lock()

@@ -211,7 +211,9 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
     .await;
     let op = h.operator();
     let sim = agents::Sim::new(plan.latency);
-    let address = agents::serve(sim.clone()).await?;
+    let ca = h.ca();
+    let fleet = agents::fleet_identity(&ca)?;
+    let address = agents::serve(sim.clone(), &ca, fleet.clone()).await?;
 
     // The catalog, through the API.
     ok(&op, "/v1/nictags", json!({"name": "sim"})).await?;
@@ -260,8 +262,8 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
     for i in 0..plan.registered {
         let token = h.join_token().await;
         let host = format!("sim-r{i:05}");
-        let (sid, credential, key) = agents::register(&grpc, &token, &host, &address).await?;
-        sim.add_node(&sid, &key);
+        let (sid, identity) = agents::register(&grpc, &token, &host, &address).await?;
+        sim.add_node(&sid);
         ok(
             &op,
             &format!("/v1/servers/{sid}/setup"),
@@ -271,15 +273,17 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         if template.is_empty() {
             template = sid.clone();
         }
-        beating.push((sid, credential));
+        beating.push((sid, identity));
     }
+    // Each registered node has a certificate of its own: a connection each.
     let mut hb = agents::heartbeats(
         sim.clone(),
         &grpc,
+        &ca,
         &address,
         beating,
         plan.heartbeat_interval,
-        plan.nodes_per_connection,
+        1,
     );
     say(&format!("{} nodes registered", plan.registered));
 
@@ -294,6 +298,7 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
             finished_jobs: plan.finished_jobs,
             networks: networks.clone(),
             template_server: template,
+            cert_sha256: fleet.fingerprint(),
             image: image.clone(),
             package: package.clone(),
             ram_mb: 256,
@@ -319,9 +324,9 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
             .fetch_all(&mut c)
             .await?;
     let mut nodes = Vec::new();
-    for (id, host) in servers {
-        sim.add_node(&id.to_string(), &seed::control_key(&host));
-        nodes.push((id.to_string(), seed::credential(&host)));
+    for (id, _host) in servers {
+        sim.add_node(&id.to_string());
+        nodes.push((id.to_string(), fleet.clone()));
     }
     let rows: Vec<(uuid::Uuid, uuid::Uuid, i64, i64, String)> = sqlx::query_as(
         "SELECT id, server_id, generation, metadata_generation, state FROM instances
@@ -345,6 +350,7 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
     hb.extend(agents::heartbeats(
         sim.clone(),
         &grpc,
+        &ca,
         &address,
         nodes,
         plan.heartbeat_interval,

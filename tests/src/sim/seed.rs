@@ -32,6 +32,8 @@ pub struct Seed {
     /// Of `networks` (ids), the instances' NIC addresses are taken.
     pub networks: Vec<String>,
     pub template_server: String,
+    /// The certificate every seeded node heartbeats with.
+    pub cert_sha256: String,
     pub image: String,
     pub package: String,
     pub ram_mb: u64,
@@ -48,16 +50,6 @@ impl Seeded {
     pub fn total(&self) -> Duration {
         self.parts.iter().map(|p| p.1).sum()
     }
-}
-
-/// The credential a seeded server heartbeats with (its hash is seeded).
-pub fn credential(hostname: &str) -> String {
-    format!("nrdnode_{hostname}")
-}
-
-/// The control key the headnode presents to a seeded server's agent.
-pub fn control_key(hostname: &str) -> String {
-    format!("nrdctl_{hostname}")
 }
 
 pub async fn seed(database_url: &str, s: &Seed) -> anyhow::Result<Seeded> {
@@ -87,17 +79,17 @@ pub async fn seed(database_url: &str, s: &Seed) -> anyhow::Result<Seeded> {
             "servers",
             format!(
                 "INSERT INTO servers (id, hostname, machine_id, setup_state, reserved, sysinfo, setup, usage,
-                        agent_address, agent_version, credential_hash, control_key, last_heartbeat,
+                        agent_address, agent_version, cert_sha256, cert_not_after, last_heartbeat,
                         overprovision_ram, overprovision_disk, overprovision_cpu)
                  SELECT gen_random_uuid(), h, 'sim-machine-' || g, 'setup', false,
                         t.sysinfo || jsonb_build_object('hostname', h, 'machine_id', 'sim-machine-' || g),
                         t.setup, t.usage, t.agent_address, t.agent_version,
-                        sha256(convert_to('nrdnode_' || h, 'UTF8')), 'nrdctl_' || h,
+                        '{}', now() + interval '1 year',
                         now() + interval '1 hour',
                         t.overprovision_ram, t.overprovision_disk, t.overprovision_cpu
                  FROM servers t, generate_series(1, {}) g, LATERAL (SELECT 'sim-s' || lpad(g::text, 6, '0') AS h) n
                  WHERE t.id = '{}'",
-                s.servers, s.template_server
+                s.cert_sha256, s.servers, s.template_server
             ),
         ),
         ("live instances", instances(s, &nets, "sim-", "running", s.live_instances)),

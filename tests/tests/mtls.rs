@@ -1,0 +1,261 @@
+//! Mutual TLS between headnode and agents, with real processes: who may call
+//! an agent, certificate rotation without a restart (the old certificate is
+//! refused afterwards), and what a capture of the control traffic shows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nereid_proto::v1 as pb;
+use nereid_tests::api::assert_error;
+use nereid_tests::procs::{Agent, Headnode, HeadnodeOpts};
+use nereid_tests::wait_for;
+use serde_json::Value;
+
+async fn server(h: &Headnode, id: &str) -> Value {
+    let (st, body) = h.operator().get(&format!("/v1/servers/{id}")).await;
+    assert_eq!(st, 200, "{body}");
+    body
+}
+
+fn node_identity(agent: &Agent) -> (String, Arc<nereid_tls::Identity>) {
+    let pem = std::fs::read_to_string(agent.state.path().join("node.pem")).unwrap();
+    let id = nereid_tls::Identity::from_pem(&pem, &pem).unwrap();
+    (id.fingerprint(), id)
+}
+
+/// A heartbeat for `server` (whose agent is at `address`) presenting `identity`.
+async fn heartbeat(
+    h: &Headnode,
+    identity: Arc<nereid_tls::Identity>,
+    server: &str,
+    address: &str,
+) -> Result<(), tonic::Status> {
+    let config = nereid_tls::client_config(
+        Some(identity),
+        nereid_tls::Trust::Ca(h.ca().cert_der.clone()),
+    );
+    let ch = nereid_tls::Connector::new(config, nereid_tls::HEADNODE_NAME)
+        .unwrap()
+        .channel(&h.grpc_url, |e| e)
+        .unwrap();
+    pb::registry_client::RegistryClient::new(ch)
+        .heartbeat(pb::HeartbeatRequest {
+            server_id: server.into(),
+            usage: Some(pb::Usage::default()),
+            agent_address: address.into(),
+            agent_version: "test".into(),
+            sysinfo: None,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// GetSysinfo on the agent at `address`, presenting `identity` and
+/// expecting the agent's certificate to name `server` under `ca`.
+async fn call_agent(
+    ca: &nereid_tls::Ca,
+    identity: Option<Arc<nereid_tls::Identity>>,
+    server: &str,
+    address: &str,
+) -> Result<pb::Sysinfo, tonic::Status> {
+    let config = nereid_tls::client_config(identity, nereid_tls::Trust::Ca(ca.cert_der.clone()));
+    let ch = nereid_tls::Connector::new(config, &nereid_tls::node_name(server))
+        .unwrap()
+        .channel(address, |e| e.timeout(Duration::from_secs(20)))
+        .unwrap();
+    pb::agent_client::AgentClient::new(ch)
+        .get_sysinfo(pb::GetSysinfoRequest {})
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_headnode_certificate_of_the_datacenters_ca_may_call_an_agent() {
+    let h = Headnode::start(HeadnodeOpts::default()).await;
+    let agent = Agent::start(&h.grpc_url, &h.join_token().await);
+    let id = agent.server_id().await;
+    let address = server(&h, &id).await["agent_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ca = h.ca();
+    // The headnode's kind of certificate works.
+    let headnode = ca.identity(nereid_tls::HEADNODE_NAME).unwrap();
+    let info = call_agent(&ca, Some(headnode.clone()), &id, &address)
+        .await
+        .unwrap();
+    assert_eq!(info.machine_id, agent.machine_id);
+    // No certificate, a node's own certificate (same CA, not a headnode),
+    // and a headnode certificate of another CA: all refused.
+    let (_, node) = node_identity(&agent);
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_ca = nereid_tls::Ca::load_or_create(other_dir.path()).unwrap();
+    let impostor = other_ca.identity(nereid_tls::HEADNODE_NAME).unwrap();
+    for (what, identity) in [
+        ("no certificate", None),
+        ("a node certificate", Some(node)),
+        ("another CA's headnode", Some(impostor)),
+    ] {
+        let err = call_agent(&ca, identity, &id, &address).await.unwrap_err();
+        assert!(nereid_tests::connection_failed(&err), "{what}: {err:?}");
+    }
+    let refused = agent
+        .proc
+        .log_text()
+        .matches("TLS handshake refused")
+        .count();
+    assert_eq!(refused, 3, "{}", agent.proc.log_text());
+    // And the headnode checks the agent: a certificate naming another server
+    // is not accepted as this one.
+    let err = call_agent(
+        &ca,
+        Some(headnode),
+        &uuid::Uuid::new_v4().to_string(),
+        &address,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(format!("{err:?}").contains("certificate"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_certificate_takes_over_without_a_restart_and_the_old_one_is_refused() {
+    let h = Headnode::start(HeadnodeOpts {
+        heartbeat_interval_ms: 300,
+        ..Default::default()
+    })
+    .await;
+    let agent = Agent::start(&h.grpc_url, &h.join_token().await);
+    let id = agent.server_id().await;
+    let (first, old) = node_identity(&agent);
+    assert_eq!(
+        server(&h, &id).await["certificate"]["sha256"],
+        first.as_str()
+    );
+    let address = server(&h, &id).await["agent_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    heartbeat(&h, old.clone(), &id, &address).await.unwrap();
+    let pid = agent.proc.pid();
+
+    let (_, tenant) = h.tenant("t").await;
+    assert_error(
+        &tenant
+            .post(
+                &format!("/v1/servers/{id}/certificate"),
+                &serde_json::json!({}),
+            )
+            .await,
+        403,
+        "Forbidden",
+    );
+    let mut seen = vec![first.clone()];
+    // Twice, with a headnode restart between (its new certificate and new
+    // connections to the agent).
+    let mut h = h;
+    for round in 0..2 {
+        let (st, cert) = h
+            .operator()
+            .post(
+                &format!("/v1/servers/{id}/certificate"),
+                &serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(st, 200, "{cert}");
+        let new = cert["sha256"].as_str().unwrap().to_string();
+        assert!(!seen.contains(&new), "round {round}: a new certificate");
+        assert_eq!(node_identity(&agent).0, new, "the node keeps the new one");
+        assert_eq!(server(&h, &id).await["certificate"]["sha256"], new.as_str());
+        seen.push(new);
+        if round == 0 {
+            h = h.restart().await;
+        }
+    }
+    assert_eq!(agent.proc.pid(), pid, "the agent was not restarted");
+    // The agent's own heartbeats carry on with the new certificate...
+    let before = server(&h, &id).await["last_heartbeat"].clone();
+    wait_for(
+        "a heartbeat with the new certificate",
+        Duration::from_secs(20),
+        || {
+            let h = &h;
+            let id = id.clone();
+            let before = before.clone();
+            async move {
+                let s = server(h, &id).await;
+                (s["last_heartbeat"] != before && s["status"] != "unknown").then_some(())
+            }
+        },
+    )
+    .await;
+    // ...and the old certificate is refused.
+    let err = heartbeat(&h, old, &id, &address).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let log = h
+        .operator()
+        .get("/v1/audit?action=server.rotate_certificate")
+        .await;
+    assert_eq!(log.0, 200, "{}", log.1);
+    assert_eq!(log.1["items"].as_array().unwrap().len(), 2, "{}", log.1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capture_of_the_control_traffic_shows_no_join_secret() {
+    let h = Headnode::start(HeadnodeOpts::default()).await;
+    let port = h.grpc_url.rsplit(':').next().unwrap().to_string();
+    let pcap = tempfile::Builder::new().suffix(".pcap").tempfile().unwrap();
+    let dump = std::process::Command::new("tcpdump")
+        .args(["-i", "lo", "-U", "-s", "0", "-w"])
+        .arg(pcap.path())
+        .args(["tcp", "port", &port])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump (deploy/dev installs it)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut dump_guard = Kill(dump);
+    // Give tcpdump the moment it takes to start listening.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let token = h.join_token().await;
+    let secret = token.rsplit_once('.').unwrap().0.to_string();
+    let agent = Agent::start(&h.grpc_url, &token);
+    let id = agent.server_id().await;
+    // A few heartbeats, then an image fetch attempt (refused, not granted).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, node) = node_identity(&agent);
+    let address = server(&h, &id).await["agent_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    heartbeat(&h, node, &id, &address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dump_guard.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let _ = dump_guard.0.wait();
+    drop(dump_guard);
+    let bytes = std::fs::read(pcap.path()).unwrap();
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    // The capture saw the handshakes (the name asked for is in the clear)...
+    assert!(
+        contains(b"headnode.nereid"),
+        "the capture is empty: {} bytes",
+        bytes.len()
+    );
+    // ...and nothing secret: not the join token, nor its prefix.
+    assert!(
+        !contains(secret.as_bytes()),
+        "the join secret crossed in the clear"
+    );
+    assert!(!contains(b"nrdjoin_"), "a join token crossed in the clear");
+    assert!(!contains(b"PRIVATE KEY"), "a key crossed in the clear");
+}
