@@ -16,6 +16,9 @@ pub struct Profile {
     pub url: Option<String>,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for the headnode's TLS, besides the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 pub fn default_profile_path() -> Option<PathBuf> {
@@ -43,6 +46,7 @@ impl Client {
         url: Option<String>,
         token: Option<String>,
         profile_path: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
     ) -> anyhow::Result<Client> {
         let profile = match profile_path.or_else(default_profile_path) {
             Some(p) if p.exists() => {
@@ -66,8 +70,18 @@ impl Client {
                 ),
             },
         };
+        let mut http = reqwest::Client::builder();
+        if let Some(f) = ca_file.or(profile.ca_file) {
+            let pem = std::fs::read(&f)
+                .with_context(|| format!("reading the CA file {}", f.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no PEM certificate", f.display()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
         Ok(Client {
-            http: reqwest::Client::builder().build()?,
+            http: http.build()?,
             base: base.trim_end_matches('/').to_string(),
             token: token.trim().to_string(),
         })
@@ -253,8 +267,8 @@ pub struct Feed {
 impl Client {
     /// Opens the change feed with these filters.
     pub async fn events(&self, query: &[(&str, String)]) -> anyhow::Result<Feed> {
-        // Not under the client's request timeout: the stream lives on.
-        let req = reqwest::Client::new()
+        let req = self
+            .http
             .get(format!("{}/v1/events", self.base))
             .bearer_auth(&self.token)
             .query(query);

@@ -39,6 +39,13 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "NEREID_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Serve the REST API over TLS with this certificate chain (PEM); needs
+    /// `--rest-tls-key`.
+    #[arg(long, env = "NEREID_REST_TLS_CERT")]
+    pub rest_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--rest-tls-cert`.
+    #[arg(long, env = "NEREID_REST_TLS_KEY")]
+    pub rest_tls_key: Option<PathBuf>,
     /// Where the CA's key and certificate are kept (default `<state-dir>/pki`);
     /// headnodes of one datacenter share it.
     #[arg(long, env = "NEREID_PKI_DIR")]
@@ -103,6 +110,8 @@ struct FileConfig {
     image_store: Option<PathBuf>,
     log_format: Option<String>,
     pki_dir: Option<PathBuf>,
+    rest_tls_cert: Option<PathBuf>,
+    rest_tls_key: Option<PathBuf>,
     job_lease_ms: Option<u64>,
     job_workers: Option<usize>,
     reconcile_interval_ms: Option<u64>,
@@ -174,6 +183,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The CA's key and certificate (default `<state_dir>/pki`).
     pub pki_dir: PathBuf,
+    /// The REST API's certificate chain and key files (PEM), when it serves TLS.
+    pub rest_tls: Option<(PathBuf, PathBuf)>,
     pub job_lease: Duration,
     pub job_workers: usize,
     pub reconcile_interval: Duration,
@@ -298,7 +309,20 @@ impl Config {
                 "connection and concurrency limits must be at least 1".into(),
             ));
         }
+        let rest_tls = match (
+            flags.rest_tls_cert.clone().or(file.rest_tls_cert),
+            flags.rest_tls_key.clone().or(file.rest_tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "rest_tls_cert and rest_tls_key go together".into(),
+                ));
+            }
+        };
         Ok(Config {
+            rest_tls,
             limits,
             default_quotas,
             max_unpacked_image_bytes: flags

@@ -8,8 +8,8 @@
 use nereid_api::{ImageFromInstance, ImageFromInstanceAccepted, ImageId, InstanceId, JobKind};
 
 use crate::AppState;
+use crate::authz::{Action, OpContext};
 use crate::error::Result;
-use crate::http::Principal;
 use crate::imagestore::Received;
 use crate::validate;
 
@@ -46,12 +46,14 @@ pub async fn attach(s: &AppState, id: ImageId, received: &Received) -> Result<()
 /// or that has a job in progress.
 pub async fn from_instance(
     s: &AppState,
-    p: Principal,
+    p: OpContext,
     id: InstanceId,
     req: &ImageFromInstance,
 ) -> Result<ImageFromInstanceAccepted> {
     validate::image_label(&req.name, &req.version, &req.description)?;
-    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    // Making an image writes the instance's owner's catalog.
+    let scope = p.authorize(Action::ImageWrite)?;
+    let inst = s.db.instance_get(id, scope).await?;
     let job = crate::jobs::new_job(
         JobKind::CreateImage,
         id,
@@ -59,9 +61,7 @@ pub async fn from_instance(
         crate::jobs::CREATE_IMAGE_STEPS_DONE_AT_REQUEST,
     );
     let job_id = job.id;
-    let image =
-        s.db.image_from_instance(id, p.owner_scope(), req, job)
-            .await?;
+    let image = s.db.image_from_instance(id, scope, req, job).await?;
     s.jobs.wake();
     tracing::info!(%image, instance = %id, job = %job_id, "making an image from an instance");
     Ok(ImageFromInstanceAccepted {

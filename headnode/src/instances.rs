@@ -5,6 +5,7 @@
 //! It must never call an agent: jobs do that. Races (capacity, aliases,
 //! idempotency keys, one job per instance) are decided by the database.
 
+use crate::authz::Action;
 use std::collections::BTreeSet;
 
 use nereid_api::{
@@ -13,9 +14,9 @@ use nereid_api::{
 };
 
 use crate::AppState;
+use crate::authz::OpContext;
 use crate::db::{Created, ImageFilter, NewInstance, PackageFilter};
 use crate::error::{Error, Result};
-use crate::http::Principal;
 use crate::scheduler::{self, Affinity};
 
 const MAX_NICS: usize = 8;
@@ -180,13 +181,13 @@ async fn resolve_package(s: &AppState, owner: AccountId, r: &str) -> Result<Pack
 /// Validates and places a create request, then records it with its job.
 pub async fn create(
     s: &AppState,
-    p: Principal,
+    p: OpContext,
     req: InstanceCreate,
     idempotency_key: Option<String>,
 ) -> Result<(InstanceAccepted, bool)> {
     let owner = match req.owner {
         Some(o) if o != p.account_id => {
-            p.require_operator()?;
+            p.authorize(Action::InstanceForOthers)?;
             s.db.accounts_exist("owner", &[o]).await?;
             o
         }
@@ -383,12 +384,14 @@ pub async fn create(
 /// Queues start, stop, reboot or destroy.
 pub async fn act(
     s: &AppState,
-    p: Principal,
+    p: OpContext,
     id: InstanceId,
     kind: JobKind,
 ) -> Result<InstanceAccepted> {
     use InstanceState::*;
-    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    let inst =
+        s.db.instance_get(id, p.authorize(Action::InstanceWrite)?)
+            .await?;
     if kind == JobKind::Destroy {
         refuse_if_protected(&inst)?;
     }
@@ -416,11 +419,13 @@ pub async fn act(
 /// quota has no room for it), the node applies it in a job.
 pub async fn resize(
     s: &AppState,
-    p: Principal,
+    p: OpContext,
     id: InstanceId,
     package: &str,
 ) -> Result<InstanceAccepted> {
-    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    let inst =
+        s.db.instance_get(id, p.authorize(Action::InstanceWrite)?)
+            .await?;
     let package = resolve_package(s, inst.owner, package).await?;
     if package.brand != inst.brand {
         return Err(Error::invalid(
@@ -457,8 +462,14 @@ pub async fn resize(
         crate::jobs::RESIZE_STEPS_DONE_AT_REQUEST,
     );
     let job_id = job.id;
-    s.db.instance_resize(id, p.owner_scope(), &package, &room, job)
-        .await?;
+    s.db.instance_resize(
+        id,
+        p.authorize(Action::InstanceWrite)?,
+        &package,
+        &room,
+        job,
+    )
+    .await?;
     s.jobs.wake();
     Ok(InstanceAccepted {
         instance: s.db.instance_get(id, None).await?,
@@ -480,7 +491,7 @@ pub fn refuse_if_protected(inst: &nereid_api::Instance) -> Result<()> {
 /// The end of an instance's console log, from its node.
 pub async fn console(
     s: &AppState,
-    p: Principal,
+    p: OpContext,
     id: InstanceId,
     tail: Option<u32>,
 ) -> Result<nereid_api::InstanceConsole> {
@@ -489,7 +500,9 @@ pub async fn console(
         return Err(Error::invalid("tail", "must be within 1..=10000"));
     }
     // Owner scope first: another tenant's instance is NotFound.
-    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    let inst =
+        s.db.instance_get(id, p.authorize(Action::InstanceRead)?)
+            .await?;
     let t = s.db.instance_placement(id).await?.ok_or_else(|| {
         Error::Conflict(format!(
             "instance {id} is {} and on no server: it has no console",

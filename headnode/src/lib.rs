@@ -4,6 +4,7 @@
 
 pub mod agent_client;
 pub mod audit;
+pub mod authz;
 pub mod certificates;
 pub mod config;
 pub mod db;
@@ -156,25 +157,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(state.jobs.clone().run(jobs_state.clone()));
     tokio::spawn(state.events.clone().pump(jobs_state.db.pool().clone()));
     tokio::spawn(reconciler::run(jobs_state));
-    write_run_file(&config.state_dir.join(RUN_FILE), rest_addr, grpc_addr)?;
+    write_run_file(
+        &config.state_dir.join(RUN_FILE),
+        rest_addr,
+        config.rest_tls.is_some(),
+        grpc_addr,
+    )?;
     tracing::info!(%rest_addr, %grpc_addr, "headnode listening");
 
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let rest_task = {
-        let mut rx = stop_rx.clone();
-        let app = http::router(state.clone());
-        tokio::spawn(async move {
-            axum::serve(
-                rest,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
+    let rest_task =
+        {
+            let mut rx = stop_rx.clone();
+            let app = http::router(state.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let stop = async move {
                 let _ = rx.changed().await;
-            })
-            .await
-        })
-    };
+            };
+            match &config.rest_tls {
+                None => tokio::spawn(async move {
+                    axum::serve(rest, app).with_graceful_shutdown(stop).await
+                }),
+                Some((cert, key)) => {
+                    use axum::serve::ListenerExt;
+                    // (tap_io: the peer's address as connect info, as for TCP.)
+                    let tls = http::tls::TlsListener::new(rest, cert, key)?.tap_io(|_| ());
+                    tracing::info!(cert = %cert.display(), "the REST API serves TLS");
+                    tokio::spawn(
+                        async move { axum::serve(tls, app).with_graceful_shutdown(stop).await },
+                    )
+                }
+            }
+        };
     let grpc_task = {
         let mut rx = stop_rx.clone();
         let svc = nereid_proto::v1::registry_server::RegistryServer::new(
@@ -238,8 +253,14 @@ fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     nereid_tls::pki::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)
 }
 
-fn write_run_file(path: &Path, rest: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "rest": rest.to_string(), "grpc": grpc.to_string(), "pid": std::process::id() });
+fn write_run_file(
+    path: &Path,
+    rest: SocketAddr,
+    rest_tls: bool,
+    grpc: SocketAddr,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "rest": rest.to_string(), "rest_tls": rest_tls,
+        "grpc": grpc.to_string(), "pid": std::process::id() });
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;

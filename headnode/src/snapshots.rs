@@ -5,11 +5,12 @@
 //!
 //! It never runs a snapshot operation without its database record first.
 
+use crate::authz::Action;
 use nereid_api::{InstanceId, InstanceState, JobKind, Snapshot, SnapshotRolledBack};
 
 use crate::AppState;
+use crate::authz::OpContext;
 use crate::error::{Error, Result};
-use crate::http::Principal;
 
 /// The most snapshots an instance may have.
 pub const MAX_PER_INSTANCE: usize = 16;
@@ -34,9 +35,11 @@ async fn placement(s: &AppState, id: InstanceId) -> Result<crate::db::AgentTarge
 }
 
 /// Snapshots the instance (running or not: a crash-consistent copy).
-pub async fn create(s: &AppState, p: &Principal, id: InstanceId, name: &str) -> Result<Snapshot> {
+pub async fn create(s: &AppState, p: &OpContext, id: InstanceId, name: &str) -> Result<Snapshot> {
     check_name(name)?;
-    let inst = s.db.instance_get(id, p.owner_scope()).await?;
+    let inst =
+        s.db.instance_get(id, p.authorize(Action::SnapshotWrite)?)
+            .await?;
     if matches!(
         inst.state,
         InstanceState::Provisioning | InstanceState::Deleting
@@ -46,8 +49,13 @@ pub async fn create(s: &AppState, p: &Principal, id: InstanceId, name: &str) -> 
             inst.state
         )));
     }
-    s.db.snapshot_begin(id, p.owner_scope(), name, MAX_PER_INSTANCE)
-        .await?;
+    s.db.snapshot_begin(
+        id,
+        p.authorize(Action::SnapshotWrite)?,
+        name,
+        MAX_PER_INSTANCE,
+    )
+    .await?;
     let t = placement(s, id).await?;
     match s.agents.create_snapshot(&t, id, name).await {
         Ok(info) => {
@@ -82,20 +90,26 @@ pub async fn refresh_sizes(s: &AppState, t: &crate::db::AgentTarget, id: Instanc
 }
 
 /// The instance's snapshots, their sizes refreshed from its node.
-pub async fn list(s: &AppState, p: &Principal, id: InstanceId) -> Result<Vec<Snapshot>> {
-    let list = s.db.snapshot_list(id, p.owner_scope()).await?;
+pub async fn list(s: &AppState, p: &OpContext, id: InstanceId) -> Result<Vec<Snapshot>> {
+    let list =
+        s.db.snapshot_list(id, p.authorize(Action::SnapshotRead)?)
+            .await?;
     if !list.is_empty()
         && let Some(t) = s.db.instance_placement(id).await?
     {
         refresh_sizes(s, &t, id).await;
-        return s.db.snapshot_list(id, p.owner_scope()).await;
+        return s
+            .db
+            .snapshot_list(id, p.authorize(Action::SnapshotRead)?)
+            .await;
     }
     Ok(list)
 }
 
 /// Deletes a snapshot on the node, then its record.
-pub async fn delete(s: &AppState, p: &Principal, id: InstanceId, name: &str) -> Result<()> {
-    s.db.snapshot_deleting(id, p.owner_scope(), name).await?;
+pub async fn delete(s: &AppState, p: &OpContext, id: InstanceId, name: &str) -> Result<()> {
+    s.db.snapshot_deleting(id, p.authorize(Action::SnapshotWrite)?, name)
+        .await?;
     let t = placement(s, id).await?;
     s.agents.delete_snapshot(&t, id, name).await?;
     s.db.snapshot_forget(id, name).await
@@ -105,12 +119,14 @@ pub async fn delete(s: &AppState, p: &Principal, id: InstanceId, name: &str) -> 
 /// and starts it with `start`.
 pub async fn rollback(
     s: &AppState,
-    p: Principal,
+    p: OpContext,
     id: InstanceId,
     name: &str,
     start: bool,
 ) -> Result<SnapshotRolledBack> {
-    let snap = s.db.snapshot_get(id, p.owner_scope(), name).await?;
+    let snap =
+        s.db.snapshot_get(id, p.authorize(Action::SnapshotWrite)?, name)
+            .await?;
     if snap.state != "created" {
         return Err(Error::Conflict(format!(
             "snapshot {name} is {}; only a created one can be rolled back to",
@@ -118,7 +134,9 @@ pub async fn rollback(
         )));
     }
     let t = placement(s, id).await?;
-    let lock = s.db.instance_lock(id, p.owner_scope()).await?;
+    let lock =
+        s.db.instance_lock(id, p.authorize(Action::SnapshotWrite)?)
+            .await?;
     if lock.state != InstanceState::Stopped || lock.busy {
         return Err(Error::Conflict(format!(
             "instance {id} is {}{}; stop it before rolling back",

@@ -241,7 +241,12 @@ impl Headnode {
                 }
             })
             .await;
-        h.rest_url = format!("http://{}", run["rest"].as_str().unwrap());
+        let scheme = if run["rest_tls"] == true {
+            "https"
+        } else {
+            "http"
+        };
+        h.rest_url = format!("{scheme}://{}", run["rest"].as_str().unwrap());
         h.grpc_url = format!("http://{}", run["grpc"].as_str().unwrap());
         h
     }
@@ -264,7 +269,10 @@ impl Headnode {
             ..
         } = self;
         proc.kill();
-        opts.rest_listen = rest_url.trim_start_matches("http://").to_string();
+        opts.rest_listen = rest_url
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string();
         opts.grpc_listen = grpc_url.trim_start_matches("http://").to_string();
         Headnode::start_on(database_url, state, opts).await
     }

@@ -104,7 +104,8 @@ async fn only_a_headnode_certificate_of_the_datacenters_ca_may_call_an_agent() {
         .log_text()
         .matches("TLS handshake refused")
         .count();
-    assert_eq!(refused, 3, "{}", agent.proc.log_text());
+    // (A client may try again on its own: at least one refusal each.)
+    assert!(refused >= 3, "{}", agent.proc.log_text());
     // And the headnode checks the agent: a certificate naming another server
     // is not accepted as this one.
     let err = call_agent(
@@ -258,4 +259,54 @@ async fn a_capture_of_the_control_traffic_shows_no_join_secret() {
     );
     assert!(!contains(b"nrdjoin_"), "a join token crossed in the clear");
     assert!(!contains(b"PRIVATE KEY"), "a key crossed in the clear");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_api_serves_tls_from_configured_files_and_the_cli_trusts_a_given_ca() {
+    // A certificate for `localhost` from a CA of the operator's.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = nereid_tls::Ca::load_or_create(&dir.path().join("ca")).unwrap();
+    let key = nereid_tls::NodeKey::generate().unwrap();
+    let (cert, _) = ca.issue("localhost", &key.public_key()).unwrap();
+    let (cert_path, key_path) = (dir.path().join("rest.crt"), dir.path().join("rest.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key.pem()).unwrap();
+    let h = Headnode::start(HeadnodeOpts {
+        args: vec![
+            "--rest-tls-cert".into(),
+            cert_path.display().to_string(),
+            "--rest-tls-key".into(),
+            key_path.display().to_string(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    assert!(h.rest_url.starts_with("https://"), "{}", h.rest_url);
+    let url = h.rest_url.replace("127.0.0.1", "localhost");
+    let cli = |ca_file: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(nereid_tests::procs::bin("nereid"));
+        cmd.args(["server", "list"])
+            .env("NEREID_URL", &url)
+            .env("NEREID_TOKEN", h.operator_token())
+            .env("HOME", dir.path())
+            .env_remove("NEREID_CA_FILE");
+        if let Some(f) = ca_file {
+            cmd.env("NEREID_CA_FILE", f);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = cli(Some(&dir.path().join("ca").join("ca.crt")));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Without the CA the CLI refuses the headnode, saying why.
+    let refused = cli(None);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr).to_lowercase();
+    assert!(err.contains("certificate") || err.contains("tls"), "{err}");
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = reqwest::get(h.rest_url.replace("https://", "http://") + "/healthz").await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }

@@ -18,7 +18,7 @@ pub use pki::{
     split_join_token,
 };
 pub use transport::{Connector, Peer, TlsConn, incoming};
-pub use verify::{Clients, Trust, client_config, server_config};
+pub use verify::{Clients, Trust, client_config, https_config, server_config};
 
 /// The one crypto provider (aws-lc-rs, as the rest of the workspace uses).
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

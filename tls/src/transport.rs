@@ -98,6 +98,12 @@ pub struct TlsConn {
     peer: Peer,
 }
 
+impl TlsConn {
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = Peer;
     fn connect_info(&self) -> Peer {

@@ -1,5 +1,6 @@
 //! /v1/accounts
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,7 +8,7 @@ use nereid_api::{
     Account, AccountCreate, AccountId, ErrorBody, Page, PageParams, QuotaKind, QuotaValues, Quotas,
 };
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -17,13 +18,14 @@ use crate::error::{Error, Result};
     responses((status = 200, body = Page<Account>), (status = 401, body = ErrorBody)))]
 pub async fn account_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> Result<Json<Page<Account>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
     Ok(Json(
-        s.db.account_list(p.owner_scope(), after, limit).await?,
+        s.db.account_list(p.authorize(Action::AccountRead)?, after, limit)
+            .await?,
     ))
 }
 
@@ -33,10 +35,10 @@ pub async fn account_list(
               (status = 409, body = ErrorBody)))]
 pub async fn account_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(body): ApiJson<AccountCreate>,
 ) -> Result<(StatusCode, Json<Account>)> {
-    p.require_operator()?;
+    p.authorize(Action::AccountCreate)?;
     crate::validate::name("name", &body.name)?;
     let account = s.db.account_create(&body.name, body.role).await?;
     tracing::info!(account = %account.id, name = %account.name, role = account.role.as_str(), "account created");
@@ -48,12 +50,10 @@ pub async fn account_create(
     responses((status = 200, body = Account), (status = 404, body = ErrorBody)))]
 pub async fn account_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<AccountId>,
 ) -> Result<Json<Account>> {
-    if p.owner_scope().is_some_and(|own| own != id) {
-        return Err(Error::not_found("account", id));
-    }
+    p.on_behalf_of(Action::AccountRead, Some(id))?;
     Ok(Json(s.db.account_get(id).await?))
 }
 
@@ -63,12 +63,10 @@ pub async fn account_get(
     responses((status = 200, body = Quotas), (status = 404, body = ErrorBody)))]
 pub async fn quotas_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<AccountId>,
 ) -> Result<Json<Quotas>> {
-    if p.owner_scope().is_some_and(|own| own != id) {
-        return Err(Error::not_found("account", id));
-    }
+    p.on_behalf_of(Action::AccountRead, Some(id))?;
     Ok(Json(s.db.quotas_get(id).await?))
 }
 
@@ -81,11 +79,11 @@ pub async fn quotas_get(
               (status = 404, body = ErrorBody)))]
 pub async fn quotas_set(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<AccountId>,
     ApiJson(body): ApiJson<QuotaValues>,
 ) -> Result<Json<Quotas>> {
-    p.require_operator()?;
+    p.authorize(Action::QuotaSet)?;
     for k in QuotaKind::ALL {
         if let Some(v) = body.get(*k)
             && v > k.largest()

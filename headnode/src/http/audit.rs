@@ -1,13 +1,14 @@
 //! /v1/audit: the audit log, newest first. Operators read all of it; a
 //! tenant reads the entries it made and those about what it owns.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use nereid_api::{AccountId, AuditEntry, ErrorBody, Page};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiQuery, Principal};
+use super::{ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{AuditFilter, page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -31,7 +32,7 @@ pub struct AuditListParams {
     responses((status = 200, body = Page<AuditEntry>), (status = 400, body = ErrorBody)))]
 pub async fn audit_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<AuditListParams>,
 ) -> Result<Json<Page<AuditEntry>>> {
     let limit = page_limit(q.limit)?;
@@ -44,7 +45,7 @@ pub async fn audit_list(
         }
     }
     let filter = AuditFilter {
-        visible_to: p.owner_scope(),
+        visible_to: p.authorize(Action::AuditRead)?,
         actor: q.actor,
         target: q.target,
         action_prefix: q.action,

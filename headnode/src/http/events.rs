@@ -2,6 +2,7 @@
 //! own instances' and jobs' changes, operators everything (servers too).
 //! Resumable: a client sends back the last `id` it saw as `Last-Event-ID`.
 
+use crate::authz::Action;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
-use super::{ApiQuery, Principal};
+use super::{ApiQuery, OpContext};
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::events::{self, Cursor, Event};
@@ -103,11 +104,11 @@ fn sse(e: &Event) -> SseEvent {
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub async fn events(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventParams>,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<SseEvent, Infallible>>>> {
-    let scope = p.owner_scope();
+    let scope = p.authorize(Action::EventsRead)?;
     if let Some(id) = q.instance {
         s.db.instance_get(id, scope).await?;
     }

@@ -1,11 +1,11 @@
 //! Extractors whose rejections are JSON error bodies with stable codes, and
 //! the bearer-token principal.
 
+use crate::authz::OpContext;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use nereid_api::{AccountId, Role};
 
 use crate::AppState;
 use crate::error::Error;
@@ -138,37 +138,6 @@ fn inner_text(s: &str) -> String {
     s.to_string()
 }
 
-/// The authenticated caller.
-#[derive(Debug, Clone, Copy)]
-pub struct Principal {
-    pub account_id: AccountId,
-    pub role: Role,
-}
-
-impl Principal {
-    pub fn is_operator(&self) -> bool {
-        self.role == Role::Operator
-    }
-
-    pub fn require_operator(&self) -> Result<(), Error> {
-        if self.is_operator() {
-            Ok(())
-        } else {
-            Err(Error::Forbidden("this needs an operator account".into()))
-        }
-    }
-
-    /// The owner a query is limited to: None for operators (everything),
-    /// the caller's own account for tenants.
-    pub fn owner_scope(&self) -> Option<AccountId> {
-        if self.is_operator() {
-            None
-        } else {
-            Some(self.account_id)
-        }
-    }
-}
-
 /// The bearer secret of a request, or a 401.
 fn bearer(parts: &Parts) -> Result<&str, Error> {
     let missing =
@@ -206,7 +175,7 @@ async fn principal(
     token: &str,
     state: &AppState,
     from: Option<std::net::IpAddr>,
-) -> Result<Principal, Error> {
+) -> Result<OpContext, Error> {
     let hash = crate::secrets::hash(token);
     let key: [u8; 32] = hash.as_slice().try_into().unwrap_or([0; 32]);
     let limits = &state.limits;
@@ -247,13 +216,14 @@ async fn principal(
         account: owner.account_id,
         role: owner.role,
     });
-    Ok(Principal {
+    Ok(OpContext {
         account_id: owner.account_id,
         role: owner.role,
+        request_id: crate::error::current_request_id(),
     })
 }
 
-impl FromRequestParts<AppState> for Principal {
+impl FromRequestParts<AppState> for OpContext {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {

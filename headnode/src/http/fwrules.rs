@@ -2,6 +2,7 @@
 //! and read the global ones; operators manage all, and may make global rules
 //! or rules for an account. Every change is pushed to the nodes.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,7 +10,7 @@ use nereid_api::{ErrorBody, FwRule, FwRuleCreate, FwRuleId, FwRuleUpdate, Instan
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -42,18 +43,26 @@ fn parse_rule(text: &str) -> Result<Rule> {
     responses((status = 200, body = Page<FwRule>), (status = 404, body = ErrorBody)))]
 pub async fn fwrule_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<FwRuleListParams>,
 ) -> Result<Json<Page<FwRule>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
     let touching = match q.instance {
-        Some(id) => Some(s.db.fw_instance(id, p.owner_scope()).await?),
+        Some(id) => Some(
+            s.db.fw_instance(id, p.authorize(Action::FwRuleRead)?)
+                .await?,
+        ),
         None => None,
     };
     Ok(Json(
-        s.db.fw_rule_list(p.owner_scope(), touching.as_ref(), after, limit)
-            .await?,
+        s.db.fw_rule_list(
+            p.authorize(Action::FwRuleRead)?,
+            touching.as_ref(),
+            after,
+            limit,
+        )
+        .await?,
     ))
 }
 
@@ -62,15 +71,15 @@ pub async fn fwrule_list(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn fwrule_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(req): ApiJson<FwRuleCreate>,
 ) -> Result<(StatusCode, Json<FwRule>)> {
     let rule = parse_rule(&req.rule)?;
     validate::text("description", &req.description, 1024)?;
-    if (req.global || req.owner.is_some()) && !p.is_operator() {
-        return Err(Error::Forbidden(
-            "only operators make global rules or rules for another account".into(),
-        ));
+    if req.global || req.owner.is_some() {
+        p.authorize(Action::FwRuleForOthers)?;
+    } else {
+        p.authorize(Action::FwRuleWrite)?;
     }
     if req.global && req.owner.is_some() {
         return Err(Error::invalid("owner", "a global rule has no owner"));
@@ -95,10 +104,13 @@ pub async fn fwrule_create(
     responses((status = 200, body = FwRule), (status = 404, body = ErrorBody)))]
 pub async fn fwrule_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<FwRuleId>,
 ) -> Result<Json<FwRule>> {
-    Ok(Json(s.db.fw_rule_get(id, p.owner_scope()).await?))
+    Ok(Json(
+        s.db.fw_rule_get(id, p.authorize(Action::FwRuleRead)?)
+            .await?,
+    ))
 }
 
 /// Changes the rule text, `enabled` or the description.
@@ -108,7 +120,7 @@ pub async fn fwrule_get(
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn fwrule_update(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<FwRuleId>,
     ApiJson(req): ApiJson<FwRuleUpdate>,
 ) -> Result<Json<FwRule>> {
@@ -117,7 +129,7 @@ pub async fn fwrule_update(
         validate::text("description", d, 1024)?;
     }
     let updated =
-        s.db.fw_rule_update(id, p.owner_scope(), &req, parsed.as_ref())
+        s.db.fw_rule_update(id, p.authorize(Action::FwRuleWrite)?, &req, parsed.as_ref())
             .await?;
     crate::firewall::spawn_sync_all(&s);
     Ok(Json(updated))
@@ -127,10 +139,11 @@ pub async fn fwrule_update(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn fwrule_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<FwRuleId>,
 ) -> Result<StatusCode> {
-    s.db.fw_rule_delete(id, p.owner_scope()).await?;
+    s.db.fw_rule_delete(id, p.authorize(Action::FwRuleWrite)?)
+        .await?;
     crate::firewall::spawn_sync_all(&s);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
 //! /v1/images: the image catalog and its files.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{ImageFilter, page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -41,13 +42,9 @@ pub struct UploadParams {
 
 /// The image if the caller may change it: its owner or an operator. Another
 /// tenant's public image is a 403, a private one a 404.
-async fn owned(s: &AppState, p: &Principal, id: ImageId) -> Result<Image> {
-    let image = s.db.image_get(id, p.owner_scope()).await?;
-    if !p.is_operator() && image.owner != p.account_id {
-        return Err(Error::Forbidden(format!(
-            "image {id} belongs to another account"
-        )));
-    }
+async fn owned(s: &AppState, p: &OpContext, id: ImageId) -> Result<Image> {
+    let image = s.db.image_get(id, p.authorize(Action::ImageRead)?).await?;
+    p.may_change(Action::ImageWrite, image.owner, &format!("image {id}"))?;
     Ok(image)
 }
 
@@ -55,7 +52,7 @@ async fn owned(s: &AppState, p: &Principal, id: ImageId) -> Result<Image> {
     responses((status = 200, body = Page<Image>), (status = 401, body = ErrorBody)))]
 pub async fn image_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<ImageListParams>,
 ) -> Result<Json<Page<Image>>> {
     let limit = page_limit(q.limit)?;
@@ -64,7 +61,7 @@ pub async fn image_list(
         name: q.name,
         image_type: q.image_type,
         state: q.state,
-        visible_to: p.owner_scope(),
+        visible_to: p.authorize(Action::ImageRead)?,
     };
     Ok(Json(s.db.image_list(&filter, after, limit).await?))
 }
@@ -73,7 +70,7 @@ pub async fn image_list(
     responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn image_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(req): ApiJson<ImageCreate>,
 ) -> Result<(StatusCode, Json<Image>)> {
     validate::image_label(&req.name, &req.version, &req.description)?;
@@ -103,15 +100,10 @@ pub async fn image_create(
             format!("{b} does not run a {} image", req.image_type),
         ));
     }
-    if req.public && !p.is_operator() {
-        return Err(Error::Forbidden(
-            "only operators publish public images".into(),
-        ));
+    if req.public {
+        p.authorize(Action::ImagePublish)?;
     }
-    let owner: AccountId = req.owner.unwrap_or(p.account_id);
-    if owner != p.account_id && !p.is_operator() {
-        return Err(Error::not_found("account", owner));
-    }
+    let owner: AccountId = p.on_behalf_of(Action::ImageWrite, req.owner)?;
     let image = s.db.image_create(owner, &req).await?;
     tracing::info!(image = %image.id, name = %image.name, version = %image.version, "image created");
     Ok((StatusCode::CREATED, Json(image)))
@@ -121,10 +113,12 @@ pub async fn image_create(
     responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
 pub async fn image_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ImageId>,
 ) -> Result<Json<Image>> {
-    Ok(Json(s.db.image_get(id, p.owner_scope()).await?))
+    Ok(Json(
+        s.db.image_get(id, p.authorize(Action::ImageRead)?).await?,
+    ))
 }
 
 /// Deletes an image (409 while instances use it); its file goes when no other image shares it.
@@ -132,7 +126,7 @@ pub async fn image_get(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn image_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ImageId>,
 ) -> Result<StatusCode> {
     owned(&s, &p, id).await?;
@@ -151,7 +145,7 @@ pub async fn image_delete(
               (status = 413, body = ErrorBody)))]
 pub async fn image_file_put(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ImageId>,
     ApiQuery(q): ApiQuery<UploadParams>,
     body: Body,
@@ -197,11 +191,11 @@ pub async fn image_file_put(
               (status = 416, body = ErrorBody)))]
 pub async fn image_file_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ImageId>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let image = s.db.image_get(id, p.owner_scope()).await?;
+    let image = s.db.image_get(id, p.authorize(Action::ImageRead)?).await?;
     let file = image.file.ok_or_else(|| Error::NotFound {
         kind: "file of image",
         id: id.to_string(),
@@ -260,7 +254,7 @@ pub async fn image_file_get(
 
 async fn transition(
     s: &AppState,
-    p: &Principal,
+    p: &OpContext,
     id: ImageId,
     from: &[ImageState],
     to: ImageState,
@@ -276,7 +270,7 @@ async fn transition(
     responses((status = 200, body = Image), (status = 409, body = ErrorBody)))]
 pub async fn image_activate(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ImageId>,
 ) -> Result<Json<Image>> {
     transition(&s, &p, id, &[ImageState::Unactivated], ImageState::Active).await
@@ -286,7 +280,7 @@ pub async fn image_activate(
     responses((status = 200, body = Image), (status = 409, body = ErrorBody)))]
 pub async fn image_disable(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ImageId>,
 ) -> Result<Json<Image>> {
     transition(&s, &p, id, &[ImageState::Active], ImageState::Disabled).await
@@ -296,7 +290,7 @@ pub async fn image_disable(
     responses((status = 200, body = Image), (status = 409, body = ErrorBody)))]
 pub async fn image_enable(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ImageId>,
 ) -> Result<Json<Image>> {
     transition(&s, &p, id, &[ImageState::Disabled], ImageState::Active).await
@@ -313,7 +307,7 @@ pub async fn image_enable(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn image_from_instance(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
     ApiJson(req): ApiJson<ImageFromInstance>,
 ) -> Result<(StatusCode, Json<ImageFromInstanceAccepted>)> {

@@ -4,6 +4,7 @@
 //! service (`mdata-get`) without a restart; tag changes also re-push its
 //! node's firewall (rules name tags).
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +13,7 @@ use nereid_api::{
 };
 use serde_json::{Map, Value};
 
-use super::{ApiJson, ApiPath, Principal};
+use super::{ApiJson, ApiPath, OpContext};
 use crate::AppState;
 use crate::db::{MapChange, MapChanged, MapField};
 use crate::error::{Error, Result};
@@ -30,14 +31,20 @@ fn check(field: MapField, map: &Map<String, Value>) -> Result<()> {
 
 async fn change(
     s: &AppState,
-    p: &Principal,
+    p: &OpContext,
     id: InstanceId,
     field: MapField,
     change: MapChange,
 ) -> Result<Map<String, Value>> {
     let MapChanged { map, server, .. } =
-        s.db.instance_map_change(id, p.owner_scope(), field, change, |m| check(field, m))
-            .await?;
+        s.db.instance_map_change(
+            id,
+            p.authorize(Action::InstanceWrite)?,
+            field,
+            change,
+            |m| check(field, m),
+        )
+        .await?;
     crate::metadata::spawn_push(s, id);
     if let (MapField::Tags, Some(server)) = (field, server) {
         crate::firewall::spawn_sync_server(s, server);
@@ -60,10 +67,10 @@ macro_rules! map_routes {
             responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
         pub async fn $get(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath(id): ApiPath<InstanceId>,
         ) -> Result<Json<Map<String, Value>>> {
-            Ok(Json(s.db.instance_map(id, p.owner_scope(), $field).await?))
+            Ok(Json(s.db.instance_map(id, p.authorize(Action::InstanceRead)?, $field).await?))
         }
 
         /// Replaces all of them.
@@ -72,7 +79,7 @@ macro_rules! map_routes {
             responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
         pub async fn $put(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath(id): ApiPath<InstanceId>,
             ApiJson(body): ApiJson<$body>,
         ) -> Result<Json<Map<String, Value>>> {
@@ -85,7 +92,7 @@ macro_rules! map_routes {
             responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
         pub async fn $post(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath(id): ApiPath<InstanceId>,
             ApiJson(body): ApiJson<$body>,
         ) -> Result<Json<Map<String, Value>>> {
@@ -98,7 +105,7 @@ macro_rules! map_routes {
             responses((status = 204), (status = 404, body = ErrorBody)))]
         pub async fn $clear(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath(id): ApiPath<InstanceId>,
         ) -> Result<StatusCode> {
             change(&s, &p, id, $field, MapChange::Clear).await?;
@@ -110,10 +117,10 @@ macro_rules! map_routes {
             responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
         pub async fn $get_key(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath((id, key)): ApiPath<(InstanceId, String)>,
         ) -> Result<Json<Value>> {
-            let mut map = s.db.instance_map(id, p.owner_scope(), $field).await?;
+            let mut map = s.db.instance_map(id, p.authorize(Action::InstanceRead)?, $field).await?;
             map.remove(&key)
                 .map(Json)
                 .ok_or_else(|| Error::not_found($field.noun(), crate::validate::truncate(&key)))
@@ -124,7 +131,7 @@ macro_rules! map_routes {
             responses((status = 204), (status = 404, body = ErrorBody)))]
         pub async fn $delete_key(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath((id, key)): ApiPath<(InstanceId, String)>,
         ) -> Result<StatusCode> {
             change(&s, &p, id, $field, MapChange::Remove(key)).await?;
@@ -164,12 +171,12 @@ map_routes!(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn instance_rename(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
     ApiJson(req): ApiJson<InstanceRename>,
 ) -> Result<Json<Instance>> {
     crate::instances::check_alias(&req.alias)?;
-    s.db.instance_rename(id, p.owner_scope(), &req.alias)
+    s.db.instance_rename(id, p.authorize(Action::InstanceWrite)?, &req.alias)
         .await?;
     crate::metadata::spawn_push(&s, id);
     Ok(Json(s.db.instance_get(id, None).await?))
@@ -186,7 +193,7 @@ pub async fn instance_rename(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn instance_resize(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
     ApiJson(req): ApiJson<InstanceResize>,
 ) -> Result<(StatusCode, Json<InstanceAccepted>)> {

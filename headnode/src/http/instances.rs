@@ -1,5 +1,6 @@
 //! /v1/instances and /v1/jobs.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -10,7 +11,7 @@ use nereid_api::{
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{InstanceFilter, InstanceFlag, page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -22,7 +23,7 @@ use crate::instances;
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn instance_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     headers: HeaderMap,
     ApiJson(req): ApiJson<InstanceCreate>,
 ) -> Result<(StatusCode, Json<InstanceAccepted>)> {
@@ -62,12 +63,12 @@ pub struct InstanceListParams {
     responses((status = 200, body = Page<Instance>), (status = 400, body = ErrorBody)))]
 pub async fn instance_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<InstanceListParams>,
 ) -> Result<Json<Page<Instance>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
-    let owner = match p.owner_scope() {
+    let owner = match p.authorize(Action::InstanceRead)? {
         Some(me) => Some(me),
         None => q.owner,
     };
@@ -88,10 +89,13 @@ pub async fn instance_list(
     responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
 pub async fn instance_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> Result<Json<Instance>> {
-    Ok(Json(s.db.instance_get(id, p.owner_scope()).await?))
+    Ok(Json(
+        s.db.instance_get(id, p.authorize(Action::InstanceRead)?)
+            .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -108,7 +112,7 @@ pub struct ConsoleParams {
         (status = 502, body = ErrorBody)))]
 pub async fn instance_console(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
     ApiQuery(q): ApiQuery<ConsoleParams>,
 ) -> Result<Json<InstanceConsole>> {
@@ -122,7 +126,7 @@ macro_rules! action {
                 (status = 409, body = ErrorBody)))]
         pub async fn $fn(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath(id): ApiPath<InstanceId>,
         ) -> Result<(StatusCode, Json<InstanceAccepted>)> {
             Ok((
@@ -154,12 +158,12 @@ action!(
 /// Sets a switch of the instance; its node's firewall follows a firewall change at once.
 async fn switch(
     s: &AppState,
-    p: &Principal,
+    p: &OpContext,
     id: InstanceId,
     flag: InstanceFlag,
     on: bool,
 ) -> Result<Instance> {
-    s.db.instance_set_flag(id, p.owner_scope(), flag, on)
+    s.db.instance_set_flag(id, p.authorize(Action::InstanceWrite)?, flag, on)
         .await?;
     let inst = s.db.instance_get(id, None).await?;
     if let (InstanceFlag::Firewall, Some(server)) = (flag, inst.server_id) {
@@ -175,7 +179,7 @@ macro_rules! switch {
                     responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
         pub async fn $fn(
             State(s): State<AppState>,
-            p: Principal,
+            p: OpContext,
             ApiPath(id): ApiPath<InstanceId>,
         ) -> Result<Json<Instance>> {
             Ok(Json(switch(&s, &p, id, $flag, $on).await?))
@@ -228,13 +232,13 @@ pub struct DeleteParams {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn instance_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
     ApiQuery(q): ApiQuery<DeleteParams>,
 ) -> Result<axum::response::Response> {
     use axum::response::IntoResponse;
     if q.force == Some(true) {
-        p.require_operator()?;
+        p.authorize(Action::InstanceForceDelete)?;
         instances::refuse_if_protected(&s.db.instance_get(id, None).await?)?;
         let inst =
             s.db.instance_force_delete(id, "deleted by force: its node did not answer")
@@ -262,14 +266,20 @@ pub struct JobListParams {
     responses((status = 200, body = Page<Job>), (status = 400, body = ErrorBody)))]
 pub async fn job_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<JobListParams>,
 ) -> Result<Json<Page<Job>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
     Ok(Json(
-        s.db.job_list(p.owner_scope(), q.instance, q.state, after, limit)
-            .await?,
+        s.db.job_list(
+            p.authorize(Action::JobRead)?,
+            q.instance,
+            q.state,
+            after,
+            limit,
+        )
+        .await?,
     ))
 }
 
@@ -277,8 +287,8 @@ pub async fn job_list(
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
 pub async fn job_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<JobId>,
 ) -> Result<Json<Job>> {
-    Ok(Json(s.db.job_get(id, p.owner_scope()).await?))
+    Ok(Json(s.db.job_get(id, p.authorize(Action::JobRead)?).await?))
 }

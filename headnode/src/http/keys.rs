@@ -1,6 +1,7 @@
 //! /v1/keys: the caller's SSH public keys (operators: any account's, with
 //! `owner`). A key is named by its name or its fingerprint.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,7 +9,7 @@ use nereid_api::{AccountId, ErrorBody, Page, SshKey, SshKeyCreate};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::page_limit;
 use crate::error::{Error, Result};
@@ -28,16 +29,6 @@ pub struct KeyListParams {
 pub struct KeyOwnerParams {
     /// Operators: the account whose key it is (default: the caller).
     pub owner: Option<AccountId>,
-}
-
-/// The account a request acts on: tenants always their own; asking for
-/// another account's is a 404, as it would be for anything of theirs.
-fn owner_of(p: &Principal, asked: Option<AccountId>) -> Result<AccountId> {
-    match (p.owner_scope(), asked) {
-        (Some(own), Some(a)) if own != a => Err(Error::not_found("account", a)),
-        (_, Some(a)) => Ok(a),
-        (_, None) => Ok(p.account_id),
-    }
 }
 
 /// Key names: 1-64 of letters, digits and `._@:+/=-` (so a comment such as
@@ -70,14 +61,14 @@ fn parse_key_token(t: Option<&str>) -> Result<Option<(uuid::Uuid, String)>> {
     responses((status = 200, body = Page<SshKey>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn key_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<KeyListParams>,
 ) -> Result<Json<Page<SshKey>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_key_token(q.page_token.as_deref())?;
     let owner = match q.owner {
-        None => p.owner_scope(),
-        asked => Some(owner_of(&p, asked)?),
+        None => p.authorize(Action::KeyRead)?,
+        asked => Some(p.on_behalf_of(Action::KeyRead, asked)?),
     };
     Ok(Json(s.db.key_list(owner, after, limit).await?))
 }
@@ -88,10 +79,10 @@ pub async fn key_list(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn key_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(req): ApiJson<SshKeyCreate>,
 ) -> Result<(StatusCode, Json<SshKey>)> {
-    let owner = owner_of(&p, req.owner)?;
+    let owner = p.on_behalf_of(Action::KeyWrite, req.owner)?;
     let key = sshkey::parse(&req.key).map_err(|e| Error::invalid("key", e))?;
     let name = match req.name {
         Some(n) => {
@@ -111,11 +102,14 @@ pub async fn key_create(
     responses((status = 200, body = SshKey), (status = 404, body = ErrorBody)))]
 pub async fn key_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<KeyOwnerParams>,
 ) -> Result<Json<SshKey>> {
-    Ok(Json(s.db.key_get(owner_of(&p, q.owner)?, &name).await?))
+    Ok(Json(
+        s.db.key_get(p.on_behalf_of(Action::KeyRead, q.owner)?, &name)
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/keys/{name}", tag = "keys",
@@ -123,10 +117,11 @@ pub async fn key_get(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn key_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<KeyOwnerParams>,
 ) -> Result<StatusCode> {
-    s.db.key_delete(owner_of(&p, q.owner)?, &name).await?;
+    s.db.key_delete(p.on_behalf_of(Action::KeyWrite, q.owner)?, &name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,9 +19,11 @@ pub(crate) mod packages;
 pub(crate) mod servers;
 pub(crate) mod snapshots;
 mod system;
+pub mod tls;
 pub(crate) mod tokens;
 
-pub use extract::{ApiJson, ApiPath, ApiQuery, Principal};
+pub use crate::authz::{Action, OpContext};
+pub use extract::{ApiJson, ApiPath, ApiQuery};
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,5 +1,6 @@
 //! /v1/nictags, /v1/networks and /v1/networks/{id}/ips.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,15 +11,15 @@ use nereid_api::{
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{NewNetwork, page_limit, parse_page_token};
 use crate::error::{Error, Result};
 use crate::{ipam, validate};
 
 #[utoipa::path(get, path = "/v1/nictags", tag = "networks", responses((status = 200, body = Page<NicTag>)))]
-pub async fn nic_tag_list(State(s): State<AppState>, p: Principal) -> Result<Json<Page<NicTag>>> {
-    p.require_operator()?;
+pub async fn nic_tag_list(State(s): State<AppState>, p: OpContext) -> Result<Json<Page<NicTag>>> {
+    p.authorize(Action::NicTagRead)?;
     Ok(Json(Page {
         items: s.db.nic_tag_list().await?,
         next_page_token: None,
@@ -29,10 +30,10 @@ pub async fn nic_tag_list(State(s): State<AppState>, p: Principal) -> Result<Jso
     responses((status = 201, body = NicTag), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn nic_tag_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(req): ApiJson<NicTagCreate>,
 ) -> Result<(StatusCode, Json<NicTag>)> {
-    p.require_operator()?;
+    p.authorize(Action::NicTagWrite)?;
     validate::name("name", &req.name)?;
     validate::text("description", &req.description, 1024)?;
     let mtu = req.mtu.unwrap_or(1500);
@@ -52,10 +53,10 @@ pub async fn nic_tag_create(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn nic_tag_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode> {
-    p.require_operator()?;
+    p.authorize(Action::NicTagWrite)?;
     s.db.nic_tag_delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -72,14 +73,19 @@ pub struct NetworkListParams {
     responses((status = 200, body = Page<Network>)))]
 pub async fn network_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<NetworkListParams>,
 ) -> Result<Json<Page<Network>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
     Ok(Json(
-        s.db.network_list(p.owner_scope(), q.nic_tag.as_deref(), after, limit)
-            .await?,
+        s.db.network_list(
+            p.authorize(Action::NetworkRead)?,
+            q.nic_tag.as_deref(),
+            after,
+            limit,
+        )
+        .await?,
     ))
 }
 
@@ -87,10 +93,10 @@ pub async fn network_list(
     responses((status = 201, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn network_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(req): ApiJson<NetworkCreate>,
 ) -> Result<(StatusCode, Json<Network>)> {
-    p.require_operator()?;
+    p.authorize(Action::NetworkWrite)?;
     validate::name("name", &req.name)?;
     validate::name("nic_tag", &req.nic_tag)?;
     validate::text("description", &req.description, 1024)?;
@@ -134,20 +140,23 @@ pub async fn network_create(
     responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
 pub async fn network_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<NetworkId>,
 ) -> Result<Json<Network>> {
-    Ok(Json(s.db.network_get(id, p.owner_scope()).await?))
+    Ok(Json(
+        s.db.network_get(id, p.authorize(Action::NetworkRead)?)
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/networks/{id}", tag = "networks", params(("id" = String, Path, format = Uuid)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn network_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<NetworkId>,
 ) -> Result<StatusCode> {
-    p.require_operator()?;
+    p.authorize(Action::NetworkWrite)?;
     s.db.network_delete(id).await?;
     tracing::info!(network = %id, "network deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -166,11 +175,11 @@ pub struct IpListParams {
     responses((status = 200, body = Page<NetworkIp>), (status = 404, body = ErrorBody)))]
 pub async fn network_ip_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<NetworkId>,
     ApiQuery(q): ApiQuery<IpListParams>,
 ) -> Result<Json<Page<NetworkIp>>> {
-    p.require_operator()?;
+    p.authorize(Action::NetworkIpRead)?;
     let limit = page_limit(q.limit)?;
     let after = q
         .page_token
@@ -188,11 +197,11 @@ pub async fn network_ip_list(
               (status = 409, body = ErrorBody)))]
 pub async fn network_ip_allocate(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<NetworkId>,
     ApiJson(req): ApiJson<NetworkIpAllocate>,
 ) -> Result<(StatusCode, Json<NetworkIp>)> {
-    p.require_operator()?;
+    p.authorize(Action::NetworkIpWrite)?;
     let ip = match req.ip {
         None => {
             s.db.network_ip_allocate(id, "reservation", Some(p.account_id.as_uuid()))
@@ -225,10 +234,10 @@ pub async fn network_ip_allocate(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn network_ip_free(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath((id, ip)): ApiPath<(NetworkId, String)>,
 ) -> Result<StatusCode> {
-    p.require_operator()?;
+    p.authorize(Action::NetworkIpWrite)?;
     let ip = ipam::parse_ip("ip", &ip)?;
     s.db.network_ip_free(id, ip).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -1,5 +1,6 @@
 //! /v1/packages: operators define them; tenants see the active ones they may use.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,7 +8,7 @@ use nereid_api::{Brand, ErrorBody, Package, PackageCreate, PackageId, PackageUpd
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{PackageFilter, page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -55,7 +56,7 @@ fn check_sizes(p: &PackageCreate) -> Result<()> {
     responses((status = 200, body = Page<Package>)))]
 pub async fn package_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<PackageListParams>,
 ) -> Result<Json<Page<Package>>> {
     let limit = page_limit(q.limit)?;
@@ -64,7 +65,7 @@ pub async fn package_list(
         name: q.name,
         active: q.active,
         brand: q.brand,
-        usable_by: p.owner_scope(),
+        usable_by: p.authorize(Action::PackageRead)?,
     };
     Ok(Json(s.db.package_list(&f, after, limit).await?))
 }
@@ -73,10 +74,10 @@ pub async fn package_list(
     responses((status = 201, body = Package), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn package_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(req): ApiJson<PackageCreate>,
 ) -> Result<(StatusCode, Json<Package>)> {
-    p.require_operator()?;
+    p.authorize(Action::PackageWrite)?;
     check_sizes(&req)?;
     s.db.accounts_exist("owners", &req.owners).await?;
     let pkg = s.db.package_create(&req).await?;
@@ -88,10 +89,13 @@ pub async fn package_create(
     responses((status = 200, body = Package), (status = 404, body = ErrorBody)))]
 pub async fn package_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<PackageId>,
 ) -> Result<Json<Package>> {
-    Ok(Json(s.db.package_get(id, p.owner_scope()).await?))
+    Ok(Json(
+        s.db.package_get(id, p.authorize(Action::PackageRead)?)
+            .await?,
+    ))
 }
 
 /// Changes description, active, owners or traits; sizes are immutable (409).
@@ -100,11 +104,11 @@ pub async fn package_get(
     responses((status = 200, body = Package), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn package_update(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<PackageId>,
     ApiJson(req): ApiJson<PackageUpdate>,
 ) -> Result<Json<Package>> {
-    p.require_operator()?;
+    p.authorize(Action::PackageWrite)?;
     if let Some(d) = &req.description {
         validate::text("description", d, 1024)?;
     }
@@ -124,10 +128,10 @@ pub async fn package_update(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn package_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<PackageId>,
 ) -> Result<StatusCode> {
-    p.require_operator()?;
+    p.authorize(Action::PackageWrite)?;
     s.db.package_delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

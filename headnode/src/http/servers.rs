@@ -1,6 +1,7 @@
 //! /v1/servers: compute nodes and the join tokens that onboard them.
 //! Operators only: tenants never see the fleet.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +12,7 @@ use nereid_api::{
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{ServerFilter, page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -29,10 +30,10 @@ pub struct ServerListParams {
     responses((status = 200, body = Page<Server>), (status = 403, body = ErrorBody)))]
 pub async fn server_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<ServerListParams>,
 ) -> Result<Json<Page<Server>>> {
-    p.require_operator()?;
+    p.authorize(Action::ServerRead)?;
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
     let filter = ServerFilter {
@@ -46,10 +47,10 @@ pub async fn server_list(
     responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
 pub async fn server_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ServerId>,
 ) -> Result<Json<Server>> {
-    p.require_operator()?;
+    p.authorize(Action::ServerRead)?;
     Ok(Json(s.db.server_get(id).await?))
 }
 
@@ -62,11 +63,11 @@ pub async fn server_get(
               (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn server_setup(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ServerId>,
     ApiJson(body): ApiJson<ServerSetup>,
 ) -> Result<Json<Server>> {
-    p.require_operator()?;
+    p.authorize(Action::ServerWrite)?;
     crate::validate::name("zpool", &body.zpool)?;
     for (tag, iface) in &body.nic_tags {
         crate::validate::name("nic_tags", tag)?;
@@ -86,10 +87,10 @@ pub async fn server_setup(
               (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn server_certificate_rotate(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ServerId>,
 ) -> Result<Json<ServerCertificate>> {
-    p.require_operator()?;
+    p.authorize(Action::ServerWrite)?;
     Ok(Json(crate::certificates::rotate(&s, id).await?))
 }
 
@@ -97,10 +98,10 @@ pub async fn server_certificate_rotate(
     responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
 pub async fn server_reserve(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ServerId>,
 ) -> Result<Json<Server>> {
-    p.require_operator()?;
+    p.authorize(Action::ServerWrite)?;
     Ok(Json(s.db.server_set_reserved(id, true).await?))
 }
 
@@ -108,10 +109,10 @@ pub async fn server_reserve(
     responses((status = 200, body = Server), (status = 404, body = ErrorBody)))]
 pub async fn server_unreserve(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ServerId>,
 ) -> Result<Json<Server>> {
-    p.require_operator()?;
+    p.authorize(Action::ServerWrite)?;
     Ok(Json(s.db.server_set_reserved(id, false).await?))
 }
 
@@ -130,11 +131,11 @@ pub struct ServerDeleteParams {
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn server_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ServerId>,
     ApiQuery(q): ApiQuery<ServerDeleteParams>,
 ) -> Result<StatusCode> {
-    p.require_operator()?;
+    p.authorize(Action::ServerWrite)?;
     if q.force == Some(true) {
         s.db.server_get(id).await?;
         for inst in s.db.instances_live_on(id).await? {
@@ -153,10 +154,10 @@ pub async fn server_delete(
     responses((status = 201, body = JoinTokenCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn join_token_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(body): ApiJson<JoinTokenCreate>,
 ) -> Result<(StatusCode, Json<JoinTokenCreated>)> {
-    p.require_operator()?;
+    p.authorize(Action::JoinTokenCreate)?;
     let ttl = body.ttl_seconds.unwrap_or(3600);
     if !(60..=604_800).contains(&ttl) {
         return Err(Error::invalid(
@@ -189,10 +190,10 @@ pub async fn join_token_create(
               (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn server_orphans(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<ServerId>,
 ) -> Result<Json<Vec<Orphan>>> {
-    p.require_operator()?;
+    p.authorize(Action::ServerRead)?;
     s.db.server_get(id).await?;
     let t = s.db.agent_target(id).await?;
     let on_node = s.agents.list_instances(&t).await?;

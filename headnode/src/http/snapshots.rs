@@ -1,6 +1,7 @@
 //! /v1/instances/{id}/snapshots: ZFS snapshots of an instance (CloudAPI's
 //! machine snapshots); rollback needs the instance stopped.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,7 +9,7 @@ use nereid_api::{
     ErrorBody, InstanceId, Snapshot, SnapshotCreate, SnapshotRollback, SnapshotRolledBack,
 };
 
-use super::{ApiJson, ApiPath, Principal};
+use super::{ApiJson, ApiPath, OpContext};
 use crate::AppState;
 use crate::error::Result;
 use crate::snapshots;
@@ -18,7 +19,7 @@ use crate::snapshots;
     responses((status = 200, body = Vec<Snapshot>), (status = 404, body = ErrorBody)))]
 pub async fn snapshot_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> Result<Json<Vec<Snapshot>>> {
     Ok(Json(snapshots::list(&s, &p, id).await?))
@@ -33,7 +34,7 @@ pub async fn snapshot_list(
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn snapshot_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<InstanceId>,
     ApiJson(req): ApiJson<SnapshotCreate>,
 ) -> Result<(StatusCode, Json<Snapshot>)> {
@@ -49,10 +50,13 @@ pub async fn snapshot_create(
     responses((status = 200, body = Snapshot), (status = 404, body = ErrorBody)))]
 pub async fn snapshot_get(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath((id, name)): ApiPath<(InstanceId, String)>,
 ) -> Result<Json<Snapshot>> {
-    Ok(Json(s.db.snapshot_get(id, p.owner_scope(), &name).await?))
+    Ok(Json(
+        s.db.snapshot_get(id, p.authorize(Action::SnapshotRead)?, &name)
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/instances/{id}/snapshots/{name}", tag = "instances",
@@ -60,7 +64,7 @@ pub async fn snapshot_get(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn snapshot_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath((id, name)): ApiPath<(InstanceId, String)>,
 ) -> Result<StatusCode> {
     snapshots::delete(&s, &p, id, &name).await?;
@@ -75,7 +79,7 @@ pub async fn snapshot_delete(
         (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn snapshot_rollback(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath((id, name)): ApiPath<(InstanceId, String)>,
     ApiJson(req): ApiJson<SnapshotRollback>,
 ) -> Result<Json<SnapshotRolledBack>> {

@@ -1,5 +1,6 @@
 //! /healthz, /metrics and /openapi.json: unauthenticated.
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
@@ -31,10 +32,10 @@ pub async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value
 /// Prometheus metrics; with `metrics_need_token`, for operators only.
 pub async fn metrics(
     State(s): State<AppState>,
-    p: Result<super::Principal, crate::error::Error>,
+    p: Result<super::OpContext, crate::error::Error>,
 ) -> Result<impl IntoResponse> {
     if s.config.limits.metrics_need_token {
-        p?.require_operator()?;
+        p?.authorize(Action::MetricsRead)?;
     }
     let servers = s.db.server_count_by_status().await?;
     Ok((

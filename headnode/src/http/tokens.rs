@@ -1,5 +1,6 @@
 //! /v1/tokens
 
+use crate::authz::Action;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,7 +8,7 @@ use nereid_api::{AccountId, ErrorBody, Page, Token, TokenCreate, TokenCreated, T
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::{ApiJson, ApiPath, ApiQuery, Principal};
+use super::{ApiJson, ApiPath, ApiQuery, OpContext};
 use crate::AppState;
 use crate::db::{page_limit, parse_page_token};
 use crate::error::{Error, Result};
@@ -29,15 +30,15 @@ const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
     responses((status = 200, body = Page<Token>), (status = 401, body = ErrorBody)))]
 pub async fn token_list(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiQuery(q): ApiQuery<TokenListParams>,
 ) -> Result<Json<Page<Token>>> {
     let limit = page_limit(q.limit)?;
     let after = parse_page_token(q.page_token.as_deref())?;
-    let account = match (p.owner_scope(), q.account_id) {
-        (Some(own), Some(asked)) if own != asked => return Err(Error::not_found("account", asked)),
-        (Some(own), _) => Some(own),
-        (None, asked) => asked,
+    // Operators see every account's tokens unless they ask for one.
+    let account = match p.authorize(Action::TokenRead)? {
+        Some(_) => Some(p.on_behalf_of(Action::TokenRead, q.account_id)?),
+        None => q.account_id,
     };
     Ok(Json(s.db.token_list(account, after, limit).await?))
 }
@@ -47,14 +48,11 @@ pub async fn token_list(
     responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn token_create(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiJson(body): ApiJson<TokenCreate>,
 ) -> Result<(StatusCode, Json<TokenCreated>)> {
     crate::validate::name("name", &body.name)?;
-    let account = body.account_id.unwrap_or(p.account_id);
-    if p.owner_scope().is_some_and(|own| own != account) {
-        return Err(Error::not_found("account", account));
-    }
+    let account = p.on_behalf_of(Action::TokenWrite, body.account_id)?;
     let expires_at = match body.ttl_seconds {
         None => None,
         Some(t) if t == 0 || t > MAX_TTL_SECONDS => {
@@ -78,10 +76,11 @@ pub async fn token_create(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn token_delete(
     State(s): State<AppState>,
-    p: Principal,
+    p: OpContext,
     ApiPath(id): ApiPath<TokenId>,
 ) -> Result<StatusCode> {
-    s.db.token_delete(id, p.owner_scope()).await?;
+    s.db.token_delete(id, p.authorize(Action::TokenWrite)?)
+        .await?;
     tracing::info!(token = %id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
