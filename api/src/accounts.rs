@@ -44,6 +44,7 @@ pub struct Account {
 #[serde(deny_unknown_fields)]
 pub struct AccountCreate {
     /// 1-64 characters: letters, digits, `-`, `_`, `.`; unique.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub name: String,
     pub role: Role,
 }
@@ -64,8 +65,10 @@ pub struct TokenCreate {
     /// Whose token; defaults to the caller. Only operators may name another account.
     pub account_id: Option<AccountId>,
     /// A label for people, 1-64 characters.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub name: String,
     /// Lifetime in seconds; none means the token does not expire.
+    #[schema(minimum = 1, maximum = 315_360_000)]
     pub ttl_seconds: Option<u64>,
 }
 

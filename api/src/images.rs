@@ -80,10 +80,13 @@ pub struct ImageFile {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageCreate {
+    #[schema(min_length = 1)]
     pub name: String,
+    #[schema(min_length = 1)]
     pub version: String,
     #[serde(rename = "type")]
     pub image_type: ImageType,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub os: String,
     #[serde(default)]
     pub description: String,
@@ -105,7 +108,9 @@ pub struct ImageCreate {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageFromInstance {
+    #[schema(min_length = 1)]
     pub name: String,
+    #[schema(min_length = 1)]
     pub version: String,
     #[serde(default)]
     pub description: String,

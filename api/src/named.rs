@@ -14,7 +14,7 @@ macro_rules! named_enum {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
                  serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $s)] $variant),+
+            $($(#[$vmeta])* #[serde(rename = $s)] #[schema(rename = $s)] $variant),+
         }
 
         impl $name {

@@ -20,8 +20,10 @@ pub struct NicTag {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicTagCreate {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub name: String,
     /// 576..=9000, default 1500.
+    #[schema(minimum = 576, maximum = 9000)]
     pub mtu: Option<u32>,
     #[serde(default)]
     pub description: String,
@@ -54,7 +56,9 @@ pub struct Network {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub name: String,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub nic_tag: String,
     #[serde(default)]
     pub vlan_id: u16,
@@ -68,6 +72,7 @@ pub struct NetworkCreate {
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
     /// Default: the nic tag's MTU.
+    #[schema(minimum = 576, maximum = 9000)]
     pub mtu: Option<u32>,
     #[serde(default)]
     pub owners: Vec<AccountId>,

@@ -34,10 +34,13 @@ pub struct Package {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageCreate {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub name: String,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub version: String,
     #[serde(default)]
     pub description: String,
+    #[schema(minimum = 16, maximum = 4_194_304)]
     pub memory_mb: u64,
     #[serde(default)]
     pub swap_mb: u64,

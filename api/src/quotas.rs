@@ -43,11 +43,17 @@ impl QuotaKind {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaValues {
+    #[schema(maximum = 1_000_000)]
     pub instances: Option<u64>,
+    #[schema(maximum = 1_099_511_627_776_u64)]
     pub memory_mb: Option<u64>,
+    #[schema(maximum = 1_099_511_627_776_u64)]
     pub disk_mb: Option<u64>,
+    #[schema(maximum = 1_000_000)]
     pub vcpus: Option<u64>,
+    #[schema(maximum = 1_000_000)]
     pub images: Option<u64>,
+    #[schema(maximum = 1_152_921_504_606_846_976_u64)]
     pub image_bytes: Option<u64>,
 }
 

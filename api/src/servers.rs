@@ -73,6 +73,7 @@ pub struct Orphan {
 #[serde(deny_unknown_fields)]
 pub struct ServerSetup {
     /// The zpool instances live on.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub zpool: String,
     /// nic tag -> interface name on the node.
     #[serde(default)]
@@ -144,6 +145,7 @@ pub struct Usage {
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenCreate {
     /// Lifetime in seconds (60..=604800, default 3600).
+    #[schema(minimum = 60, maximum = 604_800)]
     pub ttl_seconds: Option<u64>,
 }
 

@@ -35,6 +35,7 @@ pub struct Snapshot {
 pub struct SnapshotCreate {
     /// 1-64 of [A-Za-z0-9_.:-], starting with a letter or digit; unique per
     /// instance. Default: the time, as `20261128T213715Z`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     pub name: Option<String>,
 }
 

@@ -63,10 +63,137 @@ impl Modify for BearerAuth {
     }
 }
 
-pub fn spec() -> utoipa::openapi::OpenApi {
+/// The document served at /openapi.json.
+pub fn spec() -> serde_json::Value {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut doc = serde_json::to_value(doc).expect("the document serializes");
+    complete(&mut doc);
     doc
+}
+
+/// What every string the API takes may not hold: control characters other
+/// than tab, newline and carriage return, C1 controls included (refused
+/// with a 400).
+const TEXT: &str = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$";
+
+/// Adds what the annotations leave out but every operation can answer,
+/// from the layers all requests pass (authentication, rate limits, the
+/// extractors, timeouts, the database), and the text rule to every free
+/// string of a body.
+fn complete(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let error = |description: &str| {
+        json!({"description": description,
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (_, op) in item.iter_mut() {
+                let has_body = op.get("requestBody").is_some();
+                let Some(responses) = op["responses"].as_object_mut() else {
+                    continue;
+                };
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| error(description));
+                };
+                add(
+                    "400",
+                    "A path, query or body field is invalid; the message names it.",
+                );
+                add("401", "No bearer token, or an unknown or expired one.");
+                add("408", "The request took longer than the headnode allows.");
+                add(
+                    "429",
+                    "Too many requests from this token, or too many failed authentications from this address; `Retry-After` says when to try again.",
+                );
+                add(
+                    "500",
+                    "An internal error; the message and the request id say what.",
+                );
+                add("503", "The headnode's database is unavailable; try again.");
+                if path.contains('{') {
+                    add("404", "Not found, or not the caller's.");
+                }
+                if has_body {
+                    add("413", "The body is larger than the headnode accepts.");
+                    add(
+                        "415",
+                        "The body is not of the content type the operation takes.",
+                    );
+                }
+                if let Some(body) = op.get_mut("requestBody") {
+                    text_rule(body);
+                }
+                if let Some(params) = op.get_mut("parameters") {
+                    text_rule(params);
+                }
+            }
+        }
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        // (Not the error body: its message may quote what was refused.)
+        for (_, schema) in schemas
+            .iter_mut()
+            .filter(|(name, _)| !name.starts_with("Error"))
+        {
+            text_rule(schema);
+        }
+    }
+}
+
+/// Puts the text rule on every string (and map key) of a schema that has
+/// no enum, format or pattern of its own.
+fn text_rule(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(o) = schema else {
+        if let Value::Array(items) = schema {
+            items.iter_mut().for_each(text_rule);
+        }
+        return;
+    };
+    let is_string = match o.get("type") {
+        Some(Value::String(t)) => t == "string",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+        _ => false,
+    };
+    if is_string
+        && !["enum", "format", "pattern", "$ref"]
+            .iter()
+            .any(|k| o.contains_key(*k))
+    {
+        o.insert("pattern".into(), TEXT.into());
+    }
+    let is_object = match o.get("type") {
+        Some(Value::String(t)) => t == "object",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+        _ => false,
+    };
+    // A free-form object (tags, metadata): its keys and string values.
+    if is_object
+        && !o.contains_key("properties")
+        && !o.get("additionalProperties").is_some_and(Value::is_object)
+    {
+        o.insert(
+            "additionalProperties".into(),
+            serde_json::json!({"pattern": TEXT}),
+        );
+    }
+    if o.get("additionalProperties").is_some_and(Value::is_object)
+        && !o.contains_key("propertyNames")
+    {
+        o.insert("propertyNames".into(), serde_json::json!({"pattern": TEXT}));
+    }
+    for (k, v) in o.iter_mut() {
+        if k != "enum" && k != "example" && k != "examples" && k != "default" {
+            text_rule(v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -219,9 +219,14 @@ async fn a_dead_headnodes_job_is_taken_over_by_another_headnode() {
     let (st, body) = dc.create("taken", json!({})).await;
     assert_eq!(st, 202, "{body}");
     wait_killed(&mut dc, point);
-    // A second headnode on the same database, with its own ports and state,
-    // takes the job over once the lease runs out; the first stays dead.
+    // A second headnode on the same database, with its own ports and state
+    // but the datacenter's CA (headnodes share the pki dir), takes the job
+    // over once the lease runs out; the first stays dead.
     let mut second_opts = DcOpts::default().headnode;
+    second_opts.args.extend([
+        "--pki-dir".to_string(),
+        dc.headnode().state.path().join("pki").display().to_string(),
+    ]);
     let mgmt = dc
         .headnode()
         .rest_url

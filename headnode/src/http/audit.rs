@@ -14,6 +14,7 @@ use crate::db::{AuditFilter, page_limit, parse_page_token};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditListParams {
     /// Only what this account did.
@@ -24,7 +25,11 @@ pub struct AuditListParams {
     pub action: Option<String>,
     /// Only requests that failed.
     pub failed: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub page_token: Option<String>,
 }
 

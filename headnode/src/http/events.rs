@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, Cursor, Event};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Only the changes of this instance and of its jobs.

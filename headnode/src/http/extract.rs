@@ -24,7 +24,9 @@ where
     type Rejection = Error;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Error> {
-        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        let axum::Json(mut value) =
+            axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        integral_numbers(&mut value);
         if let Some(path) = control_character(&value, "") {
             return Err(Error::invalid(
                 if path.is_empty() { "body" } else { &path },
@@ -45,6 +47,27 @@ fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Resul
             Error::InvalidArgument(format!("{path}: {}", e.into_inner()))
         }
     })
+}
+
+/// `3.0` is the integer 3 (JSON does not tell them apart; serde would
+/// refuse it where an integer is expected).
+fn integral_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                *v = if f < 0.0 {
+                    Value::from(f as i64)
+                } else {
+                    Value::from(f as u64)
+                };
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_numbers),
+        Value::Object(m) => m.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 fn bad_char(c: char) -> bool {
@@ -74,15 +97,61 @@ fn control_character(v: &serde_json::Value, at: &str) -> Option<String> {
     }
 }
 
-/// Path parameters; a malformed id is 400.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(Error))]
+/// Path parameters; a malformed id, or a control character in any of
+/// them, is 400.
 pub struct ApiPath<T>(pub T);
 
-/// Query parameters; unknown or malformed ones are 400.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(Error))]
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state).await?;
+        refuse_control_characters("path", &raw)?;
+        let axum::extract::Path(v) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiPath(v))
+    }
+}
+
+/// Query parameters; unknown or malformed ones, or a control character in
+/// any of them, are 400.
 pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Query(raw) =
+            axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state).await?;
+        refuse_control_characters("query", &raw)?;
+        let axum::extract::Query(v) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(v))
+    }
+}
+
+/// A 400 naming the first parameter that holds a control character.
+fn refuse_control_characters(kind: &str, params: &[(String, String)]) -> Result<(), Error> {
+    match params
+        .iter()
+        .find(|(k, v)| k.chars().chain(v.chars()).any(bad_char))
+    {
+        Some((k, _)) => Err(Error::invalid(
+            &format!("{kind}: {}", k.escape_debug()),
+            "holds a control character (NUL or below U+0020 other than tab, newline, carriage return)",
+        )),
+        None => Ok(()),
+    }
+}
 
 impl From<JsonRejection> for Error {
     fn from(r: JsonRejection) -> Error {
@@ -234,6 +303,14 @@ impl FromRequestParts<AppState> for OpContext {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn integral_floats_become_integers_and_others_stay() {
+        let mut v = json!({"a": 3.0, "b": [1.5, -2.0], "c": "4.0", "d": 7});
+        super::integral_numbers(&mut v);
+        assert_eq!(v, json!({"a": 3, "b": [1.5, -2], "c": "4.0", "d": 7}));
+        assert!(v["a"].is_u64() && v["b"][1].is_i64());
+    }
 
     #[test]
     fn control_characters_are_found_with_their_path_and_whitespace_is_fine() {

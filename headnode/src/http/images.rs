@@ -22,6 +22,7 @@ use crate::imagestore::{RangeRequest, parse_range};
 use crate::validate;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImageListParams {
     pub name: Option<String>,
@@ -29,14 +30,20 @@ pub struct ImageListParams {
     #[param(rename = "type")]
     pub image_type: Option<ImageType>,
     pub state: Option<ImageState>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub page_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadParams {
     /// The sha256 the client expects; a mismatch is a 400 and nothing is kept.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
     pub sha256: Option<String>,
 }
 

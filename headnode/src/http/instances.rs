@@ -45,6 +45,7 @@ pub async fn instance_create(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceListParams {
     /// One state; `deleted` lists deleted instances, which are hidden otherwise.
@@ -55,7 +56,11 @@ pub struct InstanceListParams {
     pub alias: Option<String>,
     /// `key` or `key=value`.
     pub tag: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub page_token: Option<String>,
 }
 
@@ -99,9 +104,11 @@ pub async fn instance_get(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleParams {
     /// How many of the last lines (default 100, at most 10000).
+    #[param(minimum = 1, maximum = 10_000)]
     pub tail: Option<u32>,
 }
 
@@ -217,6 +224,7 @@ switch!(
 );
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {
     /// Operators only: delete now, without the node (for a node that does
@@ -254,11 +262,16 @@ pub async fn instance_delete(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobListParams {
     pub instance: Option<InstanceId>,
     pub state: Option<JobState>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub page_token: Option<String>,
 }
 

@@ -16,15 +16,18 @@ use crate::error::{Error, Result};
 use crate::sshkey;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyListParams {
     /// Operators: only this account's keys (default: every account's).
     pub owner: Option<AccountId>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     pub page_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyOwnerParams {
     /// Operators: the account whose key it is (default: the caller).

@@ -62,10 +62,15 @@ pub async fn nic_tag_delete(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkListParams {
     pub nic_tag: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub page_token: Option<String>,
 }
 
@@ -163,8 +168,10 @@ pub async fn network_delete(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct IpListParams {
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The last address of the previous page.
     pub page_token: Option<String>,

@@ -15,12 +15,17 @@ use crate::error::{Error, Result};
 use crate::validate;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PackageListParams {
     pub name: Option<String>,
     pub active: Option<bool>,
     pub brand: Option<Brand>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub page_token: Option<String>,
 }
 

@@ -18,11 +18,16 @@ use crate::db::{ServerFilter, page_limit, parse_page_token};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ServerListParams {
     pub status: Option<ServerStatus>,
     pub reserved: Option<bool>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub page_token: Option<String>,
 }
 
@@ -117,6 +122,7 @@ pub async fn server_unreserve(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ServerDeleteParams {
     /// Retire a dead server: its instances are deleted by force first.

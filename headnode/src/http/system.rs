@@ -44,6 +44,6 @@ pub async fn metrics(
     ))
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::spec())
 }
