@@ -50,7 +50,7 @@ struct Lat {
 }
 
 /// Runs the paced clients for `secs`; returns their latencies.
-async fn paced(tokens: &[String], base: &str, rate: f64, secs: u64) -> Lat {
+async fn paced(tokens: &[String], base: &str, rate: f64, secs: u64, phase: &str) -> Lat {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()
@@ -58,7 +58,12 @@ async fn paced(tokens: &[String], base: &str, rate: f64, secs: u64) -> Lat {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        let (http, base, token) = (http.clone(), base.to_string(), token.clone());
+        let (http, base, token, phase) = (
+            http.clone(),
+            base.to_string(),
+            token.clone(),
+            phase.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Lat::default();
             let period = Duration::from_secs_f64(1.0 / rate);
@@ -83,7 +88,7 @@ async fn paced(tokens: &[String], base: &str, rate: f64, secs: u64) -> Lat {
                     let r = http
                         .post(format!("{base}/v1/keys"))
                         .bearer_auth(&token)
-                        .json(&json!({"name": format!("k{i}-{n}"), "key": random_key()}))
+                        .json(&json!({"name": format!("{phase}{i}-{n}"), "key": random_key()}))
                         .send()
                         .await;
                     let ok = r.is_ok_and(|r| r.status().is_success());
@@ -132,21 +137,28 @@ async fn main() {
     })
     .await;
     let op = h.operator();
+    // The operator's token is limited too: setup waits out its 429s.
+    let post = |path: &'static str, body: serde_json::Value| {
+        let op = op.clone();
+        async move {
+            loop {
+                let (st, v) = op.post(path, &body).await;
+                if st != 429 {
+                    return (st, v);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     let mut tokens = Vec::new();
     for i in 0..=clients {
-        let (st, acct) = op
-            .post(
-                "/v1/accounts",
-                &json!({"name": format!("load{i}"), "role": "tenant"}),
-            )
-            .await;
+        let (st, acct) = post(
+            "/v1/accounts",
+            json!({"name": format!("load{i}"), "role": "tenant"}),
+        )
+        .await;
         assert_eq!(st, 201, "{acct}");
-        let (st, tok) = op
-            .post(
-                "/v1/tokens",
-                &json!({"account_id": acct["id"], "name": "t"}),
-            )
-            .await;
+        let (st, tok) = post("/v1/tokens", json!({"account_id": acct["id"], "name": "t"})).await;
         assert_eq!(st, 201, "{tok}");
         tokens.push(tok["secret"].as_str().unwrap().to_string());
     }
@@ -155,7 +167,7 @@ async fn main() {
         "REST API under {clients} clients ({rate} requests/s each, {} s per phase), tokens limited to {per_token}/s",
         secs
     );
-    let mut alone = paced(&tokens, &h.rest_url, rate, secs).await;
+    let mut alone = paced(&tokens, &h.rest_url, rate, secs, "a").await;
     print("alone", &mut alone);
 
     // The abuser: 64 connections, one token, no pause.
@@ -181,7 +193,7 @@ async fn main() {
         }));
     }
     let t = Instant::now();
-    let mut with = paced(&tokens, &h.rest_url, rate, secs).await;
+    let mut with = paced(&tokens, &h.rest_url, rate, secs, "b").await;
     stop.store(true, Ordering::Relaxed);
     for a in abuse {
         let _ = a.await;
