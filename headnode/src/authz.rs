@@ -1,5 +1,5 @@
 //! Authorization, in one place. Every request runs as an `OpContext` (who
-//! calls, with which role, under which request id); every operation the API
+//! calls, with which role; its request id comes with the request's task); every operation the API
 //! offers is an `Action`, and `authorize` alone says whether the caller may
 //! do it and over whose resources. The whole policy is the table in
 //! `Action::rule`.
@@ -18,8 +18,6 @@ use crate::error::{Error, Result};
 pub struct OpContext {
     pub account_id: AccountId,
     pub role: Role,
-    /// The request's id (as in its log lines and audit entries).
-    pub request_id: String,
 }
 
 /// Whose resources an authorized action reaches: `None` for every
@@ -113,6 +111,11 @@ impl Action {
 }
 
 impl OpContext {
+    /// The request's id (as in its log lines and audit entries).
+    pub fn request_id(&self) -> String {
+        crate::error::current_request_id()
+    }
+
     pub fn is_operator(&self) -> bool {
         self.role == Role::Operator
     }
@@ -159,7 +162,6 @@ mod tests {
         OpContext {
             account_id: AccountId::new(),
             role,
-            request_id: "r".into(),
         }
     }
 

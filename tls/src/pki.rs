@@ -200,7 +200,7 @@ impl Ca {
         write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
         Ok(Ca {
-            params: Ca::params(&key),
+            params,
             key,
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),

@@ -172,20 +172,24 @@ impl Datastore {
     ) -> Result<bool> {
         // Without a new sysinfo the wide column is left out of the update
         // (and the scheduler's cached view of the server stays valid).
+        // The presented certificate becomes the server's; a rotation's new
+        // one retires the old, while the old one leaves a pending rotation
+        // alone (the same clause whether or not sysinfo comes along).
+        const CERT: &str = "cert_sha256 = $2,
+            cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END
+            WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256)";
         let sql = if sysinfo.is_some() {
-            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
-                    sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname),
-                    cert_sha256 = $2, cert_next_sha256 = NULL
-             WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256)"
+            format!(
+                "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
+                    sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname), {CERT}"
+            )
         } else {
-            // The common case writes the certificate columns only when a
-            // rotation's new certificate shows up.
-            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
-                    cert_sha256 = $2,
-                    cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END
-             WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256) AND $6::jsonb IS NULL"
+            format!(
+                "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
+                    {CERT} AND $6::jsonb IS NULL"
+            )
         };
-        let done = sqlx::query(sql)
+        let done = sqlx::query(AssertSqlSafe(sql))
             .bind(id.as_uuid())
             .bind(cert_sha256)
             .bind(Json(usage))
@@ -321,7 +325,7 @@ impl Datastore {
     /// is refused from now on.
     pub async fn server_cert_rotated(&self, id: ServerId, sha256: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE servers SET cert_sha256 = $2, cert_next_sha256 = NULL
              WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256)",
         )
@@ -329,6 +333,13 @@ impl Datastore {
         .bind(sha256)
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            // Another rotation replaced this one meanwhile: the node holds a
+            // certificate the database no longer expects.
+            return Err(Error::Conflict(format!(
+                "server {id}'s certificate changed during the rotation; rotate it again"
+            )));
+        }
         crate::audit::record(
             &mut tx,
             crate::audit::Event::new("server.rotate_certificate", "server", id),

@@ -288,7 +288,6 @@ async fn principal(
     Ok(OpContext {
         account_id: owner.account_id,
         role: owner.role,
-        request_id: crate::error::current_request_id(),
     })
 }
 
