@@ -72,3 +72,14 @@ pub fn connection_failed(st: &tonic::Status) -> bool {
             | tonic::Code::Internal
     )
 }
+
+/// Waits until a process's log holds `needle` at least `times` times (a
+/// server logs a refused handshake just after the client saw it fail).
+pub async fn wait_for_log(proc: &procs::Proc, needle: &str, times: usize) {
+    wait_for(
+        &format!("{times} x {needle:?} in the {} log", proc.name),
+        Duration::from_secs(10),
+        || async { (proc.log_text().matches(needle).count() >= times).then_some(()) },
+    )
+    .await
+}

@@ -75,7 +75,7 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .await
         .unwrap_err();
     assert!(nereid_tests::connection_failed(&refused), "{refused:?}");
-    assert!(node.agent.proc.log_text().contains("TLS handshake refused"));
+    nereid_tests::wait_for_log(&node.agent.proc, "TLS handshake refused", 1).await;
 
     let mut events = c
         .watch_events(pb::WatchEventsRequest {})
