@@ -24,11 +24,16 @@ pub struct FwRule {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FwRuleCreate {
+    /// A rule in Triton's language: `FROM <targets> TO <targets> (ALLOW |
+    /// BLOCK) <protocol> [PRIORITY <0-100>]`; a 400 names the line and column
+    /// where it stops making sense.
+    #[schema(format = "fwrule", max_length = 4096)]
     pub rule: String,
     /// Off by default, as in Triton: a rule is applied once enabled.
     #[serde(default)]
     pub enabled: bool,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
     /// Operators only: a rule for every account's instances.
     #[serde(default)]
@@ -41,7 +46,9 @@ pub struct FwRuleCreate {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FwRuleUpdate {
+    #[schema(format = "fwrule", max_length = 4096)]
     pub rule: Option<String>,
     pub enabled: Option<bool>,
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
 }

@@ -40,8 +40,10 @@ crate::named_enum! {
 #[serde(deny_unknown_fields)]
 pub struct ImageRequirements {
     /// The least memory an instance of this image needs, in MiB.
+    #[schema(maximum = 4_194_304)]
     pub min_ram_mb: Option<u64>,
     /// The most memory it supports, in MiB.
+    #[schema(maximum = 4_194_304)]
     pub max_ram_mb: Option<u64>,
     /// The brand it needs; when given it must match the image's type.
     pub brand: Option<crate::Brand>,
@@ -80,15 +82,16 @@ pub struct ImageFile {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageCreate {
-    #[schema(min_length = 1)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub name: String,
-    #[schema(min_length = 1)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub version: String,
     #[serde(rename = "type")]
     pub image_type: ImageType,
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub os: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
     #[serde(default)]
     pub requirements: ImageRequirements,
@@ -100,6 +103,7 @@ pub struct ImageCreate {
     /// The most the file unpacks to, in bytes: nodes refuse an archive that
     /// holds more (and bound the image's dataset by it). Default: the
     /// headnode's bound for images that declare none.
+    #[schema(minimum = 1, maximum = 17_592_186_044_416_u64)]
     pub unpacked_size: Option<u64>,
 }
 
@@ -108,11 +112,12 @@ pub struct ImageCreate {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageFromInstance {
-    #[schema(min_length = 1)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub name: String,
-    #[schema(min_length = 1)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub version: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
 

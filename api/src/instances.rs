@@ -123,11 +123,13 @@ pub struct Instance {
 pub struct InstanceCreate {
     /// 1-63 of [a-zA-Z0-9-], unique among the owner's instances; also the
     /// host name. Default: the first 8 characters of the id.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")]
     pub alias: Option<String>,
     pub image: String,
     pub package: String,
     /// Network ids or names; the first is the primary NIC.
     #[serde(default)]
+    #[schema(max_items = 8)]
     pub networks: Vec<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -166,6 +168,7 @@ pub struct InstanceResize {
 #[serde(deny_unknown_fields)]
 pub struct InstanceRename {
     /// 1-63 of [a-zA-Z0-9-], unique among the owner's instances.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")]
     pub alias: String,
 }
 

@@ -30,8 +30,11 @@ pub struct SshKey {
 pub struct SshKeyCreate {
     /// 1-64 of letters, digits and `._@:+/=-`. Default: the key's comment
     /// when it is a valid name, else its fingerprint.
+    #[schema(pattern = "^[A-Za-z0-9._@:+/=-]{1,64}$")]
     pub name: Option<String>,
-    /// One OpenSSH public key line (`ssh-ed25519 AAAA... you@host`).
+    /// One OpenSSH public key line (`ssh-ed25519 AAAA... you@host`): RSA
+    /// (2048 bits or more), Ed25519, ECDSA and their `-sk` kinds.
+    #[schema(format = "ssh-public-key", max_length = 8192)]
     pub key: String,
     /// Operators only: the account to add it to (default: the caller).
     pub owner: Option<AccountId>,

@@ -26,6 +26,7 @@ pub struct NicTagCreate {
     #[schema(minimum = 576, maximum = 9000)]
     pub mtu: Option<u32>,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
 
@@ -60,14 +61,26 @@ pub struct NetworkCreate {
     pub name: String,
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub nic_tag: String,
+    /// 0 = untagged, else 2..=4094 (VLAN 1 is refused).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 4094)]
     pub vlan_id: u16,
+    #[schema(minimum = 1, maximum = 16_777_215)]
     pub vni: Option<u32>,
+    /// IPv4 CIDR with a prefix of 8..=30 and no host bits, e.g. 10.88.0.0/24.
+    #[schema(format = "ipv4-cidr")]
     pub subnet: String,
+    /// A host address of the subnet.
+    #[schema(format = Ipv4)]
     pub gateway: Option<String>,
+    /// The first address instances get: a host address of the subnet.
+    #[schema(format = Ipv4)]
     pub provision_start: String,
+    /// The last, at or after `provision_start`; at most 65,536 addresses in all.
+    #[schema(format = Ipv4)]
     pub provision_end: String,
     #[serde(default)]
+    #[schema(max_items = 8)]
     pub resolvers: Vec<String>,
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
@@ -77,6 +90,7 @@ pub struct NetworkCreate {
     #[serde(default)]
     pub owners: Vec<AccountId>,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
 
@@ -97,5 +111,6 @@ pub struct NetworkIp {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkIpAllocate {
+    #[schema(format = Ipv4)]
     pub ip: Option<String>,
 }

@@ -39,14 +39,19 @@ pub struct PackageCreate {
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     pub version: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
     #[schema(minimum = 16, maximum = 4_194_304)]
     pub memory_mb: u64,
     #[serde(default)]
+    #[schema(maximum = 4_194_304)]
     pub swap_mb: u64,
+    #[schema(minimum = 1, maximum = 512)]
     pub vcpus: u32,
     #[serde(default)]
+    #[schema(maximum = 51_200)]
     pub cpu_cap: u32,
+    #[schema(minimum = 1, maximum = 1_073_741_824)]
     pub disk_mb: u64,
     pub brand: crate::Brand,
     #[serde(default)]
@@ -61,6 +66,7 @@ pub struct PackageCreate {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageUpdate {
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
     pub active: Option<bool>,
     pub owners: Option<Vec<AccountId>>,

@@ -48,9 +48,14 @@ impl Event {
     }
 }
 
-/// Parses a `Last-Event-ID`.
+/// Parses a `Last-Event-ID`: `<1-18 digits>-<1-18 digits>` (the OpenAPI
+/// document's pattern), nothing around it.
 pub fn parse_id(s: &str) -> Option<Cursor> {
-    let (x, i) = s.trim().split_once('-')?;
+    let (x, i) = s.split_once('-')?;
+    let digits = |p: &str| (1..=18).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(x) && digits(i)) {
+        return None;
+    }
     Some((x.parse().ok()?, i.parse().ok()?))
 }
 
@@ -222,7 +227,9 @@ mod tests {
     #[test]
     fn event_ids_round_trip() {
         assert_eq!(super::parse_id("123-45"), Some((123, 45)));
-        assert_eq!(super::parse_id(" 7-8 "), Some((7, 8)));
+        assert_eq!(super::parse_id(" 7-8 "), None);
+        assert_eq!(super::parse_id("+7-8"), None);
+        assert_eq!(super::parse_id("1234567890123456789-1"), None);
         assert_eq!(super::parse_id("x-1"), None);
         assert_eq!(super::parse_id("12"), None);
     }

@@ -134,7 +134,7 @@ async fn resolve_image(s: &AppState, owner: AccountId, r: &str) -> Result<Image>
                 .await?
                 .items
                 .pop()
-                .ok_or_else(|| Error::invalid("image", format!("no active image named {r:?}")))?
+                .ok_or_else(|| Error::not_found("active image named", format!("{r:?}")))?
         }
     };
     if image.state != ImageState::Active {
@@ -164,9 +164,7 @@ async fn resolve_package(s: &AppState, owner: AccountId, r: &str) -> Result<Pack
                 .await?
                 .items
                 .pop()
-                .ok_or_else(|| {
-                    Error::invalid("package", format!("no active package named {r:?}"))
-                })?
+                .ok_or_else(|| Error::not_found("active package named", format!("{r:?}")))?
         }
     };
     if !package.active {
@@ -188,7 +186,7 @@ pub async fn create(
     let owner = match req.owner {
         Some(o) if o != p.account_id => {
             p.authorize(Action::InstanceForOthers)?;
-            s.db.accounts_exist("owner", &[o]).await?;
+            s.db.accounts_exist(&[o]).await?;
             o
         }
         _ => p.account_id,
@@ -259,7 +257,10 @@ pub async fn create(
             Ok(nid) => s.db.network_get(nid, Some(owner)).await,
             Err(_) => s.db.network_get_by_name(r, Some(owner)).await,
         }
-        .map_err(|_| Error::invalid("networks", format!("no network {r:?} you may use")))?;
+        .map_err(|e| match e {
+            Error::NotFound { .. } => Error::not_found("network", format!("{r:?}")),
+            e => e,
+        })?;
         if networks.contains(&net.id) {
             return Err(Error::invalid(
                 "networks",

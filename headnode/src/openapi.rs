@@ -117,8 +117,11 @@ fn complete(doc: &mut serde_json::Value) {
                     "An internal error; the message and the request id say what.",
                 );
                 add("503", "The headnode's database is unavailable; try again.");
-                if path.contains('{') {
-                    add("404", "Not found, or not the caller's.");
+                if path.contains('{') || has_body {
+                    add(
+                        "404",
+                        "Not found, or not the caller's: what the path or the body names.",
+                    );
                 }
                 if has_body {
                     add("413", "The body is larger than the headnode accepts.");
@@ -136,15 +139,200 @@ fn complete(doc: &mut serde_json::Value) {
             }
         }
     }
+    refine(doc);
+    // The schemas requests use (answers may quote what was refused, such as
+    // an error's or an audit entry's message).
+    let taken = schemas_requests_use(doc);
     if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        // (Not the error body: its message may quote what was refused.)
         for (_, schema) in schemas
             .iter_mut()
-            .filter(|(name, _)| !name.starts_with("Error"))
+            .filter(|(name, _)| taken.contains(name.as_str()))
         {
             text_rule(schema);
         }
     }
+}
+
+/// The component schemas a request body or parameter refers to, directly
+/// or through other schemas.
+fn schemas_requests_use(doc: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    use serde_json::Value;
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(r)) = o.get("$ref")
+                    && let Some(name) = r.strip_prefix("#/components/schemas/")
+                {
+                    out.push(name.to_string());
+                }
+                o.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut todo = Vec::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for op in paths
+            .values()
+            .filter_map(Value::as_object)
+            .flat_map(|i| i.values())
+        {
+            refs(&op["requestBody"], &mut todo);
+            refs(&op["parameters"], &mut todo);
+        }
+    }
+    let mut taken = std::collections::BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if taken.insert(name.clone()) {
+            refs(&doc["components"]["schemas"][&name], &mut todo);
+        }
+    }
+    taken
+}
+
+/// What every key of a map the API takes may be (the text rule, 1-128 characters).
+const KEY: &str = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]{1,128}$";
+/// A metadata key: a `KEY` outside the read-only `sdc:` namespace.
+const METADATA_KEY: &str =
+    "^(?!sdc:)[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]{1,128}$";
+/// A placement rule (`scheduler::Affinity::parse`).
+const AFFINITY: &str = "^((instance|container)(==|!=)~?[^~\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]{0,127}|server(==|!=)~?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$";
+/// A name: 1-64 of letters, digits, `-`, `_`, `.`, starting with a letter or digit.
+const NAME: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$";
+
+/// How a refinement changes the schema at its pointer.
+enum Patch {
+    /// Puts this schema in its place.
+    Replace(serde_json::Value),
+    /// Adds these keywords to it.
+    Merge(serde_json::Value),
+}
+
+/// Schemas the annotations cannot state (maps with rules on their keys and
+/// values, exclusions): named components, and patches by JSON pointer.
+fn refinements() -> (serde_json::Value, Vec<(&'static str, Patch)>) {
+    use serde_json::json;
+    let components = json!({
+        "Tags": {
+            "type": "object",
+            "description": "At most 64 tags; keys of 1-128 characters, values strings, numbers or booleans (what `tag k=v` filters and firewall rules match).",
+            "maxProperties": crate::instances::MAX_TAGS,
+            "propertyNames": {"pattern": KEY},
+            "additionalProperties": {"type": ["string", "number", "boolean"], "pattern": TEXT},
+        },
+        "Metadata": {
+            "type": "object",
+            "description": "At most 128 keys of 1-128 characters outside the read-only `sdc:` namespace, string values, and at most 65,536 bytes of keys and values in all.",
+            "maxProperties": crate::instances::MAX_METADATA_KEYS,
+            "propertyNames": {"pattern": METADATA_KEY},
+            "additionalProperties": {"type": "string", "pattern": TEXT},
+        },
+        "Traits": {
+            "type": "object",
+            "description": "Names to a string, number, boolean or list of strings; a server must hold every trait of the package and the image, with an equal value.",
+            "propertyNames": {"pattern": NAME},
+            "additionalProperties": {
+                "type": ["string", "number", "boolean", "array"],
+                "pattern": TEXT,
+                "items": {"type": "string", "pattern": TEXT},
+            },
+        },
+    });
+    let to = |name: &str| Patch::Replace(json!({"$ref": format!("#/components/schemas/{name}")}));
+    let patches = vec![
+        (
+            "/components/schemas/InstanceCreate/properties/tags",
+            to("Tags"),
+        ),
+        (
+            "/components/schemas/InstanceCreate/properties/metadata",
+            to("Metadata"),
+        ),
+        (
+            "/components/schemas/InstanceCreate/properties/affinity/items",
+            Patch::Merge(json!({"pattern": AFFINITY})),
+        ),
+        (
+            "/paths/~1v1~1instances~1{id}~1tags/put/requestBody/content/application~1json/schema",
+            to("Tags"),
+        ),
+        (
+            "/paths/~1v1~1instances~1{id}~1tags/post/requestBody/content/application~1json/schema",
+            to("Tags"),
+        ),
+        (
+            "/paths/~1v1~1instances~1{id}~1metadata/put/requestBody/content/application~1json/schema",
+            to("Metadata"),
+        ),
+        (
+            "/paths/~1v1~1instances~1{id}~1metadata/post/requestBody/content/application~1json/schema",
+            to("Metadata"),
+        ),
+        (
+            "/components/schemas/PackageCreate/properties/traits",
+            to("Traits"),
+        ),
+        (
+            "/components/schemas/PackageUpdate/properties/traits",
+            Patch::Replace(json!(
+            {"oneOf": [{"$ref": "#/components/schemas/Traits"}, {"type": "null"}]})),
+        ),
+        (
+            "/components/schemas/ServerSetup/properties/traits",
+            to("Traits"),
+        ),
+        (
+            "/components/schemas/ServerSetup/properties/nic_tags",
+            Patch::Merge(json!({
+                "propertyNames": {"pattern": NAME},
+                "additionalProperties": {"type": "string", "pattern": crate::validate::INTERFACE},
+            })),
+        ),
+        (
+            "/paths/~1v1~1images~1{id}~1file/put/requestBody/content/application~1octet-stream/schema",
+            Patch::Replace(json!({"type": "string", "format": "binary"})),
+        ),
+        (
+            "/components/schemas/NetworkCreate/properties/vlan_id",
+            Patch::Merge(json!({"not": {"const": 1}})),
+        ),
+        (
+            "/components/schemas/NetworkCreate/properties/resolvers/items",
+            Patch::Replace(json!(
+            {"type": "string", "format": "ipv4"})),
+        ),
+        (
+            "/components/schemas/NetworkCreate/properties/routes",
+            Patch::Merge(json!({
+                "maxProperties": 64,
+                "propertyNames": {"format": "ipv4-cidr"},
+                "additionalProperties": {"type": "string", "format": "ipv4"},
+            })),
+        ),
+    ];
+    (components, patches)
+}
+
+/// Applies `refinements`, and returns the pointers that led nowhere (the
+/// unit test below fails on any).
+fn refine(doc: &mut serde_json::Value) -> Vec<&'static str> {
+    use serde_json::Value;
+    let (components, patches) = refinements();
+    if let (Some(schemas), Value::Object(new)) =
+        (doc["components"]["schemas"].as_object_mut(), components)
+    {
+        schemas.extend(new);
+    }
+    let mut missed = Vec::new();
+    for (pointer, patch) in patches {
+        match (doc.pointer_mut(pointer), patch) {
+            (Some(target), Patch::Replace(new)) => *target = new,
+            (Some(Value::Object(target)), Patch::Merge(Value::Object(new))) => target.extend(new),
+            _ => missed.push(pointer),
+        }
+    }
+    missed
 }
 
 /// Puts the text rule on every string (and map key) of a schema that has
@@ -198,6 +386,12 @@ fn text_rule(schema: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_refinement_finds_its_schema() {
+        let mut doc = serde_json::to_value(<super::ApiDoc as utoipa::OpenApi>::openapi()).unwrap();
+        assert_eq!(super::refine(&mut doc), Vec::<&str>::new());
+    }
+
     #[test]
     fn openapi_json_committed_in_api_matches_the_code() {
         let generated = serde_json::to_string_pretty(&super::spec()).unwrap() + "\n";

@@ -65,32 +65,34 @@ pub enum AffinityTarget {
 }
 
 impl Affinity {
-    /// Parses `instance==web*`, `instance!=~db1`, `server==<uuid>`.
+    /// Parses `instance==web*`, `instance!=~db1`, `server==<uuid>`
+    /// (`container` is a synonym of `instance`); exactly the OpenAPI
+    /// document's `AFFINITY` pattern.
     pub fn parse(s: &str) -> Result<Affinity, String> {
-        let (key, rest) = s
-            .split_once("==")
-            .map(|(k, r)| (k, (true, r)))
-            .or_else(|| s.split_once("!=").map(|(k, r)| (k, (false, r))))
-            .ok_or_else(|| format!("{s:?} is not a rule like instance==web* or instance!=~db1"))?;
-        let (together, rest) = rest;
+        let unreadable = || format!("{s:?} is not a rule like instance==web* or instance!=~db1");
+        let (key, rest) = ["instance", "container", "server"]
+            .into_iter()
+            .find_map(|k| Some((k, s.strip_prefix(k)?)))
+            .ok_or_else(|| format!("{s:?}: the key is instance or server"))?;
+        let (together, rest) = match (rest.strip_prefix("=="), rest.strip_prefix("!=")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            (None, None) => return Err(unreadable()),
+        };
         let (soft, value) = match rest.strip_prefix('~') {
             Some(v) => (true, v),
             None => (false, rest),
         };
-        let value = value.trim();
-        if value.is_empty() || value.len() > 128 {
+        if value.is_empty() || value.starts_with('~') || value.chars().count() > 128 {
             return Err(format!("{s:?} has an empty or overlong value"));
         }
-        let target = match key.trim() {
-            "instance" | "container" => AffinityTarget::Instance(value.to_string()),
+        let target = match key {
             "server" => AffinityTarget::Server(
-                value
-                    .parse()
-                    .map_err(|_| format!("{s:?}: {value:?} is not a server id"))?,
+                crate::db::parse_uuid(value)
+                    .map(ServerId)
+                    .ok_or_else(|| format!("{s:?}: {value:?} is not a server id"))?,
             ),
-            other => {
-                return Err(format!("{s:?}: unknown key {other:?} (instance or server)"));
-            }
+            _ => AffinityTarget::Instance(value.to_string()),
         };
         Ok(Affinity {
             target,

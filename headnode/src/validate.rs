@@ -37,7 +37,11 @@ pub fn name(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// A network interface name as Linux accepts it (1-15 bytes, no '/', no space).
+/// What `interface` takes, as the OpenAPI document says it.
+pub const INTERFACE: &str = "^(?!\\.\\.?$)[!-.0-9;-~]{1,15}$";
+
+/// A network interface name as Linux accepts it, in printable ASCII: 1-15
+/// characters, no '/', ':' or space, not `.` or `..` (`INTERFACE`).
 pub fn interface(field: &str, value: &str) -> Result<()> {
     if value.is_empty() || value.len() > 15 {
         return Err(Error::invalid(
@@ -48,11 +52,36 @@ pub fn interface(field: &str, value: &str) -> Result<()> {
             ),
         ));
     }
-    if value.contains(['/', ' ', ':']) || value == "." || value == ".." {
+    let printable = |c: char| c.is_ascii_graphic() && c != '/' && c != ':';
+    if !value.chars().all(printable) || value == "." || value == ".." {
         return Err(Error::invalid(
             field,
             format!("{:?} is not a valid interface name", truncate(value)),
         ));
+    }
+    Ok(())
+}
+
+/// Traits (of packages and servers): names to a string, number, boolean or
+/// list of strings.
+pub fn traits(
+    field: &str,
+    traits: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<()> {
+    use serde_json::Value;
+    for (k, v) in traits {
+        name(field, k)?;
+        let ok = match v {
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => true,
+            Value::Array(items) => items.iter().all(Value::is_string),
+            Value::Null | Value::Object(_) => false,
+        };
+        if !ok {
+            return Err(Error::invalid(
+                &format!("{field}.{k}"),
+                "a trait is a string, a number, a boolean or a list of strings",
+            ));
+        }
     }
     Ok(())
 }
@@ -88,6 +117,45 @@ pub fn image_label(name_: &str, version: &str, description: &str) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_are_printable_ascii_without_slash_colon_or_dots() {
+        for ok in ["eth0", "br-ext.100", "x", "abcdefghijklmno"] {
+            assert!(interface("i", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "abcdefghijklmnop",
+            "ethé",
+        ] {
+            assert!(interface("i", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn traits_are_named_and_hold_strings_numbers_booleans_or_string_lists() {
+        let t = |v: serde_json::Value| serde_json::from_value(v).unwrap();
+        assert!(
+            traits(
+                "traits",
+                &t(serde_json::json!({"ssd": true, "rack": "a1", "gen": 3, "hw": ["x", "y"]}))
+            )
+            .is_ok()
+        );
+        for bad in [
+            serde_json::json!({"": true}),
+            serde_json::json!({"x": null}),
+            serde_json::json!({"x": {}}),
+            serde_json::json!({"x": [1]}),
+        ] {
+            assert!(traits("traits", &t(bad.clone())).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn names_are_checked_for_length_charset_and_first_character() {

@@ -247,9 +247,9 @@ async fn bad_create_requests_get_a_4xx_naming_the_field_and_leave_nothing() {
     let cases = [
         (json!({"alias": "-bad"}), 400, "alias"),
         (json!({"alias": "x".repeat(10_000)}), 400, "alias"),
-        (json!({"image": "nope"}), 400, "image"),
-        (json!({"package": "nope"}), 400, "package"),
-        (json!({"networks": ["nope"]}), 400, "networks"),
+        (json!({"image": "nope"}), 404, "image"),
+        (json!({"package": "nope"}), 404, "package"),
+        (json!({"networks": ["nope"]}), 404, "network \"nope\""),
         (json!({"networks": ["net", "net"]}), 400, "networks"),
         (json!({"affinity": ["instance<>x"]}), 400, "affinity"),
         (json!({"tags": {"a": {"nested": 1}}}), 400, "tags"),

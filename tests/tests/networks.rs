@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use nereid_tests::api::{Api, assert_error};
+use nereid_tests::api::{Api, assert_error, assert_error_says};
 use nereid_tests::procs::{Headnode, HeadnodeOpts};
 use serde_json::{Value, json};
 
@@ -115,15 +115,16 @@ async fn specific_addresses_are_reserved_once_and_freed() {
         409,
         "Conflict",
     );
+    // An address the network does not hold conflicts with its subnet.
     assert_error(
         &op.post(&ips, &json!({"ip": "10.78.1.5"})).await,
-        400,
-        "InvalidArgument",
+        409,
+        "Conflict",
     );
     assert_error(
         &op.post(&ips, &json!({"ip": "10.78.0.255"})).await,
-        400,
-        "InvalidArgument",
+        409,
+        "Conflict",
     );
     assert_error(
         &op.post(&ips, &json!({"ip": "banana"})).await,
@@ -185,8 +186,8 @@ async fn bad_networks_get_4xx_naming_the_field() {
         (with(&|b| b["gateway"] = json!("10.99.0.1")), 400, "gateway"),
         (with(&|b| b["vlan_id"] = json!(1)), 400, "VLAN 1"),
         (with(&|b| b["vlan_id"] = json!(5000)), 400, "vlan_id"),
-        (with(&|b| b["nic_tag"] = json!("nosuchtag")), 400, "nic_tag"),
-        (with(&|b| b["mtu"] = json!(9000)), 400, "mtu"),
+        (with(&|b| b["nic_tag"] = json!("nosuchtag")), 404, "nic tag"),
+        (with(&|b| b["mtu"] = json!(9000)), 409, "mtu"),
         (
             with(&|b| b["name"] = json!("n".repeat(10_000))),
             400,
@@ -319,10 +320,6 @@ async fn package_sizes_are_immutable_and_used_packages_only_deactivate() {
             json!({"name": "b", "version": "1", "memory_mb": -5, "vcpus": 1, "disk_mb": 1, "brand": "kvm"}),
             "memory_mb",
         ),
-        (
-            json!({"name": "b", "version": "1", "memory_mb": 64, "vcpus": 1, "disk_mb": 1, "brand": "kvm", "owners": [uuid::Uuid::now_v7()]}),
-            "owners",
-        ),
     ] {
         let r = op.post("/v1/packages", &body).await;
         assert_error(&r, 400, "InvalidArgument");
@@ -332,4 +329,13 @@ async fn package_sizes_are_immutable_and_used_packages_only_deactivate() {
             r.1
         );
     }
+    // An owner that does not exist is not found, as it would be in a path.
+    let nobody = uuid::Uuid::now_v7();
+    let r = op
+        .post(
+            "/v1/packages",
+            &json!({"name": "b", "version": "1", "memory_mb": 64, "vcpus": 1, "disk_mb": 1, "brand": "kvm", "owners": [nobody]}),
+        )
+        .await;
+    assert_error_says(&r, 404, "NotFound", &format!("account {nobody}"));
 }

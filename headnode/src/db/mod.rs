@@ -128,11 +128,16 @@ impl Datastore {
 /// Decodes a page token (the id of the last item of the previous page).
 pub fn parse_page_token(token: Option<&str>) -> Result<Option<uuid::Uuid>> {
     token
-        .map(|t| {
-            uuid::Uuid::parse_str(t)
-                .map_err(|_| Error::invalid("page_token", "malformed page token"))
-        })
+        .map(|t| parse_uuid(t).ok_or_else(|| Error::invalid("page_token", "malformed page token")))
         .transpose()
+}
+
+/// A UUID in its hyphenated form only (what the OpenAPI document's pattern
+/// says; `Uuid::parse_str` would also take the simple, braced and URN forms).
+pub fn parse_uuid(s: &str) -> Option<uuid::Uuid> {
+    (s.len() == 36)
+        .then(|| uuid::Uuid::parse_str(s).ok())
+        .flatten()
 }
 
 /// Checks `limit` and returns it with its default.

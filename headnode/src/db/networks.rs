@@ -187,20 +187,14 @@ impl Datastore {
             .fetch_optional(&mut *tx)
             .await?;
         let Some((tag_mtu,)) = tag else {
-            return Err(Error::invalid(
-                "nic_tag",
-                format!("no nic tag named {:?}", n.nic_tag),
-            ));
+            return Err(Error::not_found("nic tag", n.nic_tag));
         };
         let mtu = n.mtu.unwrap_or(tag_mtu as u32);
         if mtu > tag_mtu as u32 {
-            return Err(Error::invalid(
-                "mtu",
-                format!(
-                    "{mtu} is larger than nic tag {:?}'s MTU {tag_mtu}",
-                    n.nic_tag
-                ),
-            ));
+            return Err(Error::Conflict(format!(
+                "mtu: {mtu} is larger than nic tag {:?}'s MTU {tag_mtu}",
+                n.nic_tag
+            )));
         }
         let id = NetworkId::new();
         let resolvers: Vec<String> = a.resolvers.iter().map(|r| r.to_string()).collect();

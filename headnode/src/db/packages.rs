@@ -70,8 +70,9 @@ fn uuids(owners: &[AccountId]) -> Vec<Uuid> {
 }
 
 impl Datastore {
-    /// Fails with a field error unless every account exists.
-    pub async fn accounts_exist(&self, field: &str, ids: &[AccountId]) -> Result<()> {
+    /// Fails with a 404 naming the first account that does not exist (a body
+    /// naming an unknown account, as a path would).
+    pub async fn accounts_exist(&self, ids: &[AccountId]) -> Result<()> {
         let found: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM accounts WHERE id = ANY($1)")
             .bind(uuids(ids))
             .fetch_all(&self.pool)
@@ -80,7 +81,7 @@ impl Datastore {
             .iter()
             .find(|id| !found.iter().any(|f| f.0 == id.as_uuid()))
         {
-            return Err(Error::invalid(field, format!("no account {missing}")));
+            return Err(Error::not_found("account", missing));
         }
         Ok(())
     }

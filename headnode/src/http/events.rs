@@ -28,6 +28,7 @@ pub struct EventParams {
     /// Only the changes of this instance and of its jobs.
     pub instance: Option<InstanceId>,
     /// Resume after this event id (as `Last-Event-ID` does; the header wins).
+    #[param(pattern = "^[0-9]{1,18}-[0-9]{1,18}$")]
     pub after: Option<String>,
 }
 
@@ -100,7 +101,8 @@ fn sse(e: &Event) -> SseEvent {
 /// `at`), `id` what to send back as `Last-Event-ID` to resume after it.
 /// Events are kept for 24 hours.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{1,18}-[0-9]{1,18}$",
+            description = "Resume after this event")),
     responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub async fn events(
@@ -113,7 +115,8 @@ pub async fn events(
     if let Some(id) = q.instance {
         s.db.instance_get(id, scope).await?;
     }
-    let asked = match headers.get("last-event-id") {
+    // (An empty header is no header.)
+    let asked = match headers.get("last-event-id").filter(|v| !v.is_empty()) {
         Some(v) => Some(v.to_str().unwrap_or_default().to_string()),
         None => q.after.clone(),
     };

@@ -95,7 +95,7 @@ pub async fn fwrule_create(
         Some(req.owner.unwrap_or(p.account_id))
     };
     if let Some(o) = req.owner {
-        s.db.accounts_exist("owner", &[o]).await?;
+        s.db.accounts_exist(&[o]).await?;
     }
     let created =
         s.db.fw_rule_create(owner, &req.rule, &rule, req.enabled, &req.description)

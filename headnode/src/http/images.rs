@@ -91,6 +91,14 @@ pub async fn image_create(
         ));
     }
     let r = &req.requirements;
+    for (field, v) in [
+        ("requirements.min_ram_mb", r.min_ram_mb),
+        ("requirements.max_ram_mb", r.max_ram_mb),
+    ] {
+        if v.is_some_and(|v| v > 4 * 1024 * 1024) {
+            return Err(Error::invalid(field, "must be at most 4194304 (4 TiB)"));
+        }
+    }
     if let (Some(min), Some(max)) = (r.min_ram_mb, r.max_ram_mb)
         && min > max
     {

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::instances;
 
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = InstanceCreate,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retried create with the same key returns the first instance (200)")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,128}$", description = "A retried create with the same key returns the first instance (200)")),
     responses((status = 202, body = InstanceAccepted), (status = 200, body = InstanceAccepted),
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn instance_create(

@@ -23,6 +23,10 @@ pub struct KeyListParams {
     pub owner: Option<AccountId>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `<owner id>/<name>` of the last key of the previous page.
+    #[param(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}/[A-Za-z0-9._@:+/=-]{1,64}$"
+    )]
     pub page_token: Option<String>,
 }
 
@@ -51,10 +55,12 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// `<owner id>/<name>`: the position after which the next page starts.
 fn parse_key_token(t: Option<&str>) -> Result<Option<(uuid::Uuid, String)>> {
     t.map(|t| {
         t.split_once('/')
-            .and_then(|(o, n)| Some((uuid::Uuid::parse_str(o).ok()?, n.to_string())))
+            .filter(|(_, n)| check_name(n).is_ok())
+            .and_then(|(o, n)| Some((crate::db::parse_uuid(o)?, n.to_string())))
             .ok_or_else(|| Error::invalid("page_token", "malformed page token"))
     })
     .transpose()

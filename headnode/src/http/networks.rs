@@ -124,7 +124,7 @@ pub async fn network_create(
         &req.resolvers,
         &req.routes,
     )?;
-    s.db.accounts_exist("owners", &req.owners).await?;
+    s.db.accounts_exist(&req.owners).await?;
     let network =
         s.db.network_create(&NewNetwork {
             name: &req.name,
@@ -174,6 +174,7 @@ pub struct IpListParams {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The last address of the previous page.
+    #[param(format = Ipv4)]
     pub page_token: Option<String>,
 }
 
@@ -219,10 +220,9 @@ pub async fn network_ip_allocate(
             let net = s.db.network_get(id, None).await?;
             let subnet = ipam::Cidr::parse("subnet", &net.subnet)?;
             if !subnet.is_host(ip) {
-                return Err(Error::invalid(
-                    "ip",
-                    format!("{ip} is not a host address of {subnet}"),
-                ));
+                return Err(Error::Conflict(format!(
+                    "ip: {ip} is not a host address of network {id}'s subnet {subnet}"
+                )));
             }
             if net.gateway.as_deref() == Some(ip.to_string().as_str()) {
                 return Err(Error::Conflict(format!(
@@ -237,7 +237,7 @@ pub async fn network_ip_allocate(
 }
 
 #[utoipa::path(delete, path = "/v1/networks/{id}/ips/{ip}", tag = "networks",
-    params(("id" = String, Path, format = Uuid), ("ip" = String, Path)),
+    params(("id" = String, Path, format = Uuid), ("ip" = String, Path, format = Ipv4)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn network_ip_free(
     State(s): State<AppState>,

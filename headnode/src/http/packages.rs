@@ -51,9 +51,7 @@ fn check_sizes(p: &PackageCreate) -> Result<()> {
     if !(1..=1024 * 1024 * 1024).contains(&p.disk_mb) {
         return Err(Error::invalid("disk_mb", "must be within 1..=1073741824"));
     }
-    for k in p.traits.keys() {
-        validate::name("traits", k)?;
-    }
+    validate::traits("traits", &p.traits)?;
     Ok(())
 }
 
@@ -84,7 +82,7 @@ pub async fn package_create(
 ) -> Result<(StatusCode, Json<Package>)> {
     p.authorize(Action::PackageWrite)?;
     check_sizes(&req)?;
-    s.db.accounts_exist("owners", &req.owners).await?;
+    s.db.accounts_exist(&req.owners).await?;
     let pkg = s.db.package_create(&req).await?;
     tracing::info!(package = %pkg.id, name = %pkg.name, version = %pkg.version, "package created");
     Ok((StatusCode::CREATED, Json(pkg)))
@@ -118,12 +116,10 @@ pub async fn package_update(
         validate::text("description", d, 1024)?;
     }
     if let Some(owners) = &req.owners {
-        s.db.accounts_exist("owners", owners).await?;
+        s.db.accounts_exist(owners).await?;
     }
     if let Some(t) = &req.traits {
-        for k in t.keys() {
-            validate::name("traits", k)?;
-        }
+        validate::traits("traits", t)?;
     }
     Ok(Json(s.db.package_update(id, &req).await?))
 }

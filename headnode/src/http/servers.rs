@@ -78,9 +78,7 @@ pub async fn server_setup(
         crate::validate::name("nic_tags", tag)?;
         crate::validate::interface(&format!("nic_tags.{tag}"), iface)?;
     }
-    for key in body.traits.keys() {
-        crate::validate::name("traits", key)?;
-    }
+    crate::validate::traits("traits", &body.traits)?;
     Ok(Json(crate::setup::setup_server(&s, id, &body).await?))
 }
 
