@@ -27,6 +27,9 @@ pub struct Server {
     pub id: ServerId,
     pub hostname: String,
     pub status: ServerStatus,
+    /// Why it is `unknown` (no heartbeat since when, its certificate
+    /// expired or was revoked); null otherwise.
+    pub status_reason: Option<String>,
     /// A reserved server takes no new instances.
     pub reserved: bool,
     pub machine_id: String,
@@ -53,6 +56,8 @@ pub struct ServerCertificate {
     /// The sha256 (hex) of the certificate.
     pub sha256: String,
     pub not_after: DateTime<Utc>,
+    /// When an operator revoked it (refused since); null if it was not.
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// An instance a node has that the database does not place on it (unknown,

@@ -1,5 +1,6 @@
 //! Rotating a node's certificate without restarting anything on it: the
-//! node makes a new key, the CA certifies it, the node installs it.
+//! node makes a new key, the CA certifies it, the node installs it. And
+//! revoking one: refused at once, short of deleting the server.
 //!
 //! Each step can be interrupted: until the node presents the new
 //! certificate the old one keeps working (both are accepted), and the
@@ -33,5 +34,16 @@ pub async fn rotate(s: &AppState, id: ServerId) -> Result<ServerCertificate> {
     Ok(ServerCertificate {
         sha256: issued.sha256,
         not_after: issued.not_after,
+        revoked_at: None,
     })
+}
+
+/// Revokes the server's certificate (and a rotation's pending one): its
+/// heartbeats and image downloads are refused from now on and the server is
+/// `unknown`, with the reason, until a rotation gives the node a new key.
+/// Revoking again changes nothing.
+pub async fn revoke(s: &AppState, id: ServerId) -> Result<nereid_api::Server> {
+    let at = s.db.server_cert_revoke(id).await?;
+    tracing::warn!(server = %id, revoked_at = %at, "node certificate revoked");
+    s.db.server_get(id).await
 }

@@ -50,6 +50,11 @@ pub struct Flags {
     /// headnodes of one datacenter share it.
     #[arg(long, env = "NEREID_PKI_DIR")]
     pub pki_dir: Option<PathBuf>,
+    /// How long a node's certificate is valid, in seconds (default one
+    /// year); an expired one is refused, and its server shown `unknown`
+    /// with the reason until it is rotated or the node re-joins.
+    #[arg(long, env = "NEREID_NODE_CERT_LIFETIME_SECS")]
+    pub node_cert_lifetime_secs: Option<u64>,
     /// How long a claimed job stays this headnode's without renewal, in ms;
     /// a dead headnode's jobs are taken over after it.
     #[arg(long, env = "NEREID_JOB_LEASE_MS")]
@@ -110,6 +115,7 @@ struct FileConfig {
     image_store: Option<PathBuf>,
     log_format: Option<String>,
     pki_dir: Option<PathBuf>,
+    node_cert_lifetime_secs: Option<u64>,
     rest_tls_cert: Option<PathBuf>,
     rest_tls_key: Option<PathBuf>,
     job_lease_ms: Option<u64>,
@@ -183,6 +189,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The CA's key and certificate (default `<state_dir>/pki`).
     pub pki_dir: PathBuf,
+    /// How long the certificates issued to nodes are valid.
+    pub node_cert_lifetime: Duration,
     /// The REST API's certificate chain and key files (PEM), when it serves TLS.
     pub rest_tls: Option<(PathBuf, PathBuf)>,
     pub job_lease: Duration,
@@ -321,6 +329,15 @@ impl Config {
                 ));
             }
         };
+        let node_cert_lifetime_secs = flags
+            .node_cert_lifetime_secs
+            .or(file.node_cert_lifetime_secs)
+            .unwrap_or(365 * 86_400);
+        if !(1..=10 * 365 * 86_400).contains(&node_cert_lifetime_secs) {
+            return Err(ConfigError::Invalid(
+                "node_cert_lifetime_secs must be within 1..=315360000 (ten years)".into(),
+            ));
+        }
         Ok(Config {
             rest_tls,
             limits,
@@ -334,6 +351,7 @@ impl Config {
                 .clone()
                 .or(file.pki_dir)
                 .unwrap_or_else(|| state_dir.join("pki")),
+            node_cert_lifetime: Duration::from_secs(node_cert_lifetime_secs),
             job_lease: Duration::from_millis(job_lease_ms),
             job_workers,
             reconcile_interval: Duration::from_millis(reconcile_ms),

@@ -133,9 +133,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let rest_addr = rest.local_addr()?;
     let grpc_addr = grpc.local_addr()?;
     let pki = Arc::new(
-        pki::Pki::load(&config.pki_dir)
+        pki::Pki::load(&config.pki_dir, config.node_cert_lifetime)
             .with_context(|| format!("loading the CA from {}", config.pki_dir.display()))?,
     );
+    let recorded = db.datacenter_ca(&pki.ca_fingerprint()).await?;
+    if recorded != pki.ca_fingerprint() {
+        anyhow::bail!(
+            "this database belongs to a datacenter whose CA has sha256 {recorded}, but the pki dir {} holds a CA with sha256 {}: start every headnode of a datacenter with the same --pki-dir",
+            config.pki_dir.display(),
+            pki.ca_fingerprint()
+        );
+    }
     tracing::info!(ca_sha256 = %pki.ca_fingerprint(), "mutual TLS with agents");
     let metrics = Arc::new(metrics::Metrics::default());
     let state = AppState {

@@ -17,7 +17,7 @@ use crate::http;
         http::servers::server_list, http::servers::server_get, http::servers::server_setup,
         http::servers::server_reserve, http::servers::server_unreserve, http::servers::server_delete,
         http::servers::join_token_create, http::servers::server_orphans,
-        http::servers::server_certificate_rotate,
+        http::servers::server_certificate_rotate, http::servers::server_certificate_revoke,
         http::images::image_list, http::images::image_create, http::images::image_get, http::images::image_delete,
         http::images::image_file_put, http::images::image_file_get, http::images::image_activate,
         http::images::image_disable, http::images::image_enable, http::images::image_from_instance,

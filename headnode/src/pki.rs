@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 pub struct Pki {
     ca: Ca,
     identity: Arc<Identity>,
+    node_cert_lifetime: std::time::Duration,
 }
 
 /// A certificate issued to a node.
@@ -27,10 +28,14 @@ pub struct Issued {
 }
 
 impl Pki {
-    pub fn load(dir: &Path) -> anyhow::Result<Pki> {
+    pub fn load(dir: &Path, node_cert_lifetime: std::time::Duration) -> anyhow::Result<Pki> {
         let ca = Ca::load_or_create(dir)?;
         let identity = ca.identity(HEADNODE_NAME)?;
-        Ok(Pki { ca, identity })
+        Ok(Pki {
+            ca,
+            identity,
+            node_cert_lifetime,
+        })
     }
 
     /// The sha256 of the CA certificate, which join tokens carry.
@@ -46,7 +51,11 @@ impl Pki {
     pub fn issue_node(&self, server: ServerId, public_key: &[u8]) -> Result<Issued> {
         let (pem, not_after) = self
             .ca
-            .issue(&nereid_tls::node_name(&server.to_string()), public_key)
+            .issue_valid_for(
+                &nereid_tls::node_name(&server.to_string()),
+                public_key,
+                self.node_cert_lifetime,
+            )
             .map_err(|e| Error::InvalidArgument(format!("cannot certify the node's key: {e}")))?;
         let der = nereid_tls::pki::certs_from_pem("the issued certificate", &pem)
             .map_err(|e| Error::Internal(e.to_string()))?

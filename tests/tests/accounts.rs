@@ -32,17 +32,16 @@ async fn the_first_start_writes_the_operator_token_once_to_a_root_only_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_headnodes_starting_on_one_empty_database_make_exactly_one_operator() {
     let db = nereid_tests::pg::fresh_database().await;
+    // Headnodes of one datacenter share its CA.
+    let pki = tempfile::tempdir().unwrap();
+    nereid_tls::Ca::load_or_create(pki.path()).unwrap();
+    let opts = HeadnodeOpts {
+        args: vec!["--pki-dir".into(), pki.path().display().to_string()],
+        ..Default::default()
+    };
     let (a, b) = tokio::join!(
-        Headnode::start_on(
-            db.clone(),
-            tempfile::tempdir().unwrap(),
-            HeadnodeOpts::default()
-        ),
-        Headnode::start_on(
-            db.clone(),
-            tempfile::tempdir().unwrap(),
-            HeadnodeOpts::default()
-        ),
+        Headnode::start_on(db.clone(), tempfile::tempdir().unwrap(), opts.clone()),
+        Headnode::start_on(db.clone(), tempfile::tempdir().unwrap(), opts.clone()),
     );
     let written: Vec<_> = [&a, &b]
         .iter()

@@ -64,7 +64,7 @@ async fn schemathesis_finds_nothing_in_the_served_openapi_document() {
             &format!("Authorization: Bearer {}", h.operator_token()),
         ])
         .args(["--checks", "all", "--max-examples", "20", "--seed", "1"])
-        .args(["--workers", "2", "--generation-database", "none"])
+        .args(["--workers", "1", "--generation-database", "none"])
         .arg("--report-dir")
         .arg(&report)
         .current_dir(h.state.path())

@@ -252,10 +252,11 @@ async fn a_running_container_is_resized_in_place_and_bad_resizes_change_nothing(
         400,
         "InvalidArgument",
     );
+    // A package that does not exist is not found, as it would be by id.
     assert_error(
         &op.post(&resize, &json!({"package": "nope"})).await,
-        400,
-        "InvalidArgument",
+        404,
+        "NotFound",
     );
     assert_eq!(
         dc.capacity_used().await,

@@ -1,6 +1,7 @@
 //! Mutual TLS between headnode and agents, with real processes: who may call
 //! an agent, certificate rotation without a restart (the old certificate is
-//! refused afterwards), and what a capture of the control traffic shows.
+//! refused afterwards), revocation and expiry (refused, and the server says
+//! why), and what a capture of the control traffic shows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use nereid_proto::v1 as pb;
 use nereid_tests::api::assert_error;
 use nereid_tests::procs::{Agent, Headnode, HeadnodeOpts};
-use nereid_tests::wait_for;
+use nereid_tests::{wait_for, wait_for_log};
 use serde_json::Value;
 
 async fn server(h: &Headnode, id: &str) -> Value {
@@ -115,25 +116,54 @@ async fn only_a_headnode_certificate_of_the_datacenters_ca_may_call_an_agent() {
     assert!(format!("{err:?}").contains("certificate"), "{err:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rotated_certificate_takes_over_without_a_restart_and_the_old_one_is_refused() {
+/// A node joined to a headnode with fast heartbeats (and `args`), whose
+/// first heartbeat with its own certificate was taken.
+struct Joined {
+    h: Headnode,
+    agent: Agent,
+    id: String,
+    /// The sha256 of the certificate it joined with, and that identity.
+    first: String,
+    identity: Arc<nereid_tls::Identity>,
+    address: String,
+}
+
+async fn joined(args: &[&str]) -> Joined {
     let h = Headnode::start(HeadnodeOpts {
         heartbeat_interval_ms: 300,
+        args: args.iter().map(|a| a.to_string()).collect(),
         ..Default::default()
     })
     .await;
     let agent = Agent::start(&h.grpc_url, &h.join_token().await);
     let id = agent.server_id().await;
-    let (first, old) = node_identity(&agent);
-    assert_eq!(
-        server(&h, &id).await["certificate"]["sha256"],
-        first.as_str()
-    );
-    let address = server(&h, &id).await["agent_address"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    heartbeat(&h, old.clone(), &id, &address).await.unwrap();
+    let (first, identity) = node_identity(&agent);
+    let s = server(&h, &id).await;
+    assert_eq!(s["certificate"]["sha256"], first.as_str());
+    let address = s["agent_address"].as_str().unwrap().to_string();
+    heartbeat(&h, identity.clone(), &id, &address)
+        .await
+        .unwrap();
+    Joined {
+        h,
+        agent,
+        id,
+        first,
+        identity,
+        address,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_certificate_takes_over_without_a_restart_and_the_old_one_is_refused() {
+    let Joined {
+        h,
+        agent,
+        id,
+        first,
+        identity: old,
+        address,
+    } = joined(&[]).await;
     let pid = agent.proc.pid();
 
     let (_, tenant) = h.tenant("t").await;
@@ -195,6 +225,151 @@ async fn a_rotated_certificate_takes_over_without_a_restart_and_the_old_one_is_r
         .await;
     assert_eq!(log.0, 200, "{}", log.1);
     assert_eq!(log.1["items"].as_array().unwrap().len(), 2, "{}", log.1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_is_refused_at_once_and_the_server_says_why_until_a_rotation() {
+    let Joined {
+        h,
+        agent,
+        id,
+        first,
+        identity: old,
+        address,
+    } = joined(&[]).await;
+    let revoke = format!("/v1/servers/{id}/certificate/revoke");
+
+    let (_, tenant) = h.tenant("t").await;
+    assert_error(
+        &tenant.post(&revoke, &serde_json::json!({})).await,
+        403,
+        "Forbidden",
+    );
+    assert_error(
+        &h.operator()
+            .post(
+                "/v1/servers/00000000-0000-0000-0000-000000000001/certificate/revoke",
+                &serde_json::json!({}),
+            )
+            .await,
+        404,
+        "NotFound",
+    );
+    let (st, s) = h.operator().post(&revoke, &serde_json::json!({})).await;
+    assert_eq!(st, 200, "{s}");
+    assert_eq!(s["status"], "unknown", "{s}");
+    let why = s["status_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("certificate was revoked"), "{s}");
+    let revoked_at = s["certificate"]["revoked_at"].clone();
+    assert!(revoked_at.is_string(), "{s}");
+    assert_eq!(s["certificate"]["sha256"], first.as_str());
+    // Refused at once, by the node's own agent too.
+    let err = heartbeat(&h, old.clone(), &id, &address).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    wait_for_log(&agent.proc, "certificate was revoked at", 2).await;
+    // Revoking again changes nothing.
+    let (st, again) = h.operator().post(&revoke, &serde_json::json!({})).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["certificate"]["revoked_at"], revoked_at);
+
+    // A rotation gives the node a new key; its certificate is taken, the
+    // revoked one stays refused.
+    let (st, cert) = h
+        .operator()
+        .post(
+            &format!("/v1/servers/{id}/certificate"),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(st, 200, "{cert}");
+    let s = wait_for(
+        "the server back with its new certificate",
+        Duration::from_secs(20),
+        || {
+            let h = &h;
+            let id = id.clone();
+            async move {
+                let s = server(h, &id).await;
+                (s["status"] != "unknown").then_some(s)
+            }
+        },
+    )
+    .await;
+    assert_eq!(s["certificate"]["sha256"], cert["sha256"], "{s}");
+    assert!(s["certificate"]["revoked_at"].is_null(), "{s}");
+    assert!(s["status_reason"].is_null(), "{s}");
+    let err = heartbeat(&h, old, &id, &address).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let log = h
+        .operator()
+        .get("/v1/audit?action=server.revoke_certificate")
+        .await;
+    assert_eq!(
+        log.1["items"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        log.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_is_refused_and_the_server_says_so() {
+    let Joined {
+        h,
+        id,
+        identity,
+        address,
+        ..
+    } = joined(&["--node-cert-lifetime-secs", "5"]).await;
+    let s = server(&h, &id).await;
+    assert_ne!(s["status"], "unknown", "{s}");
+    let not_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(s["certificate"]["not_after"].clone()).unwrap();
+    // Past its end (second precision), the certificate fails the handshake.
+    let left = (not_after - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
+    let s = server(&h, &id).await;
+    assert_eq!(s["status"], "unknown", "{s}");
+    let why = s["status_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("certificate expired at"), "{s}");
+    let refused_before = h.proc.log_text().matches("TLS handshake refused").count();
+    let err = heartbeat(&h, identity, &id, &address).await.unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    wait_for_log(&h.proc, "TLS handshake refused", refused_before + 1).await;
+    assert!(
+        h.proc.log_text().contains("certificate expired"),
+        "the headnode says why it refused the handshake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_headnode_with_another_ca_refuses_to_start_on_the_datacenters_database() {
+    let h = Headnode::start(HeadnodeOpts::default()).await;
+    let other = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(nereid_tests::procs::bin("nereid-headnode"))
+        .arg("--database-url")
+        .arg(&h.database_url)
+        .args([
+            "--rest-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("whose CA has sha256 {}", h.ca().fingerprint())),
+        "{err}"
+    );
+    assert!(err.contains("--pki-dir"), "{err}");
+    // The datacenter's own headnode is unaffected.
+    assert_eq!(h.operator().get("/v1/servers").await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -133,11 +133,11 @@ impl PublicKeyData for RawP256<'_> {
     }
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
+fn validity(params: &mut CertificateParams, lifetime: time::Duration) {
     let now = time::OffsetDateTime::now_utc();
     // A little slack for clocks that disagree.
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(days);
+    params.not_after = now + lifetime;
 }
 
 /// The datacenter's certificate authority.
@@ -192,7 +192,7 @@ impl Ca {
         }
         let key = KeyPair::generate().map_err(|e| invalid("a new CA key", e))?;
         let mut params = Ca::params(&key);
-        validity(&mut params, CA_DAYS);
+        validity(&mut params, time::Duration::days(CA_DAYS));
         let cert = params
             .self_signed(&key)
             .map_err(|e| invalid("the new CA certificate", e))?;
@@ -216,6 +216,7 @@ impl Ca {
         &self,
         name: &str,
         public_key: &impl PublicKeyData,
+        lifetime: time::Duration,
     ) -> Result<(String, time::OffsetDateTime), PkiError> {
         let mut params =
             CertificateParams::new(vec![name.to_string()]).map_err(|e| invalid(name, e))?;
@@ -226,7 +227,7 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        validity(&mut params, CERT_DAYS);
+        validity(&mut params, lifetime);
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params
             .signed_by(public_key, &issuer)
@@ -236,15 +237,31 @@ impl Ca {
 
     /// A certificate for `name` on a node's public key (a raw P-256 point,
     /// as [`NodeKey::public_key`] gives it). Returns the PEM and its expiry
-    /// (unix seconds).
+    /// (unix seconds). Valid for `CERT_DAYS`.
     pub fn issue(&self, name: &str, public_key: &[u8]) -> Result<(String, i64), PkiError> {
+        self.issue_valid_for(
+            name,
+            public_key,
+            std::time::Duration::from_secs(CERT_DAYS as u64 * 86_400),
+        )
+    }
+
+    /// As [`Ca::issue`], valid for `lifetime` from now.
+    pub fn issue_valid_for(
+        &self,
+        name: &str,
+        public_key: &[u8],
+        lifetime: std::time::Duration,
+    ) -> Result<(String, i64), PkiError> {
         if public_key.len() != 65 || public_key[0] != 4 {
             return Err(invalid(
                 "the public key",
                 "expected an uncompressed P-256 point (65 bytes starting with 0x04)",
             ));
         }
-        let (pem, not_after) = self.issue_for(name, &RawP256(public_key))?;
+        let lifetime = time::Duration::try_from(lifetime)
+            .map_err(|e| invalid("the certificate's lifetime", e))?;
+        let (pem, not_after) = self.issue_for(name, &RawP256(public_key), lifetime)?;
         Ok((pem, not_after.unix_timestamp()))
     }
 

@@ -52,6 +52,10 @@ pub enum ServerCmd {
     /// Give the node a new key and certificate (nothing on it restarts).
     #[command(name = "rotate-certificate")]
     RotateCertificate { id: String },
+    /// Refuse the node's certificate from now on (the server shows
+    /// `unknown` until a rotation gives it a new one).
+    #[command(name = "revoke-certificate")]
+    RevokeCertificate { id: String },
     /// Join tokens.
     #[command(subcommand, name = "join-token")]
     JoinToken(JoinTokenCmd),
@@ -175,6 +179,11 @@ pub async fn run(c: &Client, fmt: Format, cmd: ServerCmd) -> anyhow::Result<()> 
                 ]),
             }
         }
+        ServerCmd::RevokeCertificate { id } => show(
+            fmt,
+            &c.post(&format!("/v1/servers/{id}/certificate/revoke"), &())
+                .await?,
+        ),
         ServerCmd::Delete { id, force } => {
             let path = if force {
                 format!("/v1/servers/{id}?force=true")
@@ -227,7 +236,13 @@ fn show(fmt: Format, s: &Server) {
     output::fields(vec![
         ("id", s.id.to_string()),
         ("hostname", s.hostname.clone()),
-        ("status", s.status.as_str().to_string()),
+        (
+            "status",
+            match &s.status_reason {
+                Some(why) => format!("{} ({why})", s.status.as_str()),
+                None => s.status.as_str().to_string(),
+            },
+        ),
         ("reserved", s.reserved.to_string()),
         ("machine id", s.machine_id.clone()),
         (
@@ -264,7 +279,10 @@ fn show(fmt: Format, s: &Server) {
             "certificate",
             s.certificate
                 .as_ref()
-                .map(|c| format!("sha256 {} until {}", c.sha256, c.not_after.to_rfc3339()))
+                .map(|c| match c.revoked_at {
+                    Some(r) => format!("sha256 {} REVOKED at {}", c.sha256, r.to_rfc3339()),
+                    None => format!("sha256 {} until {}", c.sha256, c.not_after.to_rfc3339()),
+                })
                 .unwrap_or_else(|| "none (re-join this node)".into()),
         ),
     ]);

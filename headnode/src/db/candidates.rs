@@ -148,13 +148,12 @@ impl Datastore {
             drop(shared);
             return self.build(&rows, false).await;
         }
-        let moving: Vec<MovingRow> = sqlx::query_as(
-            "SELECT id, static_version,
-                    CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1)
-                         THEN 'unknown' WHEN setup_state = 'setup' THEN 'running' ELSE setup_state END,
-                    used_ram_mb, used_disk_mb, used_vcpus
-               FROM servers WHERE $2::uuid IS NULL OR id = $2",
-        )
+        let moving: Vec<MovingRow> = sqlx::query_as(concat!(
+            "SELECT id, static_version, ",
+            super::servers::server_status_sql!(),
+            ", used_ram_mb, used_disk_mb, used_vcpus
+               FROM servers WHERE $2::uuid IS NULL OR id = $2"
+        ))
         .bind(self.heartbeat_deadline.as_secs_f64())
         .bind(only.map(|s| s.as_uuid()))
         .fetch_all(&self.pool)

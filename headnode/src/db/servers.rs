@@ -44,6 +44,7 @@ struct ServerRow {
     sync_error: Option<String>,
     cert_sha256: Option<String>,
     cert_not_after: Option<DateTime<Utc>>,
+    cert_revoked_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
 }
 
@@ -52,10 +53,26 @@ impl ServerRow {
         let status = ServerStatus::parse(&self.status).ok_or_else(|| {
             Error::Internal(format!("server {} has status {:?}", self.id, self.status))
         })?;
+        let status_reason = (status == ServerStatus::Unknown).then(|| {
+            let at = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            match (self.cert_revoked_at, self.cert_not_after, self.last_heartbeat) {
+                (Some(r), _, _) => format!(
+                    "its certificate was revoked at {}: rotate it to give the node a new one, or delete the server",
+                    at(r)
+                ),
+                (None, Some(n), _) if n <= Utc::now() => format!(
+                    "its certificate expired at {}: delete the server and join the node again",
+                    at(n)
+                ),
+                (None, _, Some(h)) => format!("no heartbeat since {}", at(h)),
+                (None, _, None) => "no heartbeat yet".to_string(),
+            }
+        });
         Ok(Server {
             id: self.id.into(),
             hostname: self.hostname,
             status,
+            status_reason,
             reserved: self.reserved,
             machine_id: self.machine_id,
             sysinfo: self.sysinfo.0,
@@ -66,9 +83,11 @@ impl ServerRow {
             last_heartbeat: self.last_heartbeat,
             sync_error: self.sync_error,
             certificate: match (self.cert_sha256, self.cert_not_after) {
-                (Some(sha256), Some(not_after)) => {
-                    Some(nereid_api::ServerCertificate { sha256, not_after })
-                }
+                (Some(sha256), Some(not_after)) => Some(nereid_api::ServerCertificate {
+                    sha256,
+                    not_after,
+                    revoked_at: self.cert_revoked_at,
+                }),
                 _ => None,
             },
             created_at: self.created_at,
@@ -76,13 +95,27 @@ impl ServerRow {
     }
 }
 
+/// A server's status, derived from a row of `servers`; `$1` is the
+/// heartbeat deadline in seconds. A server whose certificate expired or was
+/// revoked is `unknown` at once (its heartbeats are refused from then on).
+macro_rules! server_status_sql {
+    () => {
+        "CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1)
+             OR cert_revoked_at IS NOT NULL OR cert_not_after <= now() THEN 'unknown'
+         WHEN setup_state = 'setup' THEN 'running'
+         ELSE setup_state END"
+    };
+}
+pub(super) use server_status_sql;
+
 /// The servers with their derived status; `$1` is the heartbeat deadline in seconds.
-pub(super) const SERVERS: &str = "(SELECT id, hostname, machine_id, reserved, sysinfo, setup, usage, agent_address,
-        agent_version, last_heartbeat, sync_error, cert_sha256, cert_not_after, created_at,
-        CASE WHEN last_heartbeat IS NULL OR last_heartbeat < now() - make_interval(secs => $1) THEN 'unknown'
-             WHEN setup_state = 'setup' THEN 'running'
-             ELSE setup_state END AS status
-    FROM servers) s";
+pub(super) const SERVERS: &str = concat!(
+    "(SELECT id, hostname, machine_id, reserved, sysinfo, setup, usage, agent_address,
+        agent_version, last_heartbeat, sync_error, cert_sha256, cert_not_after, cert_revoked_at,
+        created_at, ",
+    server_status_sql!(),
+    " AS status FROM servers) s"
+);
 
 /// What starting a setup found.
 pub enum SetupBegin {
@@ -175,9 +208,12 @@ impl Datastore {
         // The presented certificate becomes the server's; a rotation's new
         // one retires the old, while the old one leaves a pending rotation
         // alone (the same clause whether or not sysinfo comes along).
+        // A revoked certificate is refused; a rotation's new one clears the
+        // revocation.
         const CERT: &str = "cert_sha256 = $2,
-            cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END
-            WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256)";
+            cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END,
+            cert_revoked_at = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_revoked_at END
+            WHERE id = $1 AND (($2 = cert_sha256 AND cert_revoked_at IS NULL) OR $2 = cert_next_sha256)";
         let sql = if sysinfo.is_some() {
             format!(
                 "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
@@ -290,7 +326,8 @@ impl Datastore {
     pub async fn image_granted(&self, cert_sha256: &str, image: ImageId) -> Result<bool> {
         let row: Option<(i32,)> = sqlx::query_as(
             "SELECT 1 FROM servers s JOIN image_grants g ON g.server_id = s.id
-             WHERE g.image_id = $2 AND (s.cert_sha256 = $1 OR s.cert_next_sha256 = $1)",
+             WHERE g.image_id = $2
+               AND ((s.cert_sha256 = $1 AND s.cert_revoked_at IS NULL) OR s.cert_next_sha256 = $1)",
         )
         .bind(cert_sha256)
         .bind(image.as_uuid())
@@ -321,13 +358,65 @@ impl Datastore {
         Ok(())
     }
 
+    /// The fingerprint of the datacenter's CA: the one recorded by the first
+    /// headnode that started on this database (`ours`, if this is the first).
+    pub async fn datacenter_ca(&self, ours: &str) -> Result<String> {
+        sqlx::query("INSERT INTO datacenter_ca (ca_sha256) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(ours)
+            .execute(&self.pool)
+            .await?;
+        let (recorded,): (String,) = sqlx::query_as("SELECT ca_sha256 FROM datacenter_ca")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(recorded)
+    }
+
+    /// When `cert_sha256`, the server's certificate, was revoked (None: it
+    /// was not, or it is not the server's certificate).
+    pub async fn server_cert_revoked_at(
+        &self,
+        id: ServerId,
+        cert_sha256: &str,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
+            "SELECT cert_revoked_at FROM servers WHERE id = $1 AND cert_sha256 = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(cert_sha256)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(at.and_then(|a| a.0))
+    }
+
+    /// Revokes the server's certificate and any pending one; returns when
+    /// (the first revocation's time, if it already was).
+    pub async fn server_cert_revoke(&self, id: ServerId) -> Result<DateTime<Utc>> {
+        let mut tx = self.pool.begin().await?;
+        let at: Option<(DateTime<Utc>,)> = sqlx::query_as(
+            "UPDATE servers SET cert_revoked_at = COALESCE(cert_revoked_at, now()), cert_next_sha256 = NULL
+             WHERE id = $1 RETURNING cert_revoked_at",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let at = at.ok_or_else(|| Error::not_found("server", id))?.0;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new("server.revoke_certificate", "server", id),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(at)
+    }
+
     /// Ends a rotation: the node installed its new certificate, the old one
     /// is refused from now on.
     pub async fn server_cert_rotated(&self, id: ServerId, sha256: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE servers SET cert_sha256 = $2, cert_next_sha256 = NULL
-             WHERE id = $1 AND $2 IN (cert_sha256, cert_next_sha256)",
+            "UPDATE servers SET cert_sha256 = $2, cert_next_sha256 = NULL,
+                    cert_revoked_at = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_revoked_at END
+             WHERE id = $1 AND (($2 = cert_sha256 AND cert_revoked_at IS NULL) OR $2 = cert_next_sha256)",
         )
         .bind(id.as_uuid())
         .bind(sha256)

@@ -166,9 +166,20 @@ impl Registry for RegistryService {
                 .metrics
                 .heartbeats_refused
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(Status::unauthenticated(format!(
-                "server {id} is unknown or this is not its certificate; if the server was deleted, re-join this node with a new join token"
-            )));
+            let revoked = self
+                .state
+                .db
+                .server_cert_revoked_at(id, &cert)
+                .await
+                .map_err(db_status)?;
+            return Err(Status::unauthenticated(match revoked {
+                Some(at) => format!(
+                    "server {id}'s certificate was revoked at {at}; an operator can rotate it (nereid server rotate-certificate) or delete the server"
+                ),
+                None => format!(
+                    "server {id} is unknown or this is not its certificate; if the server was deleted, re-join this node with a new join token"
+                ),
+            }));
         }
         self.state
             .metrics

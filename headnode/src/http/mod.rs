@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/servers/{id}/certificate",
             post(servers::server_certificate_rotate),
         )
+        .route(
+            "/v1/servers/{id}/certificate/revoke",
+            post(servers::server_certificate_revoke),
+        )
         .route("/v1/servers/{id}/reserve", post(servers::server_reserve))
         .route(
             "/v1/servers/{id}/unreserve",

@@ -82,6 +82,21 @@ pub async fn server_setup(
     Ok(Json(crate::setup::setup_server(&s, id, &body).await?))
 }
 
+/// Revokes the node's certificate: refused from now on (heartbeats, image
+/// downloads), the server `unknown` with the reason. Nothing on the node
+/// stops. A rotation gives the node a new key and certificate; delete the
+/// server instead if the node itself is not to be trusted.
+#[utoipa::path(post, path = "/v1/servers/{id}/certificate/revoke", tag = "servers", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Server), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn server_certificate_revoke(
+    State(s): State<AppState>,
+    p: OpContext,
+    ApiPath(id): ApiPath<ServerId>,
+) -> Result<Json<Server>> {
+    p.authorize(Action::ServerWrite)?;
+    Ok(Json(crate::certificates::revoke(&s, id).await?))
+}
+
 /// Gives the node a new certificate for a new key made on the node; the
 /// old certificate is refused once the node presents the new one. Nothing
 /// on the node restarts.
