@@ -31,6 +31,17 @@ async fn heartbeat(
     server: &str,
     address: &str,
 ) -> Result<(), tonic::Status> {
+    heartbeat_with(h, identity, server, address, None).await
+}
+
+/// As `heartbeat`, bringing `sysinfo` along (as an agent does when it changed).
+async fn heartbeat_with(
+    h: &Headnode,
+    identity: Arc<nereid_tls::Identity>,
+    server: &str,
+    address: &str,
+    sysinfo: Option<pb::Sysinfo>,
+) -> Result<(), tonic::Status> {
     let config = nereid_tls::client_config(
         Some(identity),
         nereid_tls::Trust::Ca(h.ca().cert_der.clone()),
@@ -45,7 +56,7 @@ async fn heartbeat(
             usage: Some(pb::Usage::default()),
             agent_address: address.into(),
             agent_version: "test".into(),
-            sysinfo: None,
+            sysinfo,
         })
         .await
         .map(|_| ())
@@ -129,12 +140,16 @@ struct Joined {
 }
 
 async fn joined(args: &[&str]) -> Joined {
-    let h = Headnode::start(HeadnodeOpts {
+    joined_with(HeadnodeOpts {
         heartbeat_interval_ms: 300,
         args: args.iter().map(|a| a.to_string()).collect(),
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+async fn joined_with(opts: HeadnodeOpts) -> Joined {
+    let h = Headnode::start(opts).await;
     let agent = Agent::start(&h.grpc_url, &h.join_token().await);
     let id = agent.server_id().await;
     let (first, identity) = node_identity(&agent);
@@ -225,6 +240,82 @@ async fn a_rotated_certificate_takes_over_without_a_restart_and_the_old_one_is_r
         .await;
     assert_eq!(log.0, 200, "{}", log.1);
     assert_eq!(log.1["items"].as_array().unwrap().len(), 2, "{}", log.1);
+}
+
+/// The certificates the database expects of a server: (current, pending).
+async fn expected_certificates(h: &Headnode, id: &str) -> (String, Option<String>) {
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&h.database_url)
+        .await
+        .unwrap();
+    sqlx::query_as("SELECT cert_sha256, cert_next_sha256 FROM servers WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_with_sysinfo_and_the_old_certificate_keeps_a_pending_rotation() {
+    let fault = (
+        "NEREID_HEADNODE_FAULT".to_string(),
+        "rotate_certificate:pending".to_string(),
+    );
+    let Joined {
+        h,
+        agent,
+        id,
+        first,
+        identity: old,
+        address,
+    } = joined_with(HeadnodeOpts {
+        heartbeat_interval_ms: 300,
+        env: vec![fault],
+        ..Default::default()
+    })
+    .await;
+    // The headnode dies between recording the node's new certificate and
+    // handing it over: the node keeps its old one, the database expects both.
+    let rotate = format!("/v1/servers/{id}/certificate");
+    let r = h
+        .operator()
+        .request(reqwest::Method::POST, &rotate)
+        .json(&serde_json::json!({}))
+        .send()
+        .await;
+    assert!(r.is_err() || r.unwrap().status().is_server_error());
+    let mut h = h;
+    h.proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("the fault killed the headnode");
+    let (current, pending) = expected_certificates(&h, &id).await;
+    assert_eq!(current, first);
+    let pending = pending.expect("the new certificate is pending");
+    let mut opts = h.opts.clone();
+    opts.env.clear();
+    let h = h.restart_with(opts).await;
+    // A heartbeat that brings sysinfo with the old certificate, while the
+    // rotation is pending, is taken and leaves the pending certificate alone.
+    let sysinfo = pb::Sysinfo {
+        hostname: "after-rotation-crash".into(),
+        ..Default::default()
+    };
+    heartbeat_with(&h, old.clone(), &id, &address, Some(sysinfo))
+        .await
+        .unwrap();
+    assert_eq!(
+        expected_certificates(&h, &id).await,
+        (first.clone(), Some(pending)),
+        "a heartbeat with sysinfo dropped the pending certificate"
+    );
+    assert_eq!(server(&h, &id).await["hostname"], "after-rotation-crash");
+    // The rotation run again completes, and the node goes on with it.
+    let (st, cert) = h.operator().post(&rotate, &serde_json::json!({})).await;
+    assert_eq!(st, 200, "{cert}");
+    assert_eq!(node_identity(&agent).0, cert["sha256"].as_str().unwrap());
+    assert_eq!(
+        expected_certificates(&h, &id).await,
+        (cert["sha256"].as_str().unwrap().to_string(), None)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -453,10 +453,14 @@ impl Driver {
 /// Crash tests: `NEREID_HEADNODE_FAULT=<kind>:<step>:<before|after|undone>`
 /// kills the headnode with SIGKILL at that point. Unset in production.
 fn fault_point(kind: JobKind, step: &str, when: &str) {
-    if let Ok(f) = std::env::var("NEREID_HEADNODE_FAULT")
-        && f == format!("{kind}:{step}:{when}")
-    {
-        eprintln!("fault injection: SIGKILL at {f}");
+    crash_point(&format!("{kind}:{step}:{when}"));
+}
+
+/// Kills the headnode with SIGKILL here when `NEREID_HEADNODE_FAULT` names
+/// `point` (crash tests; unset in production).
+pub fn crash_point(point: &str) {
+    if std::env::var("NEREID_HEADNODE_FAULT").is_ok_and(|f| f == point) {
+        eprintln!("fault injection: SIGKILL at {point}");
         let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
     }
 }
