@@ -175,29 +175,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let rest_task =
-        {
-            let mut rx = stop_rx.clone();
-            let app = http::router(state.clone())
-                .into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let stop = async move {
-                let _ = rx.changed().await;
-            };
-            match &config.rest_tls {
-                None => tokio::spawn(async move {
-                    axum::serve(rest, app).with_graceful_shutdown(stop).await
-                }),
-                Some((cert, key)) => {
-                    use axum::serve::ListenerExt;
-                    // (tap_io: the peer's address as connect info, as for TCP.)
-                    let tls = http::tls::TlsListener::new(rest, cert, key)?.tap_io(|_| ());
-                    tracing::info!(cert = %cert.display(), "the REST API serves TLS");
-                    tokio::spawn(
-                        async move { axum::serve(tls, app).with_graceful_shutdown(stop).await },
-                    )
-                }
-            }
+    let rest_task = {
+        let mut rx = stop_rx.clone();
+        let app = http::router(state.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let stop = async move {
+            let _ = rx.changed().await;
         };
+        match &config.rest_tls {
+            None => {
+                tokio::spawn(
+                    async move { axum::serve(rest, app).with_graceful_shutdown(stop).await },
+                )
+            }
+            Some((cert, key)) => {
+                use axum::serve::ListenerExt;
+                // (tap_io: the peer's address as connect info, as for TCP.)
+                let certificate = http::tls::RestCertificate::load(cert, key)?;
+                let tls = http::tls::TlsListener::new(rest, &certificate)?.tap_io(|_| ());
+                certificate.reload_on_sighup()?;
+                tracing::info!(cert = %cert.display(), "the REST API serves TLS (SIGHUP reloads it)");
+                tokio::spawn(
+                    async move { axum::serve(tls, app).with_graceful_shutdown(stop).await },
+                )
+            }
+        }
+    };
     let grpc_task = {
         let mut rx = stop_rx.clone();
         let svc = nereid_proto::v1::registry_server::RegistryServer::new(

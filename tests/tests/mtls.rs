@@ -570,4 +570,35 @@ async fn the_rest_api_serves_tls_from_configured_files_and_the_cli_trusts_a_give
     // Plain HTTP to the TLS port gets no answer.
     let plain = reqwest::get(h.rest_url.replace("https://", "http://") + "/healthz").await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // A renewed certificate (here from another CA) is served after SIGHUP,
+    // without a restart; a broken file leaves the current one in place.
+    let pid = h.proc.pid();
+    let renewed_ca = nereid_tls::Ca::load_or_create(&dir.path().join("ca2")).unwrap();
+    let key2 = nereid_tls::NodeKey::generate().unwrap();
+    let (cert2, _) = renewed_ca.issue("localhost", &key2.public_key()).unwrap();
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    h.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(&h.proc, "was not reloaded (the current one stays)", 1).await;
+    assert!(
+        cli(Some(&dir.path().join("ca").join("ca.crt")))
+            .status
+            .success()
+    );
+    std::fs::write(&cert_path, cert2).unwrap();
+    std::fs::write(&key_path, key2.pem()).unwrap();
+    h.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for_log(&h.proc, "the REST API's certificate was reloaded", 1).await;
+    let renewed = cli(Some(&dir.path().join("ca2").join("ca.crt")));
+    assert!(
+        renewed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renewed.stderr)
+    );
+    assert!(
+        !cli(Some(&dir.path().join("ca").join("ca.crt")))
+            .status
+            .success()
+    );
+    assert_eq!(h.proc.pid(), pid);
 }

@@ -105,15 +105,14 @@ pub fn server_config(
 
 /// A plain TLS server (the REST API): this certificate chain and key, no
 /// client certificates, HTTP/1.1.
-pub fn https_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, crate::PkiError> {
-    let identity = Identity::from_pem(chain_pem, key_pem)?;
+pub fn https_config(identity: Arc<Identity>) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(crate::provider())
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default TLS versions")
         .with_no_client_auth()
         .with_cert_resolver(identity);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// Client certificates of the CA, and (when set) only those valid for `name`.
