@@ -117,7 +117,7 @@ async fn main() {
              ip -n nrd-{id} link set lo up
              mkdir -p {b}/{id}
              sed 's/@ID@/{id}/g' {b}/{template} > {b}/{id}/config.json
-             runc --root {root} run -d --bundle {b}/{id} {id} </dev/null >{b}/{id}/log 2>&1",
+             runc --root {root} run -d --bundle {b}/{id} {id} </dev/null >{b}/{id}/log 2>&1 || {{ cat {b}/{id}/log >&2; exit 1; }}",
             b = bundles.display(),
             root = root.display(),
         );
