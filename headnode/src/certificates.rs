@@ -19,7 +19,7 @@ pub async fn rotate(s: &AppState, id: ServerId) -> Result<ServerCertificate> {
     let issued = s.pki.issue_node(id, &public_key)?;
     s.db.server_cert_rotating(id, &issued.sha256, issued.not_after)
         .await?;
-    crate::jobs::crash_point("rotate_certificate:pending");
+    crate::fault::point("rotate_certificate:pending");
     let presented = s
         .agents
         .install_certificate(id, &address, &issued.pem)

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod fault;
 pub mod firewall;
 pub mod fwrule;
 pub mod grpc;

@@ -86,11 +86,15 @@ async fn schemathesis_finds_nothing_in_the_served_openapi_document() {
         "schemathesis found something (exit {:?}); its output is above",
         out.status.code()
     );
-    // A run that tested nothing would pass too: make sure it covered the API.
-    assert!(
-        text.contains("passed") && !text.contains("No operations"),
-        "schemathesis ran no operation"
-    );
+    // A run that tested nothing would pass too: make sure it covered the
+    // API (its summary says `Tested: <n>`; 87 operations today).
+    let tested: usize = text
+        .split("Tested: ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("schemathesis's summary names how many operations it tested");
+    assert!(tested >= 80, "schemathesis tested only {tested} operations");
     // The headnode survived every request.
     assert_eq!(h.operator().get("/v1/accounts").await.0, 200);
 }

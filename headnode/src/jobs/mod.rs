@@ -450,19 +450,9 @@ impl Driver {
     }
 }
 
-/// Crash tests: `NEREID_HEADNODE_FAULT=<kind>:<step>:<before|after|undone>`
-/// kills the headnode with SIGKILL at that point. Unset in production.
+/// Crash tests: the job fault points are `<kind>:<step>:<before|after|undone>`.
 fn fault_point(kind: JobKind, step: &str, when: &str) {
-    crash_point(&format!("{kind}:{step}:{when}"));
-}
-
-/// Kills the headnode with SIGKILL here when `NEREID_HEADNODE_FAULT` names
-/// `point` (crash tests; unset in production).
-pub fn crash_point(point: &str) {
-    if std::env::var("NEREID_HEADNODE_FAULT").is_ok_and(|f| f == point) {
-        eprintln!("fault injection: SIGKILL at {point}");
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
-    }
+    crate::fault::point(&format!("{kind}:{step}:{when}"));
 }
 
 /// Queues a job whose first `done` steps are already done (in the caller's
