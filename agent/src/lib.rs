@@ -107,6 +107,9 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     if let Err(e) = firewall.restore().await {
         tracing::error!("restoring the node's firewall: {}", error_chain(&e));
     }
+    net::overlay::init(&flags.state_dir)
+        .await
+        .context("reading the kept overlay set")?;
     let certs = Arc::new(certs);
     certs
         .connect(&identity.headnode)

@@ -659,6 +659,22 @@ impl Agent for AgentService {
         Ok(Response::new(pb::SetMetadataResponse { generation }))
     }
 
+    async fn apply_overlay(
+        &self,
+        req: Request<pb::OverlaySet>,
+    ) -> Result<Response<pb::ApplyOverlayResponse>, Status> {
+        match crate::net::overlay::apply(req.into_inner()).await {
+            Ok(generation) => Ok(Response::new(pb::ApplyOverlayResponse { generation })),
+            Err(e @ crate::net::NetError::Overlay(_)) => {
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(format!(
+                "applying the overlay: {}",
+                crate::error_chain(&e)
+            ))),
+        }
+    }
+
     async fn apply_firewall(
         &self,
         req: Request<pb::FirewallSet>,

@@ -53,6 +53,9 @@ pub struct Nic {
     pub nic_tag: String,
     #[serde(default)]
     pub vlan_id: u16,
+    /// The VXLAN of an overlay (fabric) network.
+    #[serde(default)]
+    pub vni: Option<u32>,
     pub ip: std::net::Ipv4Addr,
     pub prefix_len: u8,
     #[serde(default)]
@@ -226,6 +229,7 @@ impl TryFrom<pb::NicSpec> for Nic {
                 .collect::<Result<_, _>>()?,
             prefix_len: n.prefix_len as u8,
             vlan_id: n.vlan_id as u16,
+            vni: (n.vni != 0).then_some(n.vni),
             mtu: n.mtu,
             mac: n.mac.to_ascii_lowercase(),
             network_id: n.network_id,
@@ -246,6 +250,7 @@ impl From<&Nic> for pb::NicSpec {
             resolvers: n.resolvers.iter().map(|r| r.to_string()).collect(),
             mtu: n.mtu,
             mac: n.mac.clone(),
+            vni: n.vni.unwrap_or(0),
         }
     }
 }
@@ -271,6 +276,7 @@ pub(crate) mod tests {
                 network_id: "n1".into(),
                 nic_tag: "admin".into(),
                 vlan_id: 0,
+                vni: None,
                 ip: "10.0.0.5".parse().unwrap(),
                 prefix_len: 24,
                 gateway: Some("10.0.0.1".parse().unwrap()),

@@ -37,8 +37,10 @@ pub struct Network {
     pub nic_tag: String,
     /// 0 = untagged, else 2..=4094.
     pub vlan_id: u16,
-    /// The VXLAN id of a fabric network.
+    /// The VXLAN id of an overlay network (every fabric network has one).
     pub vni: Option<u32>,
+    /// The fabric VLAN of a fabric network (whose only user is `owners[0]`).
+    pub fabric_vlan_id: Option<u16>,
     /// IPv4 CIDR, e.g. 10.88.0.0/24.
     pub subnet: String,
     pub gateway: Option<String>,
@@ -65,7 +67,9 @@ pub struct NetworkCreate {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 4094)]
     pub vlan_id: u16,
-    #[schema(minimum = 1, maximum = 16_777_215)]
+    /// An overlay network: VXLAN over the nic tag's interface. VNIs from
+    /// 8388608 up are the fabrics'.
+    #[schema(minimum = 1, maximum = 8_388_607)]
     pub vni: Option<u32>,
     /// IPv4 CIDR with a prefix of 8..=30 and no host bits, e.g. 10.88.0.0/24.
     #[schema(format = "ipv4-cidr")]

@@ -48,6 +48,9 @@ actions! {
     QuotaSet,
     AuditRead,
     EventsRead,
+    /// An account's fabric VLANs and networks.
+    FabricRead,
+    FabricWrite,
     FwRuleRead,
     FwRuleWrite,
     /// A rule for every account, or for an account other than the caller's.
@@ -102,10 +105,10 @@ impl Action {
             | InstanceForceDelete | NicTagRead | NicTagWrite | NetworkWrite | NetworkIpRead
             | NetworkIpWrite | PackageWrite | ServerRead | ServerWrite | JoinTokenCreate
             | MetricsRead => Rule::Operators,
-            AccountList | AccountRead | AuditRead | EventsRead | FwRuleRead | FwRuleWrite
-            | ImageRead | ImageWrite | InstanceRead | InstanceWrite | JobRead | KeyRead
-            | KeyWrite | NetworkRead | PackageRead | SnapshotRead | SnapshotWrite | TokenRead
-            | TokenWrite => Rule::OwnResources,
+            AccountList | AccountRead | AuditRead | EventsRead | FabricRead | FabricWrite
+            | FwRuleRead | FwRuleWrite | ImageRead | ImageWrite | InstanceRead | InstanceWrite
+            | JobRead | KeyRead | KeyWrite | NetworkRead | PackageRead | SnapshotRead
+            | SnapshotWrite | TokenRead | TokenWrite => Rule::OwnResources,
         }
     }
 }

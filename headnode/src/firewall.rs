@@ -14,7 +14,9 @@ use crate::error::Result;
 /// has this generation already).
 pub async fn sync_server(state: &AppState, t: &AgentTarget) -> Result<()> {
     // Compiled under the lock: the last sync to take it reads the newest rows.
-    let lock = state.agents.firewall_lock(t.server);
+    let lock = state
+        .agents
+        .push_lock(t.server, crate::agent_client::Pushed::Firewall);
     let _held = lock.lock().await;
     let owners = state.db.fw_owners_on(t.server).await?;
     let set = if owners.is_empty() {

@@ -267,16 +267,8 @@ pub async fn create(
                 format!("network {r:?} is listed twice"),
             ));
         }
-        if net.vni.is_some() {
-            return Err(Error::invalid(
-                "networks",
-                format!(
-                    "network {} is a fabric network; fabrics cannot be used yet",
-                    net.name
-                ),
-            ));
-        }
-        if net.vlan_id != 0 {
+        // An overlay network (a fabric's) is untagged VXLAN on its nic tag.
+        if net.vlan_id != 0 && net.vni.is_none() {
             capabilities.insert("vlan".to_string());
         }
         nic_tags.insert(net.nic_tag.clone());

@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod metadata;
 pub mod metrics;
 pub mod openapi;
+pub mod overlay;
 pub mod pki;
 pub mod ratelimit;
 pub mod reconciler;

@@ -91,6 +91,9 @@ async fn pass(
                     if let Err(e) = crate::firewall::sync_server(state, t).await {
                         tracing::warn!(server = %t.server, "firewall sync: {e}");
                     }
+                    if let Err(e) = crate::overlay::sync_server(state, t).await {
+                        tracing::warn!(server = %t.server, "overlay sync: {e}");
+                    }
                     None
                 }
                 Ok(Err(e)) => Some(e.to_string()),

@@ -206,7 +206,7 @@ impl Datacenter {
             let (st, body) = op
                 .post(
                     &format!("/v1/servers/{server_id}/setup"),
-                    &json!({"zpool": pool.name, "nic_tags": {"admin": "data0"}}),
+                    &json!({"zpool": pool.name, "nic_tags": {"admin": "data0", "underlay": "mgmt0"}}),
                 )
                 .await;
             assert_eq!(st, 200, "setup of node {i}: {body}");
@@ -223,6 +223,9 @@ impl Datacenter {
             .await;
         assert_eq!(st, 200, "{body}");
         let (st, body) = op.post("/v1/nictags", &json!({"name": "admin"})).await;
+        assert_eq!(st, 201, "{body}");
+        // Fabrics run over the management wiring.
+        let (st, body) = op.post("/v1/nictags", &json!({"name": "underlay"})).await;
         assert_eq!(st, 201, "{body}");
         let (st, net) = op
             .post(

@@ -35,9 +35,11 @@ fn classify(method: &Method, path: &str) -> Option<Expect> {
         ("POST", "/v1/accounts") => Forbidden,
         ("PUT", "/v1/accounts/{id}/quotas") => Forbidden,
         ("GET", "/v1/accounts/{id}") | ("GET", "/v1/accounts/{id}/quotas") => Missing,
-        ("POST", "/v1/instances" | "/v1/images" | "/v1/fwrules" | "/v1/keys" | "/v1/tokens") => {
-            Skip
-        }
+        (
+            "POST",
+            "/v1/instances" | "/v1/images" | "/v1/fwrules" | "/v1/keys" | "/v1/tokens"
+            | "/v1/fabrics/vlans",
+        ) => Skip,
         ("GET", "/v1/networks/{id}" | "/v1/packages/{id}") => Skip, // shared
         (_, p) if p.starts_with("/v1/servers") => Forbidden,
         (_, p) if p.starts_with("/v1/nictags") => Forbidden,
@@ -47,8 +49,11 @@ fn classify(method: &Method, path: &str) -> Option<Expect> {
         (
             "GET",
             "/v1/accounts" | "/v1/audit" | "/v1/fwrules" | "/v1/images" | "/v1/instances"
-            | "/v1/jobs" | "/v1/keys" | "/v1/tokens" | "/v1/networks" | "/v1/packages",
+            | "/v1/jobs" | "/v1/keys" | "/v1/tokens" | "/v1/networks" | "/v1/packages"
+            | "/v1/fabrics/vlans",
         ) => OwnList,
+        // Bob has no VLAN of alice's number: hers are not his to see.
+        (_, p) if p.starts_with("/v1/fabrics/vlans/{vlan_id}") => Missing,
         (_, p)
             if p.starts_with("/v1/instances/{id}")
                 || p.starts_with("/v1/images/{id}")
@@ -81,6 +86,8 @@ fn body(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/v1/networks") => json!({"name": "n2", "nic_tag": "admin",
             "subnet": "10.99.0.0/24", "provision_start": "10.99.0.10", "provision_end": "10.99.0.20"}),
         ("POST", "/v1/networks/{id}/ips") => json!({}),
+        ("POST", "/v1/fabrics/vlans/{vlan_id}/networks") => json!({"name": "n3",
+            "subnet": "192.168.77.0/24", "provision_start": "192.168.77.10", "provision_end": "192.168.77.20"}),
         ("POST", "/v1/nictags") => json!({"name": "t2"}),
         ("POST", "/v1/packages") => {
             json!({"name": "p2", "version": "1", "memory_mb": 64, "disk_mb": 64, "vcpus": 1, "brand": "container"})
@@ -152,6 +159,19 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
         .await;
     assert_eq!(st, 201, "{rule}");
     let rule = rule["id"].as_str().unwrap().to_string();
+    let (st, v) = alice
+        .post("/v1/fabrics/vlans", &json!({"vlan_id": 42, "name": "hers"}))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let (st, fabric_net) = alice
+        .post(
+            "/v1/fabrics/vlans/42/networks",
+            &json!({"name": "hers", "subnet": "192.168.77.0/24",
+                    "provision_start": "192.168.77.10", "provision_end": "192.168.77.20"}),
+        )
+        .await;
+    assert_eq!(st, 201, "{fabric_net}");
+    let fabric_net = fabric_net["id"].as_str().unwrap().to_string();
     let key = {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
@@ -177,7 +197,15 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
     let network = nets["items"][0]["id"].as_str().unwrap().to_string();
     let (_, pkgs) = op.get("/v1/packages").await;
     let package = pkgs["items"][0]["id"].as_str().unwrap().to_string();
-    let alices_ids = [&alice_id, &instance, &job, &image, &rule, &token];
+    let alices_ids = [
+        &alice_id,
+        &instance,
+        &job,
+        &image,
+        &rule,
+        &token,
+        &fabric_net,
+    ];
 
     let fill: BTreeMap<&str, String> = [
         ("/v1/accounts/{id}", alice_id.clone()),
@@ -189,6 +217,7 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
         ("/v1/servers/{id}", server.clone()),
         ("/v1/networks/{id}", network.clone()),
         ("/v1/packages/{id}", package.clone()),
+        ("/v1/fabrics/", fabric_net.clone()),
     ]
     .into_iter()
     .collect();
@@ -209,6 +238,7 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
         )
         .replace("{key}", "k")
         .replace("{ip}", "10.0.0.1")
+        .replace("{vlan_id}", "42")
         .replace("/v1/nictags/{name}", "/v1/nictags/admin")
     };
 
@@ -271,6 +301,11 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
     if st != 403 {
         wrong.push(format!("DELETE ?force=true: {st} {answer}"));
     }
+    // Shared networks are readable; another account's fabric network is missing.
+    let (st, answer) = bob.get(&format!("/v1/networks/{fabric_net}")).await;
+    if st != 404 {
+        wrong.push(format!("GET alice's fabric network: {st} {answer}"));
+    }
     assert!(
         unclassified.is_empty(),
         "operations the matrix does not classify: {unclassified:?}"
@@ -295,6 +330,7 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
         assert_eq!((st, m), (200, json!({"k": "v"})), "{path}");
     }
     for path in [
+        "/v1/fabrics/vlans/42".to_string(),
         format!("/v1/images/{image}"),
         format!("/v1/fwrules/{rule}"),
         format!("/v1/instances/{instance}/snapshots/s1"),

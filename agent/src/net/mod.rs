@@ -1,7 +1,8 @@
 //! Instance networking: one bridge per layer-2 segment (`nb<vid>x<uplink
 //! index>`, shared by every network of that nic tag and VLAN) attached to the
 //! interface the server's nic tag maps to, or for a VLAN to that interface's
-//! 802.1Q sub-interface (`nw<vid>x<index>`); per NIC of a container a veth pair whose host end (`nv<12 hex
+//! 802.1Q sub-interface (`nw<vid>x<index>`), or for an overlay (fabric)
+//! network the VNI's bridge with its VXLAN device (`overlay`); per NIC of a container a veth pair whose host end (`nv<12 hex
 //! of the instance id><index>`) is a port of that bridge and whose other end
 //! is `eth<index>` in the instance's network namespace (`nrd-<uuid>`); per NIC
 //! of a VM a tap device (`nt<12 hex><index>`) on the bridge, opened by QEMU.
@@ -12,11 +13,12 @@
 //! Every operation is idempotent (a retry after a crash converges). The
 //! kernel is driven through iproute2's `ip`, which speaks netlink; see
 //! docs/decisions.md. It must never touch an interface it did not name
-//! (`nb*`, `nv*`, `nt*`, `nw*`) other than enslaving the nic tag's uplink to a
+//! (`nb*`, `nv*`, `nt*`, `nw*`, `nx*`, `nf*`) other than enslaving the nic tag's uplink to a
 //! bridge.
 
 pub mod antispoof;
 pub mod firewall;
+pub mod overlay;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,6 +38,8 @@ pub enum NetError {
     BadMac(String),
     #[error("{0:?} is not an interface or table name this agent makes")]
     BadPort(String),
+    #[error("overlay: {0}")]
+    Overlay(String),
     #[error(transparent)]
     Cmd(#[from] cmd::CmdError),
     #[error("writing {path}: {source}")]
@@ -130,6 +134,9 @@ pub async fn ensure_bridge(
         .ok_or_else(|| NetError::UnknownNicTag(nic.nic_tag.clone()))?;
     let index = nix::net::if_::if_nametoindex(uplink.as_str())
         .map_err(|_| NetError::NoUplink(uplink.clone()))?;
+    if let Some(vni) = nic.vni {
+        return overlay::ensure_segment(nic, vni, uplink).await;
+    }
     let br = bridge_name(index, nic.vlan_id);
     let mut known = BRIDGES.lock().await;
     let known = known.get_or_insert_with(Default::default);
@@ -418,6 +425,7 @@ mod tests {
             network_id: "n".into(),
             nic_tag: "admin".into(),
             vlan_id: 0,
+            vni: None,
             ip: "10.0.0.5".parse().unwrap(),
             prefix_len: 24,
             gateway: None,

@@ -121,16 +121,32 @@ fn disks() -> Vec<pb::DiskInfo> {
     disks
 }
 
+/// The interfaces of the agent's network namespace, as the kernel lists
+/// them (getifaddrs: names, link and IP addresses, flags). `/sys/class/net`
+/// shows the namespace sysfs was mounted in, which need not be the agent's
+/// (`nsenter --net`), so its attributes (MTU, kind) are read only for an
+/// interface whose ifindex there is the kernel's; otherwise MTU 0, kind "other".
 fn nics() -> Vec<pb::NicInfo> {
-    let mut addrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut up: BTreeMap<String, bool> = BTreeMap::new();
+    let mut found: BTreeMap<String, pb::NicInfo> = BTreeMap::new();
     if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
         for ifa in ifaddrs {
-            up.insert(
-                ifa.interface_name.clone(),
-                ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP),
-            );
+            let nic = found
+                .entry(ifa.interface_name.clone())
+                .or_insert_with(|| pb::NicInfo {
+                    name: ifa.interface_name.clone(),
+                    kind: "other".into(),
+                    ..Default::default()
+                });
+            nic.up |= ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
             let Some(addr) = ifa.address else { continue };
+            if let Some(mac) = addr.as_link_addr().and_then(|l| l.addr()) {
+                nic.mac = mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                continue;
+            }
             let ip = if let Some(v4) = addr.as_sockaddr_in() {
                 Some(std::net::IpAddr::V4(v4.ip()))
             } else {
@@ -143,42 +159,33 @@ fn nics() -> Vec<pb::NicInfo> {
                     .map(|n| u32::from(n.ip()).count_ones())
                     .or_else(|| m.as_sockaddr_in6().map(|n| u128::from(n.ip()).count_ones()))
             });
-            let entry = addrs.entry(ifa.interface_name.clone()).or_default();
-            entry.push(match prefix {
+            nic.addresses.push(match prefix {
                 Some(p) => format!("{ip}/{p}"),
                 None => ip.to_string(),
             });
         }
     }
-    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
-        return Vec::new();
-    };
-    let mut nics: Vec<_> = entries
-        .flatten()
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let p = e.path();
-            let kind = if name == "lo" {
-                "loopback".to_string()
-            } else if let Some(t) = parse::devtype(&read_trim(p.join("uevent"))) {
-                t
-            } else if p.join("device").exists() {
-                "physical".to_string()
-            } else {
-                "virtual".to_string()
-            };
-            pb::NicInfo {
-                mac: read_trim(p.join("address")),
-                addresses: addrs.remove(&name).unwrap_or_default(),
-                mtu: read_trim(p.join("mtu")).parse().unwrap_or(0),
-                up: up.get(&name).copied().unwrap_or(false),
-                kind,
-                name,
-            }
-        })
-        .collect();
-    nics.sort_by(|a, b| a.name.cmp(&b.name));
-    nics
+    for nic in found.values_mut() {
+        let p = std::path::Path::new("/sys/class/net").join(&nic.name);
+        let index = nix::net::if_::if_nametoindex(nic.name.as_str()).ok();
+        if index.is_none() || read_trim(p.join("ifindex")).parse::<u32>().ok() != index {
+            continue;
+        }
+        nic.kind = if nic.name == "lo" {
+            "loopback".to_string()
+        } else if let Some(t) = parse::devtype(&read_trim(p.join("uevent"))) {
+            t
+        } else if p.join("device").exists() {
+            "physical".to_string()
+        } else {
+            "virtual".to_string()
+        };
+        nic.mtu = read_trim(p.join("mtu")).parse().unwrap_or(0);
+        if nic.mac.is_empty() {
+            nic.mac = read_trim(p.join("address"));
+        }
+    }
+    found.into_values().collect()
 }
 
 /// True if a network interface of this name exists on the host.

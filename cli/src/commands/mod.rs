@@ -2,6 +2,7 @@
 
 mod account;
 mod audit;
+mod fabric;
 mod fwrule;
 mod image;
 mod instance;
@@ -39,6 +40,9 @@ pub enum Command {
     /// Networks and their addresses.
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Your fabrics: private VLANs and networks carried between nodes over VXLAN.
+    #[command(subcommand)]
+    Fabric(fabric::FabricCmd),
     /// Instances (containers): create, list, start, stop, reboot, delete.
     #[command(subcommand)]
     Instance(instance::InstanceCmd),
@@ -65,6 +69,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: Command) -> anyhow::Result<()> {
         Command::Package(p) => package::run(c, fmt, p).await,
         Command::Nictag(t) => network::run_nictag(c, fmt, t).await,
         Command::Network(n) => network::run(c, fmt, n).await,
+        Command::Fabric(f) => fabric::run(c, fmt, f).await,
         Command::Instance(i) => instance::run(c, fmt, i).await,
         Command::Job(j) => instance::run_job(c, fmt, j).await,
         Command::Audit(a) => audit::run(c, fmt, a).await,

@@ -144,28 +144,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()>
     match cmd {
         NetworkCmd::List { listing } => {
             let listed: Listed<Network> = c.list("/v1/networks", &[], &listing).await?;
-            let nets = &listed.items;
-            match fmt {
-                Format::Json => output::json(&nets),
-                Format::Table => output::table(
-                    &[
-                        "ID", "NAME", "NIC TAG", "VLAN", "SUBNET", "GATEWAY", "RANGE",
-                    ],
-                    nets.iter()
-                        .map(|n| {
-                            vec![
-                                n.id.to_string(),
-                                n.name.clone(),
-                                n.nic_tag.clone(),
-                                n.vlan_id.to_string(),
-                                n.subnet.clone(),
-                                n.gateway.clone().unwrap_or_else(|| "-".into()),
-                                format!("{}-{}", n.provision_start, n.provision_end),
-                            ]
-                        })
-                        .collect(),
-                ),
-            }
+            table(fmt, &listed.items);
             listed.footer(fmt, "networks");
         }
         NetworkCmd::Get { id } => show(fmt, &c.get(&format!("/v1/networks/{id}"), &[]).await?),
@@ -254,7 +233,36 @@ pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()>
     Ok(())
 }
 
-fn show(fmt: Format, n: &Network) {
+/// Networks, one line each (a fabric network's VLAN is its fabric VLAN).
+pub(super) fn table(fmt: Format, nets: &[Network]) {
+    match fmt {
+        Format::Json => output::json(&nets),
+        Format::Table => output::table(
+            &[
+                "ID", "NAME", "NIC TAG", "VLAN", "VNI", "SUBNET", "GATEWAY", "RANGE",
+            ],
+            nets.iter()
+                .map(|n| {
+                    vec![
+                        n.id.to_string(),
+                        n.name.clone(),
+                        n.nic_tag.clone(),
+                        match n.fabric_vlan_id {
+                            Some(v) => format!("fabric {v}"),
+                            None => n.vlan_id.to_string(),
+                        },
+                        n.vni.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        n.subnet.clone(),
+                        n.gateway.clone().unwrap_or_else(|| "-".into()),
+                        format!("{}-{}", n.provision_start, n.provision_end),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub(super) fn show(fmt: Format, n: &Network) {
     if fmt == Format::Json {
         return output::json(n);
     }
@@ -262,7 +270,13 @@ fn show(fmt: Format, n: &Network) {
         ("id", n.id.to_string()),
         ("name", n.name.clone()),
         ("nic tag", n.nic_tag.clone()),
-        ("vlan", n.vlan_id.to_string()),
+        (
+            "vlan",
+            match n.fabric_vlan_id {
+                Some(v) => format!("fabric VLAN {v}"),
+                None => n.vlan_id.to_string(),
+            },
+        ),
         (
             "vni",
             n.vni.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),

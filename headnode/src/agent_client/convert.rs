@@ -85,6 +85,7 @@ pub fn spec(s: &Spec) -> pb::InstanceSpec {
                 resolvers: n.resolvers.clone(),
                 mtu: n.mtu,
                 mac: n.mac.clone(),
+                vni: n.vni.unwrap_or(0),
             })
             .collect(),
         isolated_ids: z.isolated_ids,

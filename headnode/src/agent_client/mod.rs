@@ -45,11 +45,21 @@ pub struct AgentPool {
     /// Images this process saw ready on a server: EnsureImage is not asked
     /// again. EnsureInstance answering "image missing" drops the entry.
     images_on: Arc<Mutex<std::collections::HashSet<(ServerId, ImageId)>>>,
-    /// The firewall generation this process last saw applied on a server.
-    firewalls: Arc<Mutex<HashMap<ServerId, u64>>>,
-    /// One firewall sync at a time per server, so an older set never
+    /// The generation of each pushed set this process last saw applied on a server.
+    pushed: Arc<Mutex<HashMap<(ServerId, Pushed), u64>>>,
+    /// One sync of each set at a time per server, so an older set never
     /// overtakes a newer one.
-    firewall_locks: Arc<Mutex<HashMap<ServerId, Arc<tokio::sync::Mutex<()>>>>>,
+    push_locks: Arc<Mutex<HashMap<(ServerId, Pushed), PushLock>>>,
+}
+
+/// Held by one sync of one set of one server.
+type PushLock = Arc<tokio::sync::Mutex<()>>;
+
+/// The whole-node sets the headnode compiles and pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pushed {
+    Firewall,
+    Overlay,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,8 +128,8 @@ impl AgentPool {
             tls,
             channels: Default::default(),
             images_on: Default::default(),
-            firewalls: Default::default(),
-            firewall_locks: Default::default(),
+            pushed: Default::default(),
+            push_locks: Default::default(),
         }
     }
 
@@ -158,7 +168,10 @@ impl AgentPool {
 
     pub fn forget(&self, id: ServerId) {
         self.channels.lock().expect("agent pool lock").remove(&id);
-        self.firewalls.lock().expect("firewalls lock").remove(&id);
+        self.pushed
+            .lock()
+            .expect("pushed lock")
+            .retain(|(s, _), _| *s != id);
         self.images_on
             .lock()
             .expect("images lock")
@@ -373,37 +386,59 @@ impl AgentPool {
         }
     }
 
-    /// The lock a server's firewall sync holds from compiling to pushing.
-    pub fn firewall_lock(&self, server: ServerId) -> Arc<tokio::sync::Mutex<()>> {
-        self.firewall_locks
+    /// The lock a server's sync of one set holds from compiling to pushing.
+    pub fn push_lock(&self, server: ServerId, what: Pushed) -> PushLock {
+        self.push_locks
             .lock()
-            .expect("firewall locks")
-            .entry(server)
+            .expect("push locks")
+            .entry((server, what))
             .or_default()
             .clone()
+    }
+
+    /// Whether this process saw this generation of the set applied on the server.
+    fn seen(&self, server: ServerId, what: Pushed, generation: u64) -> bool {
+        self.pushed
+            .lock()
+            .expect("pushed lock")
+            .get(&(server, what))
+            == Some(&generation)
+    }
+
+    fn saw(&self, server: ServerId, what: Pushed, generation: u64) {
+        self.pushed
+            .lock()
+            .expect("pushed lock")
+            .insert((server, what), generation);
     }
 
     /// Replaces the node's firewall unless this process saw this generation
     /// applied there already; returns whether it was sent.
     pub async fn apply_firewall(&self, t: &AgentTarget, set: pb::FirewallSet) -> Result<bool> {
         let generation = set.generation;
-        if self
-            .firewalls
-            .lock()
-            .expect("firewalls lock")
-            .get(&t.server)
-            == Some(&generation)
-        {
+        if self.seen(t.server, Pushed::Firewall, generation) {
             return Ok(false);
         }
         self.client(t)?
             .apply_firewall(self.request(set))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "ApplyFirewall", st))?;
-        self.firewalls
-            .lock()
-            .expect("firewalls lock")
-            .insert(t.server, generation);
+        self.saw(t.server, Pushed::Firewall, generation);
+        Ok(true)
+    }
+
+    /// Replaces the node's overlay entries unless this process saw this
+    /// generation applied there already; returns whether it was sent.
+    pub async fn apply_overlay(&self, t: &AgentTarget, set: pb::OverlaySet) -> Result<bool> {
+        let generation = set.generation;
+        if self.seen(t.server, Pushed::Overlay, generation) {
+            return Ok(false);
+        }
+        self.client(t)?
+            .apply_overlay(self.request(set))
+            .await
+            .map_err(|st| agent_error(t.server, &t.address, "ApplyOverlay", st))?;
+        self.saw(t.server, Pushed::Overlay, generation);
         Ok(true)
     }
 

@@ -71,6 +71,8 @@ pub struct NicPlan {
     pub network_id: NetworkId,
     pub nic_tag: String,
     pub vlan_id: u16,
+    /// The VXLAN id of an overlay (fabric) network.
+    pub vni: Option<u32>,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<String>,
@@ -665,10 +667,11 @@ impl Datastore {
             Vec<String>,
             i32,
             String,
+            Option<i32>,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT n.network_id, w.nic_tag, w.vlan_id, host(n.ip), masklen(w.subnet), host(w.gateway),
-                    ARRAY(SELECT host(r) FROM unnest(w.resolvers) r), w.mtu, n.mac
+                    ARRAY(SELECT host(r) FROM unnest(w.resolvers) r), w.mtu, n.mac, w.vni
              FROM instance_nics n JOIN networks w ON w.id = n.network_id
              WHERE n.instance_id = $1 ORDER BY n.idx",
         )
@@ -681,6 +684,7 @@ impl Datastore {
                     network_id: r.0.into(),
                     nic_tag: r.1,
                     vlan_id: r.2 as u16,
+                    vni: r.9.map(|v| v as u32),
                     ip: r.3.parse().map_err(|_| {
                         Error::Internal(format!("instance {id} has a NIC with address {:?}", r.3))
                     })?,

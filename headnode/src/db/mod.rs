@@ -7,6 +7,7 @@
 mod accounts;
 mod audit;
 mod candidates;
+mod fabrics;
 mod fwrules;
 mod images;
 mod instance_meta;
@@ -25,6 +26,7 @@ mod states;
 mod tokens;
 
 pub use audit::AuditFilter;
+pub use fabrics::OverlayPeer;
 pub use fwrules::{ActiveRule, FwInstance};
 pub use images::ImageFilter;
 pub use instance_meta::{InstanceFlag, MapChange, MapChanged, MapField, metadata_strings};

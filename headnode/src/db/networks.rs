@@ -42,6 +42,7 @@ struct NetworkRow {
     nic_tag: String,
     vlan_id: i32,
     vni: Option<i32>,
+    fabric_vlan_id: Option<i32>,
     subnet: String,
     gateway: Option<String>,
     provision_start: String,
@@ -62,6 +63,7 @@ impl From<NetworkRow> for Network {
             nic_tag: r.nic_tag,
             vlan_id: r.vlan_id as u16,
             vni: r.vni.map(|v| v as u32),
+            fabric_vlan_id: r.fabric_vlan_id.map(|v| v as u16),
             subnet: r.subnet,
             gateway: r.gateway,
             provision_start: r.provision_start,
@@ -76,7 +78,7 @@ impl From<NetworkRow> for Network {
     }
 }
 
-const NETWORK_COLUMNS: &str = "id, name, nic_tag, vlan_id, vni, subnet::text AS subnet, host(gateway) AS gateway,
+const NETWORK_COLUMNS: &str = "id, name, nic_tag, vlan_id, vni, fabric_vlan_id, subnet::text AS subnet, host(gateway) AS gateway,
     host(provision_start) AS provision_start, host(provision_end) AS provision_end,
     ARRAY(SELECT host(r) FROM unnest(resolvers) r) AS resolvers, routes, mtu, owners, description, created_at";
 
@@ -102,6 +104,9 @@ impl From<IpRow> for NetworkIp {
     }
 }
 
+/// The bytes VXLAN adds to a frame (outer Ethernet, IPv4, UDP, VXLAN).
+const VXLAN_OVERHEAD: u32 = 50;
+
 const IP_COLUMNS: &str = "network_id, host(ip) AS ip, owner_type, owner_id, updated_at";
 
 /// A checked network to record.
@@ -114,6 +119,8 @@ pub struct NewNetwork<'a> {
     pub mtu: Option<u32>,
     pub owners: &'a [AccountId],
     pub description: &'a str,
+    /// A fabric network: the account and its VLAN (`owners` is that account).
+    pub fabric: Option<(AccountId, u16)>,
 }
 
 impl Datastore {
@@ -189,19 +196,23 @@ impl Datastore {
         let Some((tag_mtu,)) = tag else {
             return Err(Error::not_found("nic tag", n.nic_tag));
         };
-        let mtu = n.mtu.unwrap_or(tag_mtu as u32);
-        if mtu > tag_mtu as u32 {
+        // VXLAN takes 50 bytes of each frame on the nic tag's wire.
+        let most = tag_mtu as u32 - if n.vni.is_some() { VXLAN_OVERHEAD } else { 0 };
+        let mtu = n.mtu.unwrap_or(most);
+        if mtu > most {
             return Err(Error::Conflict(format!(
-                "mtu: {mtu} is larger than nic tag {:?}'s MTU {tag_mtu}",
-                n.nic_tag
+                "mtu: {mtu} is larger than {most}, what nic tag {:?} (MTU {tag_mtu}) carries{}",
+                n.nic_tag,
+                if n.vni.is_some() { " under VXLAN" } else { "" }
             )));
         }
         let id = NetworkId::new();
         let resolvers: Vec<String> = a.resolvers.iter().map(|r| r.to_string()).collect();
         let inserted = sqlx::query(
             "INSERT INTO networks (id, name, nic_tag, vlan_id, vni, subnet, gateway, provision_start, provision_end,
-                                   resolvers, routes, mtu, owners, description)
-             VALUES ($1, $2, $3, $4, $5, $6::cidr, $7::inet, $8::inet, $9::inet, $10::inet[], $11, $12, $13, $14)",
+                                   resolvers, routes, mtu, owners, description, fabric_owner, fabric_vlan_id)
+             VALUES ($1, $2, $3, $4, $5, $6::cidr, $7::inet, $8::inet, $9::inet, $10::inet[], $11, $12, $13, $14,
+                     $15, $16)",
         )
         .bind(id.as_uuid())
         .bind(n.name)
@@ -217,13 +228,34 @@ impl Datastore {
         .bind(mtu as i32)
         .bind(n.owners.iter().map(|o| o.as_uuid()).collect::<Vec<_>>())
         .bind(n.description)
+        .bind(n.fabric.map(|(o, _)| o.as_uuid()))
+        .bind(n.fabric.map(|(_, v)| v as i32))
         .execute(&mut *tx)
         .await;
         if let Err(e) = inserted {
             drop(tx);
             return Err(match &e {
-                e if is_unique_violation(e, "networks_name_key") => {
+                e if is_unique_violation(e, "networks_name_key")
+                    || is_unique_violation(e, "networks_fabric_name_key") =>
+                {
                     Error::Conflict(format!("a network named {:?} already exists", n.name))
+                }
+                sqlx::Error::Database(d)
+                    if d.constraint() == Some("networks_fabric_no_overlap") =>
+                {
+                    let other: Option<(String, String)> = sqlx::query_as(
+                        "SELECT name, subnet::text FROM networks WHERE fabric_owner = $1
+                           AND subnet && $2::cidr LIMIT 1",
+                    )
+                    .bind(n.fabric.map(|(o, _)| o.as_uuid()))
+                    .bind(a.subnet.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let (name, subnet) = other.unwrap_or_default();
+                    Error::Conflict(format!(
+                        "subnet: {} overlaps the account's fabric network {name:?} ({subnet})",
+                        a.subnet
+                    ))
                 }
                 sqlx::Error::Database(d) if d.constraint() == Some("networks_no_overlap") => {
                     let other: Option<(String, String)> = sqlx::query_as(
@@ -289,7 +321,8 @@ impl Datastore {
     ) -> Result<Network> {
         sqlx::query_as::<_, NetworkRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {NETWORK_COLUMNS} FROM networks WHERE name = $1
-               AND ($2::uuid IS NULL OR cardinality(owners) = 0 OR $2 = ANY(owners))"
+               AND ($2::uuid IS NULL OR cardinality(owners) = 0 OR $2 = ANY(owners))
+             ORDER BY fabric_owner IS NULL, id LIMIT 1"
         )))
         .bind(name)
         .bind(usable_by.map(|a| a.as_uuid()))
@@ -303,6 +336,7 @@ impl Datastore {
         &self,
         usable_by: Option<AccountId>,
         nic_tag: Option<&str>,
+        fabric: Option<(AccountId, u16)>,
         after: Option<Uuid>,
         limit: i64,
     ) -> Result<Page<Network>> {
@@ -310,12 +344,15 @@ impl Datastore {
             "SELECT {NETWORK_COLUMNS} FROM networks
              WHERE ($1::uuid IS NULL OR cardinality(owners) = 0 OR $1 = ANY(owners))
                AND ($2::text IS NULL OR nic_tag = $2) AND ($3::uuid IS NULL OR id > $3)
+               AND ($5::uuid IS NULL OR (fabric_owner = $5 AND fabric_vlan_id = $6))
              ORDER BY id LIMIT $4"
         )))
         .bind(usable_by.map(|a| a.as_uuid()))
         .bind(nic_tag)
         .bind(after)
         .bind(limit + 1)
+        .bind(fabric.map(|(o, _)| o.as_uuid()))
+        .bind(fabric.map(|(_, v)| v as i32))
         .fetch_all(&self.pool)
         .await?;
         Ok(into_page(
@@ -325,14 +362,23 @@ impl Datastore {
         ))
     }
 
-    /// Deletes a network that no instance holds an address of.
-    pub async fn network_delete(&self, id: NetworkId) -> Result<()> {
+    /// Deletes a network that no instance holds an address of; with
+    /// `fabric`, only a network of that account's fabric VLAN.
+    pub async fn network_delete(
+        &self,
+        id: NetworkId,
+        fabric: Option<(AccountId, u16)>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let exists: Option<(Uuid,)> =
-            sqlx::query_as("SELECT id FROM networks WHERE id = $1 FOR UPDATE")
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?;
+        let exists: Option<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM networks WHERE id = $1
+               AND ($2::uuid IS NULL OR (fabric_owner = $2 AND fabric_vlan_id = $3)) FOR UPDATE",
+        )
+        .bind(id.as_uuid())
+        .bind(fabric.map(|(o, _)| o.as_uuid()))
+        .bind(fabric.map(|(_, v)| v as i32))
+        .fetch_optional(&mut *tx)
+        .await?;
         if exists.is_none() {
             return Err(Error::not_found("network", id));
         }

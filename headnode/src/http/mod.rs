@@ -9,6 +9,7 @@ pub(crate) mod accounts;
 pub(crate) mod audit;
 pub(crate) mod events;
 mod extract;
+pub(crate) mod fabrics;
 pub(crate) mod fwrules;
 pub(crate) mod images;
 pub(crate) mod instance_meta;
@@ -132,6 +133,22 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/nictags/{name}",
             axum::routing::delete(networks::nic_tag_delete),
+        )
+        .route(
+            "/v1/fabrics/vlans",
+            get(fabrics::vlan_list).post(fabrics::vlan_create),
+        )
+        .route(
+            "/v1/fabrics/vlans/{vlan_id}",
+            get(fabrics::vlan_get).delete(fabrics::vlan_delete),
+        )
+        .route(
+            "/v1/fabrics/vlans/{vlan_id}/networks",
+            get(fabrics::network_list).post(fabrics::network_create),
+        )
+        .route(
+            "/v1/fabrics/vlans/{vlan_id}/networks/{id}",
+            axum::routing::delete(fabrics::network_delete),
         )
         .route(
             "/v1/networks",

@@ -17,6 +17,9 @@ use crate::db::{NewNetwork, page_limit, parse_page_token};
 use crate::error::{Error, Result};
 use crate::{ipam, validate};
 
+/// The first VNI of the fabrics' range (migration 0017).
+pub const FABRIC_VNI_FIRST: u32 = 1 << 23;
+
 #[utoipa::path(get, path = "/v1/nictags", tag = "networks", responses((status = 200, body = Page<NicTag>)))]
 pub async fn nic_tag_list(State(s): State<AppState>, p: OpContext) -> Result<Json<Page<NicTag>>> {
     p.authorize(Action::NicTagRead)?;
@@ -87,6 +90,7 @@ pub async fn network_list(
         s.db.network_list(
             p.authorize(Action::NetworkRead)?,
             q.nic_tag.as_deref(),
+            None,
             after,
             limit,
         )
@@ -107,9 +111,15 @@ pub async fn network_create(
     validate::text("description", &req.description, 1024)?;
     ipam::check_vlan(req.vlan_id)?;
     if let Some(v) = req.vni
-        && !(1..=16_777_215).contains(&v)
+        && !(1..FABRIC_VNI_FIRST).contains(&v)
     {
-        return Err(Error::invalid("vni", "must be within 1..=16777215"));
+        return Err(Error::invalid(
+            "vni",
+            format!(
+                "must be within 1..={} (VNIs from {FABRIC_VNI_FIRST} up are the fabrics')",
+                FABRIC_VNI_FIRST - 1
+            ),
+        ));
     }
     if let Some(m) = req.mtu
         && !(576..=9000).contains(&m)
@@ -135,6 +145,7 @@ pub async fn network_create(
             mtu: req.mtu,
             owners: &req.owners,
             description: &req.description,
+            fabric: None,
         })
         .await?;
     tracing::info!(network = %network.id, name = %network.name, subnet = %network.subnet, "network created");
@@ -162,7 +173,7 @@ pub async fn network_delete(
     ApiPath(id): ApiPath<NetworkId>,
 ) -> Result<StatusCode> {
     p.authorize(Action::NetworkWrite)?;
-    s.db.network_delete(id).await?;
+    s.db.network_delete(id, None).await?;
     tracing::info!(network = %id, "network deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -140,6 +140,7 @@ async fn mark(c: &Ctx, to: InstanceState) -> StepResult {
 async fn mark_deleted(c: &Ctx) -> StepResult {
     mark(c, InstanceState::Deleted).await?;
     crate::firewall::spawn_sync_naming(&c.state, c.job.owner);
+    crate::overlay::spawn_sync_peers(&c.state, c.job.instance_id);
     Ok(())
 }
 

@@ -133,8 +133,10 @@ pub(super) async fn instance_spec(c: &Ctx) -> Result<convert::Spec, StepError> {
 async fn ensure_instance(c: &Ctx) -> StepResult {
     let spec = instance_spec(c).await?;
     let t = target(c).await?;
-    // The node's firewall knows the instance before it starts.
+    // The node's firewall knows the instance before it starts, and its
+    // overlay where the instance's fabric peers are.
     crate::firewall::sync_server(&c.state, &t).await?;
+    crate::overlay::sync_server(&c.state, &t).await?;
     let node = match c.state.agents.ensure_instance(&t, &spec, true).await {
         // The image went missing from the node since it was ensured: pull it again.
         Err(Error::ImageMissingOnNode(_)) => {
@@ -215,8 +217,10 @@ async fn mark_running(c: &Ctx) -> StepResult {
             Some(&c.fence),
         )
         .await?;
-    // Rules on other nodes that name it (tags, `all vms`) take its address.
+    // Rules on other nodes that name it (tags, `all vms`) take its address;
+    // its fabric peers learn where it is.
     crate::firewall::spawn_sync_naming(&c.state, c.job.owner);
+    crate::overlay::spawn_sync_peers(&c.state, c.job.instance_id);
     Ok(())
 }
 
@@ -233,6 +237,7 @@ fn mark_failed<'a>(c: &'a Ctx, error: &'a str) -> BoxFuture<'a, StepResult> {
             )
             .await?;
         crate::firewall::spawn_sync_naming(&c.state, c.job.owner);
+        crate::overlay::spawn_sync_peers(&c.state, c.job.instance_id);
         Ok(())
     }
     .boxed()

@@ -366,6 +366,15 @@ impl Agent for SimAgent {
         Ok(Response::new(pb::ApplyFirewallResponse { generation }))
     }
 
+    async fn apply_overlay(
+        &self,
+        req: Request<pb::OverlaySet>,
+    ) -> Result<Response<pb::ApplyOverlayResponse>, Status> {
+        self.0.server_of(&req)?;
+        let generation = req.into_inner().generation;
+        Ok(Response::new(pb::ApplyOverlayResponse { generation }))
+    }
+
     async fn set_metadata(
         &self,
         req: Request<pb::SetMetadataRequest>,

@@ -1,0 +1,211 @@
+//! Fabric VLANs (an account's own layer-2 segments, each with a VNI drawn by
+//! the database) and what the overlay of each node is made of: where every
+//! other instance NIC on the VNIs the node carries lives. It never decides
+//! policy (the handlers scope every call to one account).
+
+use chrono::{DateTime, Utc};
+use nereid_api::{AccountId, FabricVlan, InstanceId, ServerId};
+use uuid::Uuid;
+
+use super::{Datastore, is_unique_violation};
+use crate::error::{Error, Result};
+
+#[derive(sqlx::FromRow)]
+struct VlanRow {
+    owner: Uuid,
+    vlan_id: i32,
+    vni: i32,
+    name: String,
+    description: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<VlanRow> for FabricVlan {
+    fn from(r: VlanRow) -> FabricVlan {
+        FabricVlan {
+            owner: r.owner.into(),
+            vlan_id: r.vlan_id as u16,
+            vni: r.vni as u32,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+        }
+    }
+}
+
+const VLAN_COLUMNS: &str = "owner, vlan_id, vni, name, description, created_at";
+
+/// An instance NIC on an overlay network, on another node: what a node
+/// needs to reach it (its MAC and address, behind that node's underlay address).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OverlayPeer {
+    pub vni: u32,
+    pub mac: String,
+    pub ip: String,
+    /// The other node's address on the network's nic tag; None when its
+    /// sysinfo shows none (it cannot be reached yet).
+    pub underlay: Option<String>,
+}
+
+impl Datastore {
+    pub async fn fabric_vlan_create(
+        &self,
+        owner: AccountId,
+        vlan_id: u16,
+        name: &str,
+        description: &str,
+    ) -> Result<FabricVlan> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, VlanRow>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO fabric_vlans (owner, vlan_id, name, description) VALUES ($1, $2, $3, $4)
+             RETURNING {VLAN_COLUMNS}"
+        )))
+        .bind(owner.as_uuid())
+        .bind(vlan_id as i32)
+        .bind(name)
+        .bind(description)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e, "fabric_vlans_pkey") {
+                Error::Conflict(format!("the account has a fabric VLAN {vlan_id} already"))
+            } else if is_unique_violation(&e, "fabric_vlans_owner_name_key") {
+                Error::Conflict(format!(
+                    "the account has a fabric VLAN named {name:?} already"
+                ))
+            } else if matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("2200H"))
+            {
+                Error::Exhausted("the datacenter has no VNI left for a new fabric VLAN".into())
+            } else if matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503"))
+            {
+                Error::not_found("account", owner)
+            } else {
+                e.into()
+            }
+        })?;
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new(
+                "fabric.vlan.create",
+                "fabric_vlan",
+                format!("{owner}/{vlan_id}"),
+            )
+            .owned_by(owner),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row.into())
+    }
+
+    /// The fabric VLANs of one account (every account's for None).
+    pub async fn fabric_vlan_list(&self, owner: Option<AccountId>) -> Result<Vec<FabricVlan>> {
+        let rows = sqlx::query_as::<_, VlanRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {VLAN_COLUMNS} FROM fabric_vlans WHERE ($1::uuid IS NULL OR owner = $1)
+             ORDER BY owner, vlan_id LIMIT 10000"
+        )))
+        .bind(owner.map(|o| o.as_uuid()))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(FabricVlan::from).collect())
+    }
+
+    pub async fn fabric_vlan_get(&self, owner: AccountId, vlan_id: u16) -> Result<FabricVlan> {
+        sqlx::query_as::<_, VlanRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {VLAN_COLUMNS} FROM fabric_vlans WHERE owner = $1 AND vlan_id = $2"
+        )))
+        .bind(owner.as_uuid())
+        .bind(vlan_id as i32)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(FabricVlan::from)
+        .ok_or_else(|| Error::not_found("fabric VLAN", vlan_id))
+    }
+
+    /// Deletes a fabric VLAN that has no network left.
+    pub async fn fabric_vlan_delete(&self, owner: AccountId, vlan_id: u16) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM fabric_vlans WHERE owner = $1 AND vlan_id = $2")
+            .bind(owner.as_uuid())
+            .bind(vlan_id as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                    Error::Conflict(format!(
+                        "fabric VLAN {vlan_id} has networks; delete them first"
+                    ))
+                }
+                _ => e.into(),
+            })?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("fabric VLAN", vlan_id));
+        }
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Event::new(
+                "fabric.vlan.delete",
+                "fabric_vlan",
+                format!("{owner}/{vlan_id}"),
+            )
+            .owned_by(owner),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every live instance NIC on another server that shares a VNI with a
+    /// live instance of `server`, in a stable order.
+    pub async fn overlay_peers(&self, server: ServerId) -> Result<Vec<OverlayPeer>> {
+        let rows: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
+            "WITH here AS (
+                SELECT DISTINCT w.vni FROM instances i
+                  JOIN instance_nics n ON n.instance_id = i.id
+                  JOIN networks w ON w.id = n.network_id
+                 WHERE i.server_id = $1 AND i.state <> 'deleted' AND w.vni IS NOT NULL)
+             SELECT w.vni, n.mac, host(n.ip),
+                    (SELECT split_part(a, '/', 1)
+                       FROM jsonb_array_elements(s.sysinfo -> 'nics') nic,
+                            jsonb_array_elements_text(nic -> 'addresses') a
+                      WHERE nic ->> 'name' = s.setup -> 'nic_tags' ->> w.nic_tag
+                        AND position(':' in a) = 0
+                      LIMIT 1)
+               FROM instances i
+               JOIN instance_nics n ON n.instance_id = i.id
+               JOIN networks w ON w.id = n.network_id
+               JOIN servers s ON s.id = i.server_id
+              WHERE w.vni IN (SELECT vni FROM here) AND i.server_id <> $1 AND i.state <> 'deleted'
+              ORDER BY 1, 2",
+        )
+        .bind(server.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(vni, mac, ip, underlay)| OverlayPeer {
+                vni: vni as u32,
+                mac,
+                ip,
+                underlay,
+            })
+            .collect())
+    }
+
+    /// The servers whose overlay an instance's coming or going changes: those
+    /// running live instances on a VNI of the instance's networks.
+    pub async fn overlay_servers_of(&self, instance: InstanceId) -> Result<Vec<ServerId>> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT DISTINCT i2.server_id FROM instances i
+               JOIN networks w ON w.id = ANY(i.networks)
+               JOIN networks w2 ON w2.vni = w.vni
+               JOIN instance_nics n2 ON n2.network_id = w2.id
+               JOIN instances i2 ON i2.id = n2.instance_id
+              WHERE i.id = $1 AND w.vni IS NOT NULL AND i2.state <> 'deleted'
+                AND i2.server_id IS NOT NULL",
+        )
+        .bind(instance.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(s,)| s.into()).collect())
+    }
+}
