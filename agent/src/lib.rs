@@ -110,6 +110,9 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     net::overlay::init(&flags.state_dir)
         .await
         .context("reading the kept overlay set")?;
+    net::nat::init(&flags.state_dir)
+        .await
+        .context("making the directory of the fabric NATs")?;
     let certs = Arc::new(certs);
     certs
         .connect(&identity.headnode)

@@ -56,6 +56,14 @@ pub struct Nic {
     /// The VXLAN of an overlay (fabric) network.
     #[serde(default)]
     pub vni: Option<u32>,
+    /// This network's gateway is the node's NAT, whose own NIC on the NAT
+    /// network this is (`net::nat`).
+    #[serde(default)]
+    pub nat: Option<Box<Nic>>,
+    /// The port may send from any IPv4 address (a NAT gateway's inside port,
+    /// which forwards replies to others' traffic).
+    #[serde(default)]
+    pub allow_ip_spoofing: bool,
     pub ip: std::net::Ipv4Addr,
     pub prefix_len: u8,
     #[serde(default)]
@@ -194,7 +202,23 @@ fn is_mac(m: &str) -> bool {
 impl TryFrom<pb::NicSpec> for Nic {
     type Error = Invalid;
 
-    fn try_from(n: pb::NicSpec) -> Result<Nic, Invalid> {
+    fn try_from(mut n: pb::NicSpec) -> Result<Nic, Invalid> {
+        let nat = match n.nat.take() {
+            Some(x) if x.nat.is_some() => {
+                return Err(Invalid(format!(
+                    "nic {}: a NAT's NIC has no NAT of its own",
+                    n.network_id
+                )));
+            }
+            Some(x) => Some(Box::new(Nic::try_from(*x)?)),
+            None => None,
+        };
+        if nat.is_some() && n.gateway.is_empty() {
+            return Err(Invalid(format!(
+                "nic {}: a NATed network needs a gateway",
+                n.network_id
+            )));
+        }
         let addr = |field: &str, v: &str| {
             v.parse::<std::net::Ipv4Addr>().map_err(|_| {
                 Invalid(format!(
@@ -230,6 +254,8 @@ impl TryFrom<pb::NicSpec> for Nic {
             prefix_len: n.prefix_len as u8,
             vlan_id: n.vlan_id as u16,
             vni: (n.vni != 0).then_some(n.vni),
+            nat,
+            allow_ip_spoofing: false,
             mtu: n.mtu,
             mac: n.mac.to_ascii_lowercase(),
             network_id: n.network_id,
@@ -251,6 +277,7 @@ impl From<&Nic> for pb::NicSpec {
             mtu: n.mtu,
             mac: n.mac.clone(),
             vni: n.vni.unwrap_or(0),
+            nat: n.nat.as_deref().map(|x| Box::new(x.into())),
         }
     }
 }
@@ -277,6 +304,8 @@ pub(crate) mod tests {
                 nic_tag: "admin".into(),
                 vlan_id: 0,
                 vni: None,
+                nat: None,
+                allow_ip_spoofing: false,
                 ip: "10.0.0.5".parse().unwrap(),
                 prefix_len: 24,
                 gateway: Some("10.0.0.1".parse().unwrap()),

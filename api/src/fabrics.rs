@@ -58,6 +58,9 @@ pub struct FabricNetworkCreate {
     pub resolvers: Vec<String>,
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
+    /// The gateway NATs out to the datacenter's NAT network (default: when
+    /// there is a gateway).
+    pub internet_nat: Option<bool>,
     /// Default and most: the underlay's MTU less the 50 bytes of VXLAN.
     #[schema(minimum = 576, maximum = 8950)]
     pub mtu: Option<u32>,

@@ -41,6 +41,9 @@ pub struct Network {
     pub vni: Option<u32>,
     /// The fabric VLAN of a fabric network (whose only user is `owners[0]`).
     pub fabric_vlan_id: Option<u16>,
+    /// A fabric network whose gateway each node provides, NATed out to the
+    /// datacenter's NAT network.
+    pub internet_nat: bool,
     /// IPv4 CIDR, e.g. 10.88.0.0/24.
     pub subnet: String,
     pub gateway: Option<String>,

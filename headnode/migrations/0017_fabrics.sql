@@ -40,3 +40,33 @@ CREATE UNIQUE INDEX networks_name_key ON networks (name) WHERE fabric_owner IS N
 CREATE UNIQUE INDEX networks_fabric_name_key ON networks (fabric_owner, name)
     WHERE fabric_owner IS NOT NULL;
 CREATE INDEX networks_vni_idx ON networks (vni) WHERE vni IS NOT NULL;
+
+-- A fabric network with a gateway and internet_nat: every node that runs one
+-- of its instances provides the gateway itself and NATs it out to the
+-- datacenter's NAT network, from an address of that network (Triton's NAT
+-- zone, one per network and node). The address is held while the row lives.
+ALTER TABLE networks ADD COLUMN internet_nat boolean NOT NULL DEFAULT false;
+ALTER TABLE network_ips DROP CONSTRAINT network_ips_owner_type_check,
+    ADD CONSTRAINT network_ips_owner_type_check
+        CHECK (owner_type IN ('reservation', 'instance', 'gateway'));
+CREATE TABLE fabric_nats (
+    network_id   uuid NOT NULL REFERENCES networks (id) ON DELETE CASCADE,
+    server_id    uuid NOT NULL REFERENCES servers (id) ON DELETE CASCADE,
+    external_id  uuid NOT NULL,
+    ip           inet NOT NULL,
+    mac          text NOT NULL UNIQUE,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (network_id, server_id),
+    FOREIGN KEY (external_id, ip) REFERENCES network_ips (network_id, ip)
+);
+CREATE INDEX fabric_nats_server_idx ON fabric_nats (server_id);
+-- However the row goes (its network or its server deleted), the address is free again.
+CREATE FUNCTION fabric_nat_release() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE network_ips SET owner_type = NULL, owner_id = NULL, updated_at = now()
+     WHERE network_id = OLD.external_id AND ip = OLD.ip AND in_range;
+    DELETE FROM network_ips WHERE network_id = OLD.external_id AND ip = OLD.ip AND NOT in_range;
+    RETURN OLD;
+END $$;
+CREATE TRIGGER fabric_nat_release AFTER DELETE ON fabric_nats
+    FOR EACH ROW EXECUTE FUNCTION fabric_nat_release();

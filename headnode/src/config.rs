@@ -55,6 +55,10 @@ pub struct Flags {
     /// with the reason until it is rotated or the node re-joins.
     #[arg(long, env = "NEREID_NODE_CERT_LIFETIME_SECS")]
     pub node_cert_lifetime_secs: Option<u64>,
+    /// The network (by name) fabric gateways NAT out to: each node running
+    /// instances of a fabric network with `internet_nat` takes an address of it.
+    #[arg(long, env = "NEREID_FABRIC_NAT_NETWORK")]
+    pub fabric_nat_network: Option<String>,
     /// How long a claimed job stays this headnode's without renewal, in ms;
     /// a dead headnode's jobs are taken over after it.
     #[arg(long, env = "NEREID_JOB_LEASE_MS")]
@@ -116,6 +120,7 @@ struct FileConfig {
     log_format: Option<String>,
     pki_dir: Option<PathBuf>,
     node_cert_lifetime_secs: Option<u64>,
+    fabric_nat_network: Option<String>,
     rest_tls_cert: Option<PathBuf>,
     rest_tls_key: Option<PathBuf>,
     job_lease_ms: Option<u64>,
@@ -191,6 +196,8 @@ pub struct Config {
     pub pki_dir: PathBuf,
     /// How long the certificates issued to nodes are valid.
     pub node_cert_lifetime: Duration,
+    /// The network fabric gateways NAT out to, by name.
+    pub fabric_nat_network: Option<String>,
     /// The REST API's certificate chain and key files (PEM), when it serves TLS.
     pub rest_tls: Option<(PathBuf, PathBuf)>,
     pub job_lease: Duration,
@@ -352,6 +359,7 @@ impl Config {
                 .or(file.pki_dir)
                 .unwrap_or_else(|| state_dir.join("pki")),
             node_cert_lifetime: Duration::from_secs(node_cert_lifetime_secs),
+            fabric_nat_network: flags.fabric_nat_network.clone().or(file.fabric_nat_network),
             job_lease: Duration::from_millis(job_lease_ms),
             job_workers,
             reconcile_interval: Duration::from_millis(reconcile_ms),

@@ -119,9 +119,16 @@ impl Default for DcOpts {
             node_memory_mb: 4096,
             headnode: HeadnodeOpts {
                 heartbeat_interval_ms: 1000,
-                args: ["--job-lease-ms", "2000", "--reconcile-interval-ms", "500"]
-                    .map(String::from)
-                    .to_vec(),
+                args: [
+                    "--job-lease-ms",
+                    "2000",
+                    "--reconcile-interval-ms",
+                    "500",
+                    "--fabric-nat-network",
+                    "net",
+                ]
+                .map(String::from)
+                .to_vec(),
                 ..Default::default()
             },
             vms: false,

@@ -402,6 +402,15 @@ pub fn clean_instances(agent_state: &std::path::Path, pool: &str) {
             }
         }
     }
+    // The node's fabric NATs (their namespaces are host-global names).
+    if let Ok(nats) = std::fs::read_dir(agent_state.join("nat")) {
+        for n in nats.flatten() {
+            let ns = n.file_name().to_string_lossy().into_owned();
+            if ns.starts_with("nrg-") {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            }
+        }
+    }
     // The shared parent goes once empty (fails harmlessly while others use it).
     if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
         for c in controllers.flatten() {

@@ -12,7 +12,13 @@ use nereid_tests::procs::{Headnode, HeadnodeOpts};
 use serde_json::{Value, json};
 
 /// A fabric VLAN and a network "fab" on it for the caller; returns the VLAN.
-async fn fabric(api: &Api, vlan: u16, subnet: &str, start: &str, end: &str) -> Value {
+async fn fabric(
+    api: &Api,
+    vlan: u16,
+    subnet: &str,
+    (start, end): (&str, &str),
+    gateway: Option<&str>,
+) -> Value {
     let (st, v) = api
         .post(
             "/v1/fabrics/vlans",
@@ -23,13 +29,15 @@ async fn fabric(api: &Api, vlan: u16, subnet: &str, start: &str, end: &str) -> V
     let (st, n) = api
         .post(
             &format!("/v1/fabrics/vlans/{vlan}/networks"),
-            &json!({"name": "fab", "subnet": subnet, "provision_start": start, "provision_end": end}),
+            &json!({"name": "fab", "subnet": subnet, "provision_start": start, "provision_end": end,
+                    "gateway": gateway}),
         )
         .await;
     assert_eq!(st, 201, "{n}");
     assert_eq!(n["vni"], v["vni"], "{n}");
     assert_eq!(n["fabric_vlan_id"], vlan, "{n}");
     assert_eq!(n["mtu"], 1450, "the underlay's 1500 less VXLAN's 50: {n}");
+    assert_eq!(n["internet_nat"], gateway.is_some(), "{n}");
     v
 }
 
@@ -66,15 +74,23 @@ async fn an_accounts_fabric_spans_nodes_and_another_account_on_the_same_subnet_r
     let (alice_id, alice) = dc.tenant("alice").await;
     let (bob_id, bob) = dc.tenant("bob").await;
     // The same VLAN number and the same subnet for both: only the VNI differs.
+    // Alice's has a gateway, which each node provides and NATs out to `net`.
     let va = fabric(
         &alice,
         2,
         "192.168.60.0/24",
-        "192.168.60.10",
-        "192.168.60.19",
+        ("192.168.60.10", "192.168.60.19"),
+        Some("192.168.60.1"),
     )
     .await;
-    let vb = fabric(&bob, 2, "192.168.60.0/24", "192.168.60.20", "192.168.60.29").await;
+    let vb = fabric(
+        &bob,
+        2,
+        "192.168.60.0/24",
+        ("192.168.60.20", "192.168.60.29"),
+        None,
+    )
+    .await;
     let (vni_a, vni_b) = (va["vni"].as_u64().unwrap(), vb["vni"].as_u64().unwrap());
     assert_ne!(vni_a, vni_b);
     assert!(vni_a >= 1 << 23 && vni_b >= 1 << 23, "{va} {vb}");
@@ -115,6 +131,24 @@ async fn an_accounts_fabric_spans_nodes_and_another_account_on_the_same_subnet_r
             to["alias"]
         );
     }
+    // Alice's instances reach the datacenter network through their node's
+    // NAT (the host's address there); bob's, without a gateway, do not.
+    let host = format!("{}.1", dc.data_net);
+    for from in [&a0, &a1] {
+        nereid_tests::wait_for(
+            &format!("{} to reach {host} through NAT", from["alias"]),
+            Duration::from_secs(30),
+            || async { pings(&dc, from, &host).then_some(()) },
+        )
+        .await;
+    }
+    assert!(!pings(&dc, &b0, &host), "b0 reached {host}");
+    let nats = |node: usize| {
+        std::fs::read_dir(dc.nodes[node].agent.state.path().join("nat"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!((nats(0), nats(1)), (1, 1));
     // Node 0 sends alice's a1 to node 1's underlay address, and floods nothing.
     let node1_underlay = format!("dst {}.11 ", dc_mgmt_net(&dc));
     let entries = fdb(&dc, 0, vni_a);
@@ -145,6 +179,9 @@ async fn an_accounts_fabric_spans_nodes_and_another_account_on_the_same_subnet_r
         "a1's entry is still on node 0: {left}"
     );
     assert!(!pings(&dc, &a0, &ip_of(&a1)));
+    // Node 1 runs none of alice's instances any more: its NAT is gone, node 0's stays.
+    assert_eq!((nats(0), nats(1)), (1, 0));
+    assert!(pings(&dc, &a0, &host));
     // Bob's fabric is untouched.
     assert!(pings(&dc, &b0, &ip_of(&b1)));
     let (st, _) = op.get("/v1/fabrics/vlans").await;
@@ -209,6 +246,15 @@ async fn fabric_requests_that_make_no_sense_are_refused_with_the_reason() {
     );
     let (st, tag) = op.post("/v1/nictags", &json!({"name": "underlay"})).await;
     assert_eq!(st, 201, "{tag}");
+    // A gateway NATs out by default, and this datacenter has no NAT network.
+    let mut gw = first.clone();
+    gw["gateway"] = json!("192.168.60.1");
+    assert_error_says(
+        &alice.post("/v1/fabrics/vlans/2/networks", &gw).await,
+        409,
+        "Conflict",
+        "NAT network",
+    );
     let (st, n) = alice.post("/v1/fabrics/vlans/2/networks", &first).await;
     assert_eq!(st, 201, "{n}");
     // Overlapping one of the same account's fabric subnets, on any of its VLANs.

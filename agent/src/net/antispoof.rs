@@ -68,6 +68,9 @@ pub struct Port {
     pub ifname: String,
     pub mac: Mac,
     pub ips: Vec<Ipv4Addr>,
+    /// Any IPv4 source and ARP sender address (Triton's `allow_ip_spoofing`);
+    /// the MAC and protocol rules still hold.
+    pub any_ip: bool,
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -96,14 +99,25 @@ pub fn protect_script(t: &str, ports: &[Port]) -> Result<String, NetError> {
         }
         let (c, m) = (format!("port_{}", p.ifname), p.mac);
         let ips: Vec<String> = p.ips.iter().map(Ipv4Addr::to_string).collect();
-        let (arp_ips, ip_rule) = if ips.is_empty() {
-            ("0.0.0.0".to_string(), "ether type ip drop".to_string())
+        let (arp_rule, ip_rule) = if p.any_ip {
+            (None, None)
+        } else if ips.is_empty() {
+            (
+                Some("0.0.0.0".to_string()),
+                Some("ether type ip drop".to_string()),
+            )
         } else {
             (
-                format!("{{ 0.0.0.0, {} }}", ips.join(", ")),
-                format!("ip saddr != {{ {} }} drop", ips.join(", ")),
+                Some(format!("{{ 0.0.0.0, {} }}", ips.join(", "))),
+                Some(format!("ip saddr != {{ {} }} drop", ips.join(", "))),
             )
         };
+        let arp_rule = arp_rule
+            .map(|a| format!("add rule bridge {t} {c} arp saddr ip != {a} drop\n"))
+            .unwrap_or_default();
+        let ip_rule = ip_rule
+            .map(|r| format!("add rule bridge {t} {c} {r}\n"))
+            .unwrap_or_default();
         let _ = write!(
             s,
             "add chain bridge {t} {c}\n\
@@ -111,8 +125,8 @@ pub fn protect_script(t: &str, ports: &[Port]) -> Result<String, NetError> {
              add rule bridge {t} {c} ether saddr != {m} drop\n\
              add rule bridge {t} {c} ether type != {{ ip, arp }} drop\n\
              add rule bridge {t} {c} arp saddr ether != {m} drop\n\
-             add rule bridge {t} {c} arp saddr ip != {arp_ips} drop\n\
-             add rule bridge {t} {c} {ip_rule}\n\
+             {arp_rule}\
+             {ip_rule}\
              add rule bridge {t} {c} udp sport 67 drop\n\
              add element bridge {t} ports {{ \"{}\" : jump {c} }}\n",
             p.ifname
@@ -201,6 +215,7 @@ mod tests {
                 ifname: "nv1a2b3c4d5e6f0".into(),
                 mac: "92:00:00:00:00:01".parse().unwrap(),
                 ips: vec!["10.0.0.5".parse().unwrap()],
+                any_ip: false,
             }],
         )
         .unwrap();
@@ -228,11 +243,33 @@ mod tests {
     }
 
     #[test]
+    fn a_port_allowed_any_address_keeps_its_mac_and_protocol_rules() {
+        let s = protect_script(
+            "nereid",
+            &[Port {
+                ifname: "nv1a2b3c4d5e6f0".into(),
+                mac: "92:00:00:00:00:01".parse().unwrap(),
+                ips: vec!["10.0.0.1".parse().unwrap()],
+                any_ip: true,
+            }],
+        )
+        .unwrap();
+        assert!(s.contains("ether saddr != 92:00:00:00:00:01 drop"), "{s}");
+        assert!(s.contains("ether type != { ip, arp } drop"), "{s}");
+        assert!(s.contains("udp sport 67 drop"), "{s}");
+        assert!(
+            !s.contains("ip saddr") && !s.contains("arp saddr ip"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn names_that_are_not_ours_are_refused() {
         let port = |ifname: &str| Port {
             ifname: ifname.into(),
             mac: "92:00:00:00:00:01".parse().unwrap(),
             ips: vec![],
+            any_ip: false,
         };
         for bad in ["", "a b", "x;flush ruleset", "nv\"x", "abcdefghijklmnop"] {
             assert!(protect_script("nereid", &[port(bad)]).is_err(), "{bad:?}");

@@ -18,6 +18,7 @@
 
 pub mod antispoof;
 pub mod firewall;
+pub mod nat;
 pub mod overlay;
 
 use std::collections::BTreeMap;
@@ -199,9 +200,20 @@ async fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), NetError>
 
 /// Plumbs every NIC of an instance into its namespace `netns` (and sets its
 /// loopback up): bridge, veth, MAC, address, default route via the primary
-/// NIC's gateway. Two `ip -batch` runs, one on each side. Idempotent: host
-/// ends left by an interrupted run are replaced.
+/// NIC's gateway; and the node's NAT of a network whose gateway it provides.
+/// Idempotent: host ends left by an interrupted run are replaced.
 pub async fn plumb(
+    instance_id: &str,
+    netns: &str,
+    nics: &[Nic],
+    nic_tags: &BTreeMap<String, String>,
+) -> Result<(), NetError> {
+    plumb_into(instance_id, netns, nics, nic_tags).await?;
+    nat::ensure(nics, nic_tags).await
+}
+
+/// `plumb` without the NATs: two `ip -batch` runs, one on each side.
+async fn plumb_into(
     instance_id: &str,
     netns: &str,
     nics: &[Nic],
@@ -259,10 +271,10 @@ pub async fn plumb_taps(
             link_exists,
         ));
     }
-    if lines.is_empty() {
-        return Ok(());
+    if !lines.is_empty() {
+        ip_batch(None, &lines).await?;
     }
-    ip_batch(None, &lines).await
+    nat::ensure(nics, nic_tags).await
 }
 
 /// Puts the anti-spoofing rules of every NIC's port (named by `port`) in
@@ -282,6 +294,7 @@ fn ports_of(
                 ifname: port(idx),
                 mac: nic.mac.parse()?,
                 ips: vec![nic.ip],
+                any_ip: nic.allow_ip_spoofing,
             })
         })
         .collect()
@@ -426,6 +439,8 @@ mod tests {
             nic_tag: "admin".into(),
             vlan_id: 0,
             vni: None,
+            nat: None,
+            allow_ip_spoofing: false,
             ip: "10.0.0.5".parse().unwrap(),
             prefix_len: 24,
             gateway: None,

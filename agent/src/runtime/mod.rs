@@ -363,6 +363,16 @@ impl Instances {
         self.metadata
             .remove(id)
             .map_err(|e| InstanceError::host(id, e.what))?;
+        // The node's NAT of a fabric network goes with its last instance here.
+        if spec
+            .as_ref()
+            .is_some_and(|s| s.nics.iter().any(|n| n.nat.is_some()))
+        {
+            let remaining = self.store.list().await?;
+            if let Err(e) = crate::net::nat::sweep(remaining.iter().flat_map(|s| &s.nics)).await {
+                tracing::warn!(instance = %id, "removing unused fabric NATs: {e}");
+            }
+        }
         if let Some(spec) = spec {
             self.events.emit(&Instance::new(spec, State::Stopped, 0));
         }

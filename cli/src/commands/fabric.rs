@@ -83,8 +83,13 @@ pub enum FabricNetworkCmd {
         /// CIDR, e.g. 192.168.128.0/24
         #[arg(long)]
         subnet: String,
+        /// Each node running its instances provides it, NATed out to the
+        /// datacenter's NAT network (unless --no-nat).
         #[arg(long)]
         gateway: Option<String>,
+        /// A gateway without NAT (something else routes it).
+        #[arg(long)]
+        no_nat: bool,
         /// First address handed out.
         #[arg(long)]
         start: String,
@@ -189,8 +194,10 @@ pub async fn run(c: &Client, fmt: Format, cmd: FabricCmd) -> anyhow::Result<()> 
             mtu,
             description,
             owner,
+            no_nat,
         }) => {
             let body = FabricNetworkCreate {
+                internet_nat: no_nat.then_some(false),
                 name,
                 subnet,
                 gateway,

@@ -72,23 +72,24 @@ pub fn spec(s: &Spec) -> pb::InstanceSpec {
         disk_mb: z.disk_mb,
         pids_limit: 0,
         generation: z.generation,
-        nics: s
-            .nics
-            .iter()
-            .map(|n| pb::NicSpec {
-                network_id: n.network_id.to_string(),
-                nic_tag: n.nic_tag.clone(),
-                vlan_id: n.vlan_id.into(),
-                ip: n.ip.to_string(),
-                prefix_len: n.prefix_len.into(),
-                gateway: n.gateway.clone().unwrap_or_default(),
-                resolvers: n.resolvers.clone(),
-                mtu: n.mtu,
-                mac: n.mac.clone(),
-                vni: n.vni.unwrap_or(0),
-            })
-            .collect(),
+        nics: s.nics.iter().map(nic_spec).collect(),
         isolated_ids: z.isolated_ids,
+    }
+}
+
+fn nic_spec(n: &crate::db::NicPlan) -> pb::NicSpec {
+    pb::NicSpec {
+        network_id: n.network_id.to_string(),
+        nic_tag: n.nic_tag.clone(),
+        vlan_id: n.vlan_id.into(),
+        ip: n.ip.to_string(),
+        prefix_len: n.prefix_len.into(),
+        gateway: n.gateway.clone().unwrap_or_default(),
+        resolvers: n.resolvers.clone(),
+        mtu: n.mtu,
+        mac: n.mac.clone(),
+        vni: n.vni.unwrap_or(0),
+        nat: n.nat.as_deref().map(|x| Box::new(nic_spec(x))),
     }
 }
 

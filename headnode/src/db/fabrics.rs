@@ -4,10 +4,10 @@
 //! policy (the handlers scope every call to one account).
 
 use chrono::{DateTime, Utc};
-use nereid_api::{AccountId, FabricVlan, InstanceId, ServerId};
+use nereid_api::{AccountId, FabricVlan, InstanceId, NetworkId, ServerId};
 use uuid::Uuid;
 
-use super::{Datastore, is_unique_violation};
+use super::{Datastore, NicPlan, is_unique_violation};
 use crate::error::{Error, Result};
 
 #[derive(sqlx::FromRow)]
@@ -207,5 +207,102 @@ impl Datastore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(s,)| s.into()).collect())
+    }
+}
+
+/// The MAC of a NAT gateway's NIC on the NAT network: locally administered
+/// (0x96, apart from instances' 0x92), from its fabric network and node.
+fn nat_mac(network: NetworkId, server: ServerId) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::new()
+        .chain_update(network.as_uuid().as_bytes())
+        .chain_update(server.as_uuid().as_bytes())
+        .finalize();
+    format!(
+        "96:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        d[0], d[1], d[2], d[3], d[4]
+    )
+}
+
+impl Datastore {
+    /// The NAT gateway of a fabric network on a server: its NIC on the NAT
+    /// network `external` (by name), taking the lowest free address of that
+    /// network the first time. Idempotent; the address is held until the
+    /// fabric network or the server is deleted.
+    pub async fn fabric_nat_ensure(
+        &self,
+        network: NetworkId,
+        server: ServerId,
+        external: &str,
+    ) -> Result<NicPlan> {
+        let ext = self
+            .network_get_by_name(external, None)
+            .await
+            .map_err(|_| {
+                Error::Conflict(format!(
+                    "the NAT network {external:?} (--fabric-nat-network) does not exist"
+                ))
+            })?;
+        let held = || async {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT host(ip), mac FROM fabric_nats WHERE network_id = $1 AND server_id = $2",
+            )
+            .bind(network.as_uuid())
+            .bind(server.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+        };
+        let (ip, mac) = match held().await? {
+            Some(h) => h,
+            None => {
+                let mac = nat_mac(network, server);
+                let taken: Option<(String,)> = sqlx::query_as(
+                    "WITH taken AS (
+                         UPDATE network_ips SET owner_type = 'gateway', owner_id = $1, updated_at = now()
+                          WHERE (network_id, ip) = (
+                              SELECT network_id, ip FROM network_ips
+                               WHERE network_id = $3 AND owner_type IS NULL AND in_range
+                               ORDER BY ip LIMIT 1 FOR UPDATE SKIP LOCKED)
+                            AND NOT EXISTS (SELECT 1 FROM fabric_nats WHERE network_id = $1 AND server_id = $2)
+                         RETURNING network_id, ip)
+                     INSERT INTO fabric_nats (network_id, server_id, external_id, ip, mac)
+                     SELECT $1, $2, network_id, ip, $4 FROM taken
+                     ON CONFLICT (network_id, server_id) DO NOTHING
+                     RETURNING host(ip)",
+                )
+                .bind(network.as_uuid())
+                .bind(server.as_uuid())
+                .bind(ext.id.as_uuid())
+                .bind(&mac)
+                .fetch_optional(&self.pool)
+                .await?;
+                match taken {
+                    Some((ip,)) => (ip, mac),
+                    // Another run made it meanwhile, or the network is full.
+                    None => held().await?.ok_or_else(|| {
+                        Error::Exhausted(format!(
+                            "the NAT network {external:?} has no free address for a fabric gateway"
+                        ))
+                    })?,
+                }
+            }
+        };
+        let subnet = crate::ipam::Cidr::parse("subnet", &ext.subnet)?;
+        Ok(NicPlan {
+            network_id: ext.id,
+            nic_tag: ext.nic_tag,
+            vlan_id: ext.vlan_id,
+            vni: ext.vni,
+            internet_nat: false,
+            nat: None,
+            ip: ip
+                .parse()
+                .map_err(|_| Error::Internal(format!("NAT address {ip:?}")))?,
+            prefix_len: subnet.prefix,
+            gateway: ext.gateway,
+            resolvers: ext.resolvers,
+            mtu: ext.mtu,
+            mac,
+        })
     }
 }

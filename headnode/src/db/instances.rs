@@ -73,6 +73,10 @@ pub struct NicPlan {
     pub vlan_id: u16,
     /// The VXLAN id of an overlay (fabric) network.
     pub vni: Option<u32>,
+    /// The node provides the gateway and NATs it out (a fabric network's).
+    pub internet_nat: bool,
+    /// That NAT's own NIC on the NAT network, once the node has one.
+    pub nat: Option<Box<NicPlan>>,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<String>,
@@ -668,10 +672,12 @@ impl Datastore {
             i32,
             String,
             Option<i32>,
+            bool,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT n.network_id, w.nic_tag, w.vlan_id, host(n.ip), masklen(w.subnet), host(w.gateway),
-                    ARRAY(SELECT host(r) FROM unnest(w.resolvers) r), w.mtu, n.mac, w.vni
+                    ARRAY(SELECT host(r) FROM unnest(w.resolvers) r), w.mtu, n.mac, w.vni,
+                    w.internet_nat AND w.gateway IS NOT NULL
              FROM instance_nics n JOIN networks w ON w.id = n.network_id
              WHERE n.instance_id = $1 ORDER BY n.idx",
         )
@@ -685,6 +691,8 @@ impl Datastore {
                     nic_tag: r.1,
                     vlan_id: r.2 as u16,
                     vni: r.9.map(|v| v as u32),
+                    internet_nat: r.10,
+                    nat: None,
                     ip: r.3.parse().map_err(|_| {
                         Error::Internal(format!("instance {id} has a NIC with address {:?}", r.3))
                     })?,

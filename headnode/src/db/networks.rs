@@ -43,6 +43,7 @@ struct NetworkRow {
     vlan_id: i32,
     vni: Option<i32>,
     fabric_vlan_id: Option<i32>,
+    internet_nat: bool,
     subnet: String,
     gateway: Option<String>,
     provision_start: String,
@@ -64,6 +65,7 @@ impl From<NetworkRow> for Network {
             vlan_id: r.vlan_id as u16,
             vni: r.vni.map(|v| v as u32),
             fabric_vlan_id: r.fabric_vlan_id.map(|v| v as u16),
+            internet_nat: r.internet_nat,
             subnet: r.subnet,
             gateway: r.gateway,
             provision_start: r.provision_start,
@@ -78,7 +80,7 @@ impl From<NetworkRow> for Network {
     }
 }
 
-const NETWORK_COLUMNS: &str = "id, name, nic_tag, vlan_id, vni, fabric_vlan_id, subnet::text AS subnet, host(gateway) AS gateway,
+const NETWORK_COLUMNS: &str = "id, name, nic_tag, vlan_id, vni, fabric_vlan_id, internet_nat, subnet::text AS subnet, host(gateway) AS gateway,
     host(provision_start) AS provision_start, host(provision_end) AS provision_end,
     ARRAY(SELECT host(r) FROM unnest(resolvers) r) AS resolvers, routes, mtu, owners, description, created_at";
 
@@ -121,6 +123,7 @@ pub struct NewNetwork<'a> {
     pub description: &'a str,
     /// A fabric network: the account and its VLAN (`owners` is that account).
     pub fabric: Option<(AccountId, u16)>,
+    pub internet_nat: bool,
 }
 
 impl Datastore {
@@ -210,9 +213,9 @@ impl Datastore {
         let resolvers: Vec<String> = a.resolvers.iter().map(|r| r.to_string()).collect();
         let inserted = sqlx::query(
             "INSERT INTO networks (id, name, nic_tag, vlan_id, vni, subnet, gateway, provision_start, provision_end,
-                                   resolvers, routes, mtu, owners, description, fabric_owner, fabric_vlan_id)
+                                   resolvers, routes, mtu, owners, description, fabric_owner, fabric_vlan_id, internet_nat)
              VALUES ($1, $2, $3, $4, $5, $6::cidr, $7::inet, $8::inet, $9::inet, $10::inet[], $11, $12, $13, $14,
-                     $15, $16)",
+                     $15, $16, $17)",
         )
         .bind(id.as_uuid())
         .bind(n.name)
@@ -230,6 +233,7 @@ impl Datastore {
         .bind(n.description)
         .bind(n.fabric.map(|(o, _)| o.as_uuid()))
         .bind(n.fabric.map(|(_, v)| v as i32))
+        .bind(n.internet_nat)
         .execute(&mut *tx)
         .await;
         if let Err(e) = inserted {
@@ -322,7 +326,8 @@ impl Datastore {
         sqlx::query_as::<_, NetworkRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {NETWORK_COLUMNS} FROM networks WHERE name = $1
                AND ($2::uuid IS NULL OR cardinality(owners) = 0 OR $2 = ANY(owners))
-             ORDER BY fabric_owner IS NULL, id LIMIT 1"
+             ORDER BY (fabric_owner IS NOT NULL AND $2::uuid IS NOT NULL) DESC, fabric_owner IS NULL DESC, id
+             LIMIT 1"
         )))
         .bind(name)
         .bind(usable_by.map(|a| a.as_uuid()))
@@ -383,14 +388,14 @@ impl Datastore {
             return Err(Error::not_found("network", id));
         }
         let (held,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM network_ips WHERE network_id = $1 AND owner_type = 'instance'",
+            "SELECT count(*) FROM network_ips WHERE network_id = $1 AND owner_type IN ('instance', 'gateway')",
         )
         .bind(id.as_uuid())
         .fetch_one(&mut *tx)
         .await?;
         if held > 0 {
             return Err(Error::Conflict(format!(
-                "network {id} has {held} addresses held by instances; delete them first"
+                "network {id} has {held} addresses held by instances or fabric NAT gateways; delete them first"
             )));
         }
         sqlx::query("DELETE FROM networks WHERE id = $1")

@@ -174,6 +174,22 @@ pub async fn network_create(
         &req.resolvers,
         &req.routes,
     )?;
+    let internet_nat = req.internet_nat.unwrap_or(req.gateway.is_some());
+    if internet_nat {
+        if req.gateway.is_none() {
+            return Err(Error::invalid(
+                "internet_nat",
+                "needs a gateway (the address the nodes NAT from)",
+            ));
+        }
+        if s.config.fabric_nat_network.is_none() {
+            return Err(Error::Conflict(
+                "internet_nat: this datacenter has no NAT network (the headnode's \
+                 --fabric-nat-network); create the network with internet_nat false"
+                    .into(),
+            ));
+        }
+    }
     let vlan = s.db.fabric_vlan_get(owner, vlan_id).await?;
     let network =
         s.db.network_create(&NewNetwork {
@@ -186,6 +202,7 @@ pub async fn network_create(
             owners: &[owner],
             description: &req.description,
             fabric: Some((owner, vlan_id)),
+            internet_nat,
         })
         .await
         .map_err(|e| match e {

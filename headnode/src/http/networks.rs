@@ -146,6 +146,7 @@ pub async fn network_create(
             owners: &req.owners,
             description: &req.description,
             fabric: None,
+            internet_nat: false,
         })
         .await?;
     tracing::info!(network = %network.id, name = %network.name, subnet = %network.subnet, "network created");

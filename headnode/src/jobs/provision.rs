@@ -122,10 +122,33 @@ async fn ensure_image_on(c: &Ctx, t: &AgentTarget) -> StepResult {
 pub(super) async fn instance_spec(c: &Ctx) -> Result<convert::Spec, StepError> {
     let db = &c.state.db;
     let id = c.job.instance_id;
+    let mut nics = db.instance_nic_plans(id).await?;
+    // A fabric network's gateway is the node's own NAT, on the NAT network.
+    if nics.iter().any(|n| n.internet_nat) {
+        let server = target(c).await?.server;
+        let external = c
+            .state
+            .config
+            .fabric_nat_network
+            .as_deref()
+            .ok_or_else(|| {
+                StepError::Fail(
+                    "the instance's fabric network NATs out, and this headnode has no \
+                 --fabric-nat-network"
+                        .into(),
+                )
+            })?;
+        for nic in nics.iter_mut().filter(|n| n.internet_nat) {
+            let nat = db
+                .fabric_nat_ensure(nic.network_id, server, external)
+                .await?;
+            nic.nat = Some(Box::new(nat));
+        }
+    }
     Ok(convert::Spec {
         id,
         sizes: db.instance_sizes(id).await?,
-        nics: db.instance_nic_plans(id).await?,
+        nics,
         metadata: Some(crate::metadata::build(&c.state, id).await?),
     })
 }
