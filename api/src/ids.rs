@@ -90,6 +90,10 @@ typed_id!(
     NetworkId
 );
 typed_id!(
+    /// A network pool.
+    NetworkPoolId
+);
+typed_id!(
     /// An instance (container or VM).
     InstanceId
 );

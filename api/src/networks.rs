@@ -121,3 +121,33 @@ pub struct NetworkIpAllocate {
     #[schema(format = Ipv4)]
     pub ip: Option<String>,
 }
+
+/// A named, ordered list of networks of one nic tag: an instance asking for
+/// the pool gets the first of them with a free address.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkPool {
+    pub id: crate::NetworkPoolId,
+    pub name: String,
+    pub nic_tag: String,
+    /// In the order they are tried.
+    pub networks: Vec<NetworkId>,
+    /// Who may use it; empty means everyone.
+    pub owners: Vec<AccountId>,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPoolCreate {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    pub name: String,
+    /// Network ids or names, all on one nic tag, in the order they are tried.
+    #[schema(min_items = 1, max_items = 64)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub owners: Vec<AccountId>,
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub description: String,
+}

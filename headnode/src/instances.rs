@@ -256,11 +256,12 @@ pub async fn create(
         let net = match r.parse::<NetworkId>() {
             Ok(nid) => s.db.network_get(nid, Some(owner)).await,
             Err(_) => s.db.network_get_by_name(r, Some(owner)).await,
-        }
-        .map_err(|e| match e {
-            Error::NotFound { .. } => Error::not_found("network", format!("{r:?}")),
-            e => e,
-        })?;
+        };
+        // Not a network: a pool's first network with a free address.
+        let net = match net {
+            Err(Error::NotFound { .. }) => pick_from_pool(s, r, owner).await?,
+            other => other?,
+        };
         if networks.contains(&net.id) {
             return Err(Error::invalid(
                 "networks",
@@ -508,4 +509,23 @@ pub async fn console(
         other => other,
     })?;
     Ok(nereid_api::InstanceConsole { text, truncated })
+}
+
+/// The first network with a free address of the pool `r` (an id or a name)
+/// that `owner` may use; 404 when there is no such network or pool, 409
+/// `Exhausted` when every network of the pool is full.
+async fn pick_from_pool(s: &AppState, r: &str, owner: AccountId) -> Result<nereid_api::Network> {
+    let missing = || Error::not_found("network", format!("{r:?}"));
+    let pool = match r.parse::<nereid_api::NetworkPoolId>() {
+        Ok(id) => s.db.pool_get(id, Some(owner)).await.ok(),
+        Err(_) => s.db.pool_get_by_name(r, Some(owner)).await?,
+    }
+    .ok_or_else(missing)?;
+    let picked = s.db.pool_pick(pool.id).await?.ok_or_else(|| {
+        Error::Exhausted(format!(
+            "every network of pool {:?} is out of free addresses",
+            pool.name
+        ))
+    })?;
+    s.db.network_get(picked, None).await
 }

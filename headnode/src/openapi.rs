@@ -30,6 +30,7 @@ use crate::http;
         http::fabrics::vlan_list, http::fabrics::vlan_create, http::fabrics::vlan_get,
         http::fabrics::vlan_delete, http::fabrics::network_list, http::fabrics::network_create,
         http::fabrics::network_delete,
+        http::pools::pool_list, http::pools::pool_create, http::pools::pool_get, http::pools::pool_delete,
         http::instances::instance_create, http::instances::instance_list, http::instances::instance_get,
         http::instances::instance_start, http::instances::instance_stop, http::instances::instance_reboot,
         http::instances::instance_delete, http::instances::instance_console,

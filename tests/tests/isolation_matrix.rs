@@ -40,7 +40,8 @@ fn classify(method: &Method, path: &str) -> Option<Expect> {
             "/v1/instances" | "/v1/images" | "/v1/fwrules" | "/v1/keys" | "/v1/tokens"
             | "/v1/fabrics/vlans",
         ) => Skip,
-        ("GET", "/v1/networks/{id}" | "/v1/packages/{id}") => Skip, // shared
+        ("GET", "/v1/networks/{id}" | "/v1/packages/{id}" | "/v1/network-pools/{id}") => Skip, // shared
+        ("POST", "/v1/network-pools") | ("DELETE", "/v1/network-pools/{id}") => Forbidden,
         (_, p) if p.starts_with("/v1/servers") => Forbidden,
         (_, p) if p.starts_with("/v1/nictags") => Forbidden,
         (_, p) if p.starts_with("/v1/networks/{id}/ips") => Forbidden,
@@ -50,7 +51,7 @@ fn classify(method: &Method, path: &str) -> Option<Expect> {
             "GET",
             "/v1/accounts" | "/v1/audit" | "/v1/fwrules" | "/v1/images" | "/v1/instances"
             | "/v1/jobs" | "/v1/keys" | "/v1/tokens" | "/v1/networks" | "/v1/packages"
-            | "/v1/fabrics/vlans",
+            | "/v1/fabrics/vlans" | "/v1/network-pools",
         ) => OwnList,
         // Bob has no VLAN of alice's number: hers are not his to see.
         (_, p) if p.starts_with("/v1/fabrics/vlans/{vlan_id}") => Missing,
@@ -89,6 +90,7 @@ fn body(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/v1/fabrics/vlans/{vlan_id}/networks") => json!({"name": "n3",
             "subnet": "192.168.77.0/24", "provision_start": "192.168.77.10", "provision_end": "192.168.77.20"}),
         ("POST", "/v1/nictags") => json!({"name": "t2"}),
+        ("POST", "/v1/network-pools") => json!({"name": "p2", "networks": ["net"]}),
         ("POST", "/v1/packages") => {
             json!({"name": "p2", "version": "1", "memory_mb": 64, "disk_mb": 64, "vcpus": 1, "brand": "container"})
         }
@@ -197,6 +199,14 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
     let network = nets["items"][0]["id"].as_str().unwrap().to_string();
     let (_, pkgs) = op.get("/v1/packages").await;
     let package = pkgs["items"][0]["id"].as_str().unwrap().to_string();
+    let (st, pool) = op
+        .post(
+            "/v1/network-pools",
+            &json!({"name": "shared", "networks": ["net"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{pool}");
+    let pool = pool["id"].as_str().unwrap().to_string();
     let alices_ids = [
         &alice_id,
         &instance,
@@ -218,6 +228,7 @@ async fn every_operation_in_the_api_document_keeps_tenants_apart() {
         ("/v1/networks/{id}", network.clone()),
         ("/v1/packages/{id}", package.clone()),
         ("/v1/fabrics/", fabric_net.clone()),
+        ("/v1/network-pools/{id}", pool.clone()),
     ]
     .into_iter()
     .collect();

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use nereid_tests::api::{Api, assert_error, assert_error_says};
+use nereid_tests::datacenter::{Datacenter, DcOpts, ip_of};
 use nereid_tests::procs::{Headnode, HeadnodeOpts};
 use serde_json::{Value, json};
 
@@ -338,4 +339,139 @@ async fn package_sizes_are_immutable_and_used_packages_only_deactivate() {
         )
         .await;
     assert_error_says(&r, 404, "NotFound", &format!("account {nobody}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_pools_hold_shared_networks_of_one_nic_tag_and_keep_them_from_deletion() {
+    let h = Headnode::start(HeadnodeOpts::default()).await;
+    let op = setup(&h).await;
+    let (st, _) = op.post("/v1/nictags", &json!({"name": "other"})).await;
+    assert_eq!(st, 201);
+    let mut ids = Vec::new();
+    for (name, tag, subnet) in [
+        ("pa", "external", "10.81.0.0/24"),
+        ("pb", "external", "10.82.0.0/24"),
+        ("pc", "other", "10.83.0.0/24"),
+    ] {
+        let mut body = net(name, subnet, "10.8.0.10", "10.8.0.20");
+        let base = subnet.trim_end_matches(".0/24");
+        body["nic_tag"] = json!(tag);
+        body["provision_start"] = json!(format!("{base}.10"));
+        body["provision_end"] = json!(format!("{base}.20"));
+        let (st, n) = op.post("/v1/networks", &body).await;
+        assert_eq!(st, 201, "{n}");
+        ids.push(n["id"].as_str().unwrap().to_string());
+    }
+    let pool = |name: &str, networks: Value| json!({"name": name, "networks": networks});
+    assert_error_says(
+        &op.post("/v1/network-pools", &pool("p", json!(["pa", "pc"])))
+            .await,
+        400,
+        "InvalidArgument",
+        "one nic tag",
+    );
+    assert_error_says(
+        &op.post("/v1/network-pools", &pool("p", json!(["pa", "pa"])))
+            .await,
+        400,
+        "InvalidArgument",
+        "twice",
+    );
+    assert_error(
+        &op.post("/v1/network-pools", &pool("p", json!([]))).await,
+        400,
+        "InvalidArgument",
+    );
+    assert_error(
+        &op.post("/v1/network-pools", &pool("p", json!(["pa", "nope"])))
+            .await,
+        404,
+        "NotFound",
+    );
+    let (_, alice) = h.tenant("alice").await;
+    assert_error(
+        &alice
+            .post("/v1/network-pools", &pool("p", json!(["pa"])))
+            .await,
+        403,
+        "Forbidden",
+    );
+    // In the order given, by name or id.
+    let (st, p) = op
+        .post("/v1/network-pools", &pool("p", json!([ids[1], "pa"])))
+        .await;
+    assert_eq!(st, 201, "{p}");
+    assert_eq!(p["networks"], json!([ids[1], ids[0]]));
+    assert_eq!(p["nic_tag"], "external");
+    assert_error(
+        &op.post("/v1/network-pools", &pool("p", json!(["pa"])))
+            .await,
+        409,
+        "Conflict",
+    );
+    // Readable by tenants; its networks cannot go while it holds them.
+    let (st, list) = alice.get("/v1/network-pools").await;
+    assert_eq!(st, 200);
+    assert_eq!(list["items"][0]["id"], p["id"], "{list}");
+    assert_error_says(
+        &op.delete(&format!("/v1/networks/{}", ids[0])).await,
+        409,
+        "Conflict",
+        "pool",
+    );
+    let pid = p["id"].as_str().unwrap();
+    assert_error(
+        &alice.delete(&format!("/v1/network-pools/{pid}")).await,
+        403,
+        "Forbidden",
+    );
+    let (st, _) = op.delete(&format!("/v1/network-pools/{pid}")).await;
+    assert_eq!(st, 204);
+    let (st, _) = op.delete(&format!("/v1/networks/{}", ids[0])).await;
+    assert_eq!(st, 204);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_on_a_pool_gets_the_first_of_its_networks_with_a_free_address() {
+    let Some(dc) = Datacenter::start(DcOpts {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let op = dc.op();
+    // A network of one address, first in the pool; then the datacenter's `net`.
+    let k = dc.data_net.rsplit('.').next().unwrap();
+    let (st, tiny) = op
+        .post(
+            "/v1/networks",
+            &json!({"name": "tiny", "nic_tag": "admin", "subnet": format!("10.214.{k}.0/24"),
+                    "provision_start": format!("10.214.{k}.10"), "provision_end": format!("10.214.{k}.10")}),
+        )
+        .await;
+    assert_eq!(st, 201, "{tiny}");
+    let (st, p) = op
+        .post(
+            "/v1/network-pools",
+            &json!({"name": "public", "networks": ["tiny", "net"]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{p}");
+    let first = dc.provision("first", json!({"networks": ["public"]})).await;
+    assert_eq!(first["nics"][0]["network_id"], tiny["id"], "{first}");
+    assert_eq!(ip_of(&first), format!("10.214.{k}.10"));
+    let second = dc
+        .provision("second", json!({"networks": ["public"]}))
+        .await;
+    assert_eq!(
+        second["nics"][0]["network_id"],
+        dc.network_id.as_str(),
+        "{second}"
+    );
+    // Freed, the first network is first again.
+    dc.act(first["id"].as_str().unwrap(), "delete").await;
+    let third = dc.provision("third", json!({"networks": ["public"]})).await;
+    assert_eq!(ip_of(&third), format!("10.214.{k}.10"));
 }

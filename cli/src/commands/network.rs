@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use nereid_api::{Network, NetworkCreate, NetworkIp, NetworkIpAllocate, NicTag, NicTagCreate};
+use nereid_api::{
+    Network, NetworkCreate, NetworkIp, NetworkIpAllocate, NetworkPool, NetworkPoolCreate, NicTag,
+    NicTagCreate,
+};
 
 use super::key_value;
 use crate::client::{Client, Listed, Listing};
@@ -74,6 +77,29 @@ pub enum NetworkCmd {
     /// A network's addresses.
     #[command(subcommand)]
     Ip(IpCmd),
+    /// Network pools: named lists of networks (instances take the first with room).
+    #[command(subcommand)]
+    Pool(PoolCmd),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PoolCmd {
+    /// List the pools you may use.
+    List,
+    /// Show one pool.
+    Get { id: String },
+    /// Create a pool (operators only) of networks on one nic tag, in order.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A network id or name, repeatable: tried in this order.
+        #[arg(long = "network", required = true)]
+        networks: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a pool (its networks stay).
+    Delete { id: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -222,6 +248,52 @@ pub async fn run(c: &Client, fmt: Format, cmd: NetworkCmd) -> anyhow::Result<()>
                 Format::Table => println!("{}", r.ip),
             }
         }
+        NetworkCmd::Pool(PoolCmd::List) => {
+            let page: nereid_api::Page<NetworkPool> = c.get("/v1/network-pools", &[]).await?;
+            match fmt {
+                Format::Json => output::json(&page.items),
+                Format::Table => output::table(
+                    &["ID", "NAME", "NIC TAG", "NETWORKS"],
+                    page.items
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.id.to_string(),
+                                p.name.clone(),
+                                p.nic_tag.clone(),
+                                p.networks
+                                    .iter()
+                                    .map(|n| n.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
+        NetworkCmd::Pool(PoolCmd::Get { id }) => {
+            show_pool(fmt, &c.get(&format!("/v1/network-pools/{id}"), &[]).await?)
+        }
+        NetworkCmd::Pool(PoolCmd::Create {
+            name,
+            networks,
+            description,
+        }) => {
+            let body = NetworkPoolCreate {
+                name,
+                networks,
+                owners: vec![],
+                description,
+            };
+            show_pool(fmt, &c.post("/v1/network-pools", &body).await?)
+        }
+        NetworkCmd::Pool(PoolCmd::Delete { id }) => {
+            c.delete(&format!("/v1/network-pools/{id}")).await?;
+            if fmt == Format::Table {
+                println!("network pool {id} deleted");
+            }
+        }
         NetworkCmd::Ip(IpCmd::Free { network, ip }) => {
             c.delete(&format!("/v1/networks/{network}/ips/{ip}"))
                 .await?;
@@ -297,5 +369,25 @@ pub(super) fn show(fmt: Format, n: &Network) {
                 .join(", "),
         ),
         ("mtu", n.mtu.to_string()),
+    ]);
+}
+
+fn show_pool(fmt: Format, p: &NetworkPool) {
+    if fmt == Format::Json {
+        return output::json(p);
+    }
+    output::fields(vec![
+        ("id", p.id.to_string()),
+        ("name", p.name.clone()),
+        ("nic tag", p.nic_tag.clone()),
+        (
+            "networks",
+            p.networks
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("description", p.description.clone()),
     ]);
 }

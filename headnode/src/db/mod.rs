@@ -18,6 +18,7 @@ mod keys;
 mod leases;
 mod networks;
 mod packages;
+mod pools;
 mod quotas;
 mod resize;
 mod servers;

@@ -387,6 +387,12 @@ impl Datastore {
         if exists.is_none() {
             return Err(Error::not_found("network", id));
         }
+        let pools = self.pools_holding(id).await?;
+        if !pools.is_empty() {
+            return Err(Error::Conflict(format!(
+                "network {id} is in the network pools {pools:?}; remove it from them (delete them) first"
+            )));
+        }
         let (held,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM network_ips WHERE network_id = $1 AND owner_type IN ('instance', 'gateway')",
         )
@@ -401,7 +407,14 @@ impl Datastore {
         sqlx::query("DELETE FROM networks WHERE id = $1")
             .bind(id.as_uuid())
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| match &e {
+                // A pool took it in meanwhile.
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("23503") => {
+                    Error::Conflict(format!("network {id} is in use (a network pool?)"))
+                }
+                _ => e.into(),
+            })?;
         crate::audit::record(
             &mut tx,
             crate::audit::Event::new("network.delete", "network", id),

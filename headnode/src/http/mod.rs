@@ -17,6 +17,7 @@ pub(crate) mod instances;
 pub(crate) mod keys;
 pub(crate) mod networks;
 pub(crate) mod packages;
+pub(crate) mod pools;
 pub(crate) mod servers;
 pub(crate) mod snapshots;
 mod system;
@@ -133,6 +134,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/nictags/{name}",
             axum::routing::delete(networks::nic_tag_delete),
+        )
+        .route(
+            "/v1/network-pools",
+            get(pools::pool_list).post(pools::pool_create),
+        )
+        .route(
+            "/v1/network-pools/{id}",
+            get(pools::pool_get).delete(pools::pool_delete),
         )
         .route(
             "/v1/fabrics/vlans",
