@@ -64,6 +64,12 @@ pub struct Nic {
     /// which forwards replies to others' traffic).
     #[serde(default)]
     pub allow_ip_spoofing: bool,
+    /// Frames from any MAC.
+    #[serde(default)]
+    pub allow_mac_spoofing: bool,
+    /// DHCP server replies.
+    #[serde(default)]
+    pub allow_dhcp_spoofing: bool,
     pub ip: std::net::Ipv4Addr,
     pub prefix_len: u8,
     #[serde(default)]
@@ -255,7 +261,9 @@ impl TryFrom<pb::NicSpec> for Nic {
             vlan_id: n.vlan_id as u16,
             vni: (n.vni != 0).then_some(n.vni),
             nat,
-            allow_ip_spoofing: false,
+            allow_ip_spoofing: n.allow_ip_spoofing,
+            allow_mac_spoofing: n.allow_mac_spoofing,
+            allow_dhcp_spoofing: n.allow_dhcp_spoofing,
             mtu: n.mtu,
             mac: n.mac.to_ascii_lowercase(),
             network_id: n.network_id,
@@ -278,6 +286,9 @@ impl From<&Nic> for pb::NicSpec {
             mac: n.mac.clone(),
             vni: n.vni.unwrap_or(0),
             nat: n.nat.as_deref().map(|x| Box::new(x.into())),
+            allow_ip_spoofing: n.allow_ip_spoofing,
+            allow_mac_spoofing: n.allow_mac_spoofing,
+            allow_dhcp_spoofing: n.allow_dhcp_spoofing,
         }
     }
 }
@@ -306,6 +317,8 @@ pub(crate) mod tests {
                 vni: None,
                 nat: None,
                 allow_ip_spoofing: false,
+                allow_mac_spoofing: false,
+                allow_dhcp_spoofing: false,
                 ip: "10.0.0.5".parse().unwrap(),
                 prefix_len: 24,
                 gateway: Some("10.0.0.1".parse().unwrap()),

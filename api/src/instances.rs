@@ -74,6 +74,9 @@ pub struct InstanceNic {
     pub gateway: Option<String>,
     pub mac: String,
     pub primary: bool,
+    /// Set by an operator at create.
+    #[serde(default)]
+    pub options: NicOptions,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -153,6 +156,27 @@ pub struct InstanceCreate {
     pub affinity: Vec<String>,
     /// Operators only: create the instance for this account.
     pub owner: Option<AccountId>,
+    /// Operators only: what each NIC (in the order of `networks`) may send
+    /// that anti-spoofing drops otherwise.
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub nic_options: Vec<NicOptions>,
+}
+
+/// What a NIC may send beyond its own MAC and addresses (Triton's NIC
+/// properties of the same names); all off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicOptions {
+    /// IPv4 and ARP from any address.
+    #[serde(default)]
+    pub allow_ip_spoofing: bool,
+    /// Frames from any MAC.
+    #[serde(default)]
+    pub allow_mac_spoofing: bool,
+    /// DHCP server replies (udp source port 67).
+    #[serde(default)]
+    pub allow_dhcp_spoofing: bool,
 }
 
 /// `POST /v1/instances/{id}/resize`.

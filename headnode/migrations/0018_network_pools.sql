@@ -18,3 +18,8 @@ CREATE TABLE network_pool_members (
     UNIQUE (pool_id, network_id)
 );
 CREATE INDEX network_pool_members_network_idx ON network_pool_members (network_id);
+
+-- Operators may let an instance's NIC send what anti-spoofing drops
+-- otherwise (Triton's allow_*_spoofing NIC properties): one object per NIC,
+-- in the order of `networks`.
+ALTER TABLE instances ADD COLUMN nic_options jsonb NOT NULL DEFAULT '[]';

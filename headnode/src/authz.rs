@@ -65,6 +65,8 @@ actions! {
     InstanceForOthers,
     /// Ends an instance of a lost node at once.
     InstanceForceDelete,
+    /// Lets a NIC send what anti-spoofing drops (`nic_options`).
+    NicSpoofing,
     JobRead,
     KeyRead,
     KeyWrite,
@@ -102,9 +104,9 @@ impl Action {
         match self {
             // The fleet, the shared catalog and the accounts themselves.
             AccountCreate | QuotaSet | FwRuleForOthers | ImagePublish | InstanceForOthers
-            | InstanceForceDelete | NicTagRead | NicTagWrite | NetworkWrite | NetworkIpRead
-            | NetworkIpWrite | PackageWrite | ServerRead | ServerWrite | JoinTokenCreate
-            | MetricsRead => Rule::Operators,
+            | InstanceForceDelete | NicSpoofing | NicTagRead | NicTagWrite | NetworkWrite
+            | NetworkIpRead | NetworkIpWrite | PackageWrite | ServerRead | ServerWrite
+            | JoinTokenCreate | MetricsRead => Rule::Operators,
             AccountList | AccountRead | AuditRead | EventsRead | FabricRead | FabricWrite
             | FwRuleRead | FwRuleWrite | ImageRead | ImageWrite | InstanceRead | InstanceWrite
             | JobRead | KeyRead | KeyWrite | NetworkRead | PackageRead | SnapshotRead
@@ -189,7 +191,7 @@ mod tests {
             .copied()
             .filter(|a| a.rule() == Rule::Operators)
             .collect();
-        assert_eq!(ops.len(), 16, "{ops:?}");
+        assert_eq!(ops.len(), 17, "{ops:?}");
     }
 
     #[test]

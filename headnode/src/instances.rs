@@ -194,6 +194,19 @@ pub async fn create(
     if let Some(k) = &idempotency_key {
         check_idempotency_key(k)?;
     }
+    if req.nic_options.iter().any(|o| *o != Default::default()) {
+        p.authorize(Action::NicSpoofing)?;
+    }
+    if req.nic_options.len() > req.networks.len() {
+        return Err(Error::invalid(
+            "nic_options",
+            format!(
+                "{} entries for {} networks: one per NIC, in the order of networks",
+                req.nic_options.len(),
+                req.networks.len()
+            ),
+        ));
+    }
     let id = InstanceId::new();
     let alias = req
         .alias
@@ -307,6 +320,7 @@ pub async fn create(
         firewall_enabled: req.firewall_enabled,
         deletion_protection: req.deletion_protection,
         isolated_ids: req.isolated_ids,
+        nic_options: req.nic_options.clone(),
         idempotency_key,
         package_used: package.used,
     };

@@ -538,3 +538,73 @@ async fn an_instance_claiming_a_neighbours_address_in_arp_poisons_nobody() {
     assert!(!listed.contains("port_"), "{listed}");
     dc.assert_nothing_held().await;
 }
+
+/// `ip netns exec` of the instance's namespace (the host acting inside it).
+fn in_netns(i: &Value, args: &[&str]) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("nrd-{}", i["id"].as_str().unwrap()),
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_nic_an_operator_allows_sends_from_an_address_that_is_not_its_own() {
+    let Some(dc) = Datacenter::start(DcOpts {
+        nodes: 1,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let host = format!("{}.1", dc.data_net);
+    let allowed = dc
+        .provision(
+            "allowed",
+            json!({"nic_options": [{"allow_ip_spoofing": true}]}),
+        )
+        .await;
+    let plain = dc.provision("plain", json!({})).await;
+    assert_eq!(
+        allowed["nics"][0]["options"]["allow_ip_spoofing"], true,
+        "{allowed}"
+    );
+    assert_eq!(
+        plain["nics"][0]["options"]["allow_ip_spoofing"], false,
+        "{plain}"
+    );
+    // Only operators may ask for it, and one entry per NIC at most.
+    let (_, alice) = dc.tenant("alice").await;
+    let ask = json!({"image": "busybox", "package": "small", "networks": ["net"],
+                     "nic_options": [{"allow_ip_spoofing": true}]});
+    assert_error(&alice.post("/v1/instances", &ask).await, 403, "Forbidden");
+    let mut two = ask.clone();
+    two["nic_options"] = json!([{}, {"allow_mac_spoofing": true}]);
+    assert_error(
+        &dc.op().post("/v1/instances", &two).await,
+        400,
+        "InvalidArgument",
+    );
+    // Each takes an address that is not its own and pings the host from it.
+    for (inst, extra, reaches) in [(&allowed, 200, true), (&plain, 201, false)] {
+        let extra = format!("{}.{extra}", dc.data_net);
+        assert!(dc.exec(inst, &["ping", "-c", "1", "-W", "2", &host]).0);
+        assert!(in_netns(
+            inst,
+            &["ip", "addr", "add", &format!("{extra}/24"), "dev", "eth0"]
+        ));
+        let from_extra = in_netns(inst, &["ping", "-c", "2", "-W", "1", "-I", &extra, &host]);
+        assert_eq!(
+            from_extra, reaches,
+            "{} pinging from {extra}",
+            inst["alias"]
+        );
+    }
+}

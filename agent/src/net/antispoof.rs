@@ -71,6 +71,10 @@ pub struct Port {
     /// Any IPv4 source and ARP sender address (Triton's `allow_ip_spoofing`);
     /// the MAC and protocol rules still hold.
     pub any_ip: bool,
+    /// Frames from any MAC (`allow_mac_spoofing`).
+    pub any_mac: bool,
+    /// DHCP server replies (`allow_dhcp_spoofing`).
+    pub dhcp_server: bool,
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -118,16 +122,30 @@ pub fn protect_script(t: &str, ports: &[Port]) -> Result<String, NetError> {
         let ip_rule = ip_rule
             .map(|r| format!("add rule bridge {t} {c} {r}\n"))
             .unwrap_or_default();
+        let (mac_rules, dhcp_rule) = (
+            if p.any_mac {
+                String::new()
+            } else {
+                format!(
+                    "add rule bridge {t} {c} ether saddr != {m} drop\n\
+                     add rule bridge {t} {c} arp saddr ether != {m} drop\n"
+                )
+            },
+            if p.dhcp_server {
+                String::new()
+            } else {
+                format!("add rule bridge {t} {c} udp sport 67 drop\n")
+            },
+        );
         let _ = write!(
             s,
             "add chain bridge {t} {c}\n\
              flush chain bridge {t} {c}\n\
-             add rule bridge {t} {c} ether saddr != {m} drop\n\
+             {mac_rules}\
              add rule bridge {t} {c} ether type != {{ ip, arp }} drop\n\
-             add rule bridge {t} {c} arp saddr ether != {m} drop\n\
              {arp_rule}\
              {ip_rule}\
-             add rule bridge {t} {c} udp sport 67 drop\n\
+             {dhcp_rule}\
              add element bridge {t} ports {{ \"{}\" : jump {c} }}\n",
             p.ifname
         );
@@ -216,6 +234,8 @@ mod tests {
                 mac: "92:00:00:00:00:01".parse().unwrap(),
                 ips: vec!["10.0.0.5".parse().unwrap()],
                 any_ip: false,
+                any_mac: false,
+                dhcp_server: false,
             }],
         )
         .unwrap();
@@ -243,6 +263,30 @@ mod tests {
     }
 
     #[test]
+    fn a_port_allowed_other_macs_or_dhcp_replies_keeps_its_address_rules() {
+        let port = |any_mac, dhcp_server| Port {
+            ifname: "nv1a2b3c4d5e6f0".into(),
+            mac: "92:00:00:00:00:01".parse().unwrap(),
+            ips: vec!["10.0.0.5".parse().unwrap()],
+            any_ip: false,
+            any_mac,
+            dhcp_server,
+        };
+        let s = protect_script("nereid", &[port(true, false)]).unwrap();
+        assert!(
+            !s.contains("ether saddr") && !s.contains("arp saddr ether"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip saddr != { 10.0.0.5 } drop") && s.contains("udp sport 67 drop"),
+            "{s}"
+        );
+        let s = protect_script("nereid", &[port(false, true)]).unwrap();
+        assert!(!s.contains("udp sport 67"), "{s}");
+        assert!(s.contains("ether saddr != 92:00:00:00:00:01 drop"), "{s}");
+    }
+
+    #[test]
     fn a_port_allowed_any_address_keeps_its_mac_and_protocol_rules() {
         let s = protect_script(
             "nereid",
@@ -251,6 +295,8 @@ mod tests {
                 mac: "92:00:00:00:00:01".parse().unwrap(),
                 ips: vec!["10.0.0.1".parse().unwrap()],
                 any_ip: true,
+                any_mac: false,
+                dhcp_server: false,
             }],
         )
         .unwrap();
@@ -270,6 +316,8 @@ mod tests {
             mac: "92:00:00:00:00:01".parse().unwrap(),
             ips: vec![],
             any_ip: false,
+            any_mac: false,
+            dhcp_server: false,
         };
         for bad in ["", "a b", "x;flush ruleset", "nv\"x", "abcdefghijklmnop"] {
             assert!(protect_script("nereid", &[port(bad)]).is_err(), "{bad:?}");

@@ -295,6 +295,8 @@ fn ports_of(
                 mac: nic.mac.parse()?,
                 ips: vec![nic.ip],
                 any_ip: nic.allow_ip_spoofing,
+                any_mac: nic.allow_mac_spoofing,
+                dhcp_server: nic.allow_dhcp_spoofing,
             })
         })
         .collect()
@@ -441,6 +443,8 @@ mod tests {
             vni: None,
             nat: None,
             allow_ip_spoofing: false,
+            allow_mac_spoofing: false,
+            allow_dhcp_spoofing: false,
             ip: "10.0.0.5".parse().unwrap(),
             prefix_len: 24,
             gateway: None,

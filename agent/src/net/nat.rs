@@ -78,9 +78,13 @@ fn nics_of(nic: &Nic, outside: &Nic) -> Result<[Nic; 2], NetError> {
         allow_ip_spoofing: true,
         ..nic.clone()
     };
-    let mut outside = outside.clone();
-    outside.nat = None;
-    outside.allow_ip_spoofing = false;
+    let outside = Nic {
+        nat: None,
+        allow_ip_spoofing: false,
+        allow_mac_spoofing: false,
+        allow_dhcp_spoofing: false,
+        ..outside.clone()
+    };
     Ok([outside, inside])
 }
 
@@ -191,6 +195,8 @@ mod tests {
             vni: Some(8_388_608),
             nat: None,
             allow_ip_spoofing: false,
+            allow_mac_spoofing: false,
+            allow_dhcp_spoofing: false,
             ip: "192.168.60.10".parse().unwrap(),
             prefix_len: 24,
             gateway: Some("192.168.60.1".parse().unwrap()),

@@ -65,6 +65,11 @@ pub enum InstanceCmd {
         /// node's shared one.
         #[arg(long)]
         isolated_ids: bool,
+        /// Operators: let the primary NIC send what anti-spoofing drops:
+        /// `ip` (any source address), `mac` (any MAC), `dhcp` (DHCP server
+        /// replies); repeatable.
+        #[arg(long = "allow-spoofing", value_parser = ["ip", "mac", "dhcp"])]
+        allow_spoofing: Vec<String>,
         /// Refuse to delete it until deletion protection is turned off.
         #[arg(long)]
         deletion_protection: bool,
@@ -256,11 +261,22 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
             affinity,
             firewall,
             isolated_ids,
+            allow_spoofing,
             deletion_protection,
             owner,
             idempotency_key,
             wait,
         } => {
+            let allows = |k: &str| allow_spoofing.iter().any(|a| a == k);
+            let nic_options = if allow_spoofing.is_empty() {
+                vec![]
+            } else {
+                vec![nereid_api::NicOptions {
+                    allow_ip_spoofing: allows("ip"),
+                    allow_mac_spoofing: allows("mac"),
+                    allow_dhcp_spoofing: allows("dhcp"),
+                }]
+            };
             let body = InstanceCreate {
                 alias,
                 image,
@@ -276,6 +292,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: InstanceCmd) -> anyhow::Result<()
                 isolated_ids,
                 affinity,
                 owner: owner.map(|o| o.parse()).transpose()?,
+                nic_options,
             };
             let mut req = c.request(Method::POST, "/v1/instances").json(&body);
             if let Some(k) = idempotency_key {

@@ -90,6 +90,9 @@ fn nic_spec(n: &crate::db::NicPlan) -> pb::NicSpec {
         mac: n.mac.clone(),
         vni: n.vni.unwrap_or(0),
         nat: n.nat.as_deref().map(|x| Box::new(nic_spec(x))),
+        allow_ip_spoofing: n.options.allow_ip_spoofing,
+        allow_mac_spoofing: n.options.allow_mac_spoofing,
+        allow_dhcp_spoofing: n.options.allow_dhcp_spoofing,
     }
 }
 

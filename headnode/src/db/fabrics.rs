@@ -295,6 +295,7 @@ impl Datastore {
             vni: ext.vni,
             internet_nat: false,
             nat: None,
+            options: Default::default(),
             ip: ip
                 .parse()
                 .map_err(|_| Error::Internal(format!("NAT address {ip:?}")))?,

@@ -42,6 +42,7 @@ pub struct NewInstance {
     pub firewall_enabled: bool,
     pub deletion_protection: bool,
     pub isolated_ids: bool,
+    pub nic_options: Vec<nereid_api::NicOptions>,
     pub idempotency_key: Option<String>,
     /// Whether the package is already marked used (skips a write).
     pub package_used: bool,
@@ -77,6 +78,8 @@ pub struct NicPlan {
     pub internet_nat: bool,
     /// That NAT's own NIC on the NAT network, once the node has one.
     pub nat: Option<Box<NicPlan>>,
+    /// What an operator lets it send beyond its MAC and address.
+    pub options: nereid_api::NicOptions,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<String>,
@@ -154,7 +157,7 @@ const SELECT: &str = "SELECT i.id, i.owner, i.alias, i.brand, i.accelerator, i.i
         (SELECT j.id FROM jobs j WHERE j.instance_id = i.id ORDER BY j.created_at DESC LIMIT 1) AS job_id,
         COALESCE((SELECT jsonb_agg(jsonb_build_object('network_id', n.network_id, 'ip', host(n.ip),
                     'prefix_len', masklen(w.subnet), 'gateway', host(w.gateway), 'mac', n.mac,
-                    'primary', n.idx = 0) ORDER BY n.idx)
+                    'primary', n.idx = 0, 'options', COALESCE(i.nic_options -> n.idx, '{}'::jsonb)) ORDER BY n.idx)
                   FROM instance_nics n JOIN networks w ON w.id = n.network_id
                   WHERE n.instance_id = i.id), '[]'::jsonb) AS nics,
         i.created_at, i.updated_at
@@ -202,8 +205,9 @@ impl Datastore {
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO instances (id, owner, alias, brand, image_id, package_id, state, ram_mb, disk_mb,
                     vcpus, tags, metadata, firewall_enabled, networks, idempotency_key, isolated_ids,
-                    deletion_protection)
-             VALUES ($1, $2, $3, $4, $5, $6, {INSTANCE_PROVISIONING}, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                    deletion_protection, nic_options)
+             VALUES ($1, $2, $3, $4, $5, $6, {INSTANCE_PROVISIONING}, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     $17)
              ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         )))
         .bind(new.id.as_uuid())
@@ -222,6 +226,7 @@ impl Datastore {
         .bind(new.idempotency_key.as_deref())
         .bind(new.isolated_ids)
         .bind(new.deletion_protection)
+        .bind(Json(&new.nic_options))
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -673,12 +678,14 @@ impl Datastore {
             String,
             Option<i32>,
             bool,
+            Option<Json<nereid_api::NicOptions>>,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT n.network_id, w.nic_tag, w.vlan_id, host(n.ip), masklen(w.subnet), host(w.gateway),
                     ARRAY(SELECT host(r) FROM unnest(w.resolvers) r), w.mtu, n.mac, w.vni,
-                    w.internet_nat AND w.gateway IS NOT NULL
+                    w.internet_nat AND w.gateway IS NOT NULL, i.nic_options -> n.idx
              FROM instance_nics n JOIN networks w ON w.id = n.network_id
+             JOIN instances i ON i.id = n.instance_id
              WHERE n.instance_id = $1 ORDER BY n.idx",
         )
         .bind(id.as_uuid())
@@ -693,6 +700,7 @@ impl Datastore {
                     vni: r.9.map(|v| v as u32),
                     internet_nat: r.10,
                     nat: None,
+                    options: r.11.map(|o| o.0).unwrap_or_default(),
                     ip: r.3.parse().map_err(|_| {
                         Error::Internal(format!("instance {id} has a NIC with address {:?}", r.3))
                     })?,
