@@ -244,6 +244,14 @@ fn refinements() -> (serde_json::Value, Vec<(&'static str, Patch)>) {
         },
     });
     let to = |name: &str| Patch::Replace(json!({"$ref": format!("#/components/schemas/{name}")}));
+    let resolvers = || Patch::Replace(json!({"type": "string", "format": "ipv4"}));
+    let routes = || {
+        Patch::Merge(json!({
+            "maxProperties": 64,
+            "propertyNames": {"format": "ipv4-cidr"},
+            "additionalProperties": {"type": "string", "format": "ipv4"},
+        }))
+    };
     let patches = vec![
         (
             "/components/schemas/InstanceCreate/properties/tags",
@@ -301,18 +309,22 @@ fn refinements() -> (serde_json::Value, Vec<(&'static str, Patch)>) {
             "/components/schemas/NetworkCreate/properties/vlan_id",
             Patch::Merge(json!({"not": {"const": 1}})),
         ),
+        // What a fabric network takes is checked as an operator's network's.
         (
             "/components/schemas/NetworkCreate/properties/resolvers/items",
-            Patch::Replace(json!(
-            {"type": "string", "format": "ipv4"})),
+            resolvers(),
+        ),
+        (
+            "/components/schemas/FabricNetworkCreate/properties/resolvers/items",
+            resolvers(),
         ),
         (
             "/components/schemas/NetworkCreate/properties/routes",
-            Patch::Merge(json!({
-                "maxProperties": 64,
-                "propertyNames": {"format": "ipv4-cidr"},
-                "additionalProperties": {"type": "string", "format": "ipv4"},
-            })),
+            routes(),
+        ),
+        (
+            "/components/schemas/FabricNetworkCreate/properties/routes",
+            routes(),
         ),
     ];
     (components, patches)

@@ -127,6 +127,20 @@ def _network(body: dict) -> None:
         body["gateway"] = str(ipaddress.ip_address(first))
 
 
+def _fabric_network(body: dict) -> None:
+    _network(body)
+    # NAT goes out from the gateway: none, no NAT.
+    if body.get("internet_nat") and body.get("gateway") is None:
+        body["internet_nat"] = None
+
+
+def _instance(body: dict) -> None:
+    # One NIC option per NIC at most, in the order of the networks.
+    opts, nets = body.get("nic_options"), body.get("networks")
+    if isinstance(opts, list) and isinstance(nets, list):
+        del opts[len(nets):]
+
+
 def _image(body: dict) -> None:
     req = body.get("requirements")
     if not isinstance(req, dict):
@@ -150,6 +164,10 @@ def before_call(ctx, case, **kwargs):
     body = case.body if isinstance(case.body, dict) else None
     if method == "POST" and path == "/v1/networks" and body is not None:
         _network(body)
+    elif method == "POST" and path == "/v1/fabrics/vlans/{vlan_id}/networks" and body is not None:
+        _fabric_network(body)
+    elif method == "POST" and path == "/v1/instances" and body is not None:
+        _instance(body)
     elif method == "POST" and path == "/v1/images" and body is not None:
         _image(body)
     elif method == "POST" and path == "/v1/fwrules" and body is not None:

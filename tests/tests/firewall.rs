@@ -109,6 +109,15 @@ async fn rules_open_a_firewalled_instance_to_exactly_what_they_allow() {
     set_enabled(&dc, &allow80, true).await;
     until_reach(&dc, &client, &web, 80, true).await;
 
+    // Retagged, the instance loses the permission; tagged back, it has it again.
+    let tags = format!("/v1/instances/{}/tags", web["id"].as_str().unwrap());
+    let (st, body) = dc.op().put(&tags, &json!({"role": "db"})).await;
+    assert_eq!(st, 200, "{body}");
+    until_reach(&dc, &client, &web, 80, false).await;
+    let (st, body) = dc.op().put(&tags, &json!({"role": "web"})).await;
+    assert_eq!(st, 200, "{body}");
+    until_reach(&dc, &client, &web, 80, true).await;
+
     // BLOCK beats ALLOW at equal priority; a higher priority beats both.
     let client_id = client["id"].as_str().unwrap();
     let block = rule(

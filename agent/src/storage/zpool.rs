@@ -26,9 +26,35 @@ pub async fn list() -> Result<Vec<Pool>, CmdError> {
     }
     let mut args = vec!["get", "-Hp", "-o", "name,property,value", "used,available"];
     args.extend(pools.iter().map(|p| p.name.as_str()));
-    let props = cmd::run("zfs", &args, TIMEOUT).await?;
-    apply_sizes(&mut pools, &props);
+    match cmd::run("zfs", &args, TIMEOUT).await {
+        Ok(props) => apply_sizes(&mut pools, &props),
+        // A pool destroyed or exported since `zpool list` fails the whole
+        // call: ask each pool alone, and leave out only those that are gone.
+        Err(e) => {
+            let mut kept = Vec::new();
+            for mut pool in pools {
+                let args = ["get", "-Hp", "-o", "name,property,value", "used,available"];
+                match cmd::run("zfs", &[&args[..], &[pool.name.as_str()]].concat(), TIMEOUT).await {
+                    Ok(props) => {
+                        apply_sizes(std::slice::from_mut(&mut pool), &props);
+                        kept.push(pool);
+                    }
+                    Err(_) if !still_imported(&pool.name).await => {}
+                    Err(_) => return Err(e),
+                }
+            }
+            pools = kept;
+        }
+    }
     Ok(pools)
+}
+
+/// Whether `zpool list` still shows the pool.
+async fn still_imported(name: &str) -> bool {
+    match cmd::run("zpool", &["list", "-H", "-o", "name,health"], TIMEOUT).await {
+        Ok(out) => parse_list(&out).iter().any(|p| p.name == name),
+        Err(_) => true,
+    }
 }
 
 /// Parses `zpool list -H -o name,health`.
