@@ -280,6 +280,18 @@ async fn fabric_requests_that_make_no_sense_are_refused_with_the_reason() {
             "overlaps",
         );
     }
+    // An account's fabric networks hold 65,536 addresses at most in all.
+    assert_error_says(
+        &alice
+            .post(
+                "/v1/fabrics/vlans/3/networks",
+                &net("huge", "10.64.0.0/10", "10.64.0.5", "10.64.255.255"),
+            )
+            .await,
+        409,
+        "QuotaExceeded",
+        "65536",
+    );
     // Another account may use the same subnet and the same name.
     let (st, _) = bob
         .post("/v1/fabrics/vlans", &json!({"vlan_id": 2, "name": "blue"}))

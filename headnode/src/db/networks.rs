@@ -106,6 +106,37 @@ impl From<IpRow> for NetworkIp {
     }
 }
 
+/// The most addresses one account's fabric networks may hold in all (each
+/// is a row): a tenant cannot make the datastore grow without bound.
+pub const FABRIC_ADDRESSES_PER_ACCOUNT: u64 = 65_536;
+
+/// Whether `owner`'s fabric networks have room for `more` addresses; holds
+/// the account's fabric VLANs locked, so concurrent creates queue.
+async fn fabric_room(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    owner: AccountId,
+    more: u64,
+) -> Result<()> {
+    sqlx::query("SELECT 1 FROM fabric_vlans WHERE owner = $1 FOR UPDATE")
+        .bind(owner.as_uuid())
+        .execute(&mut **tx)
+        .await?;
+    let (used,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(sum(provision_end - provision_start + 1), 0)::bigint FROM networks
+          WHERE fabric_owner = $1",
+    )
+    .bind(owner.as_uuid())
+    .fetch_one(&mut **tx)
+    .await?;
+    if used as u64 + more > FABRIC_ADDRESSES_PER_ACCOUNT {
+        return Err(Error::QuotaExceeded(format!(
+            "fabric addresses: the account's fabric networks hold {used} addresses and this one \
+             {more}; at most {FABRIC_ADDRESSES_PER_ACCOUNT} in all"
+        )));
+    }
+    Ok(())
+}
+
 /// The bytes VXLAN adds to a frame (outer Ethernet, IPv4, UDP, VXLAN).
 const VXLAN_OVERHEAD: u32 = 50;
 
@@ -208,6 +239,9 @@ impl Datastore {
                 n.nic_tag,
                 if n.vni.is_some() { " under VXLAN" } else { "" }
             )));
+        }
+        if let Some((owner, _)) = n.fabric {
+            fabric_room(&mut tx, owner, a.range_len().into()).await?;
         }
         let id = NetworkId::new();
         let resolvers: Vec<String> = a.resolvers.iter().map(|r| r.to_string()).collect();
