@@ -9,7 +9,6 @@
 
 use nereid_api::{InstanceId, ServerId};
 use nereid_proto::v1 as pb;
-use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::agent_client::Pushed;
@@ -33,8 +32,7 @@ pub fn node_overlay(peers: &[OverlayPeer]) -> pb::OverlaySet {
             })
             .collect(),
     };
-    let digest = Sha256::digest(prost::Message::encode_to_vec(&set));
-    set.generation = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    set.generation = crate::agent_client::generation_of(&set);
     set
 }
 

@@ -143,12 +143,26 @@ async fn an_accounts_fabric_spans_nodes_and_another_account_on_the_same_subnet_r
         .await;
     }
     assert!(!pings(&dc, &b0, &host), "b0 reached {host}");
-    let nats = |node: usize| {
-        std::fs::read_dir(dc.nodes[node].agent.state.path().join("nat"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+    // The NATs each node recorded, each a namespace that exists.
+    let nats = |node: usize| -> Vec<String> {
+        let names: Vec<String> = std::fs::read_dir(dc.nodes[node].agent.state.path().join("nat"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for n in &names {
+            assert!(
+                std::path::Path::new("/run/netns").join(n).exists(),
+                "{n} is recorded but has no namespace"
+            );
+        }
+        names
     };
-    assert_eq!((nats(0), nats(1)), (1, 1));
+    let (nat0, nat1) = (nats(0), nats(1));
+    assert_eq!((nat0.len(), nat1.len()), (1, 1));
+    assert_ne!(nat0, nat1, "each node has a NAT of its own");
     // Node 0 sends alice's a1 to node 1's underlay address, and floods nothing.
     let node1_underlay = format!("dst {}.11 ", dc_mgmt_net(&dc));
     let entries = fdb(&dc, 0, vni_a);
@@ -180,7 +194,11 @@ async fn an_accounts_fabric_spans_nodes_and_another_account_on_the_same_subnet_r
     );
     assert!(!pings(&dc, &a0, &ip_of(&a1)));
     // Node 1 runs none of alice's instances any more: its NAT is gone, node 0's stays.
-    assert_eq!((nats(0), nats(1)), (1, 0));
+    assert_eq!((nats(0), nats(1)), (nat0, vec![]));
+    assert!(
+        !std::path::Path::new("/run/netns").join(&nat1[0]).exists(),
+        "node 1's NAT namespace is left"
+    );
     assert!(pings(&dc, &a0, &host));
     // Bob's fabric is untouched.
     assert!(pings(&dc, &b0, &ip_of(&b1)));

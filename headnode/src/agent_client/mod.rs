@@ -52,6 +52,14 @@ pub struct AgentPool {
     push_locks: Arc<Mutex<HashMap<(ServerId, Pushed), PushLock>>>,
 }
 
+/// The generation of a whole-node set: a digest of its content (with the
+/// generation field 0), so equal sets have equal generations.
+pub fn generation_of(set: &impl prost::Message) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(set.encode_to_vec());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
 /// Held by one sync of one set of one server.
 type PushLock = Arc<tokio::sync::Mutex<()>>;
 

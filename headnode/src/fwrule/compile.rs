@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use nereid_api::{AccountId, ServerId};
 use nereid_proto::v1 as pb;
-use sha2::{Digest, Sha256};
 
 use super::parse::{Action, Ports, Protocol, Rule, Target, Targets};
 use crate::db::{ActiveRule, FwInstance};
@@ -182,14 +181,8 @@ pub fn node_firewall(
         generation: 0,
         instances,
     };
-    set.generation = generation(&set);
+    set.generation = crate::agent_client::generation_of(&set);
     set
-}
-
-fn generation(set: &pb::FirewallSet) -> u64 {
-    let bytes = prost::Message::encode_to_vec(set);
-    let digest = Sha256::digest(&bytes);
-    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
