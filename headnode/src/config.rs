@@ -69,6 +69,14 @@ pub struct Flags {
     /// How often the reconciler compares each node's instances with the database, in ms.
     #[arg(long, env = "NEREID_RECONCILE_INTERVAL_MS")]
     pub reconcile_interval_ms: Option<u64>,
+    /// How long finished jobs and deleted instances are kept, in hours
+    /// (default 720: 30 days).
+    #[arg(long, env = "NEREID_HISTORY_RETENTION_HOURS")]
+    pub history_retention_hours: Option<f64>,
+    /// How often the history past its retention is deleted, in ms
+    /// (default 600000: 10 minutes).
+    #[arg(long, env = "NEREID_RETENTION_INTERVAL_MS")]
+    pub retention_interval_ms: Option<u64>,
     /// A default quota, KIND=LIMIT (instances, memory_mb, disk_mb, vcpus,
     /// images, image_bytes), for accounts that set none; repeatable, over
     /// the config file's [default_quotas].
@@ -126,6 +134,8 @@ struct FileConfig {
     job_lease_ms: Option<u64>,
     job_workers: Option<usize>,
     reconcile_interval_ms: Option<u64>,
+    history_retention_hours: Option<f64>,
+    retention_interval_ms: Option<u64>,
     max_unpacked_image_bytes: Option<u64>,
     default_quotas: Option<nereid_api::QuotaValues>,
     limits: Option<Limits>,
@@ -203,6 +213,10 @@ pub struct Config {
     pub job_lease: Duration,
     pub job_workers: usize,
     pub reconcile_interval: Duration,
+    /// How long finished jobs and deleted instances are kept.
+    pub history_retention: Duration,
+    /// How often what is past the retention is deleted.
+    pub retention_interval: Duration,
 }
 
 /// The quotas of an account nobody set any for: generous for one tenant
@@ -291,6 +305,20 @@ impl Config {
             .or(file.reconcile_interval_ms)
             .unwrap_or(10_000)
             .max(100);
+        let retention_hours = flags
+            .history_retention_hours
+            .or(file.history_retention_hours)
+            .unwrap_or(720.0);
+        if !(retention_hours.is_finite() && (0.001..=1e6).contains(&retention_hours)) {
+            return Err(ConfigError::Invalid(format!(
+                "history_retention_hours must be within 0.001..=1000000, got {retention_hours}"
+            )));
+        }
+        let retention_interval_ms = flags
+            .retention_interval_ms
+            .or(file.retention_interval_ms)
+            .unwrap_or(600_000)
+            .max(100);
         let mut default_quotas = file.default_quotas.unwrap_or(DEFAULT_QUOTAS);
         for (kind, limit) in &flags.default_quotas {
             default_quotas.set(*kind, Some(*limit));
@@ -363,6 +391,8 @@ impl Config {
             job_lease: Duration::from_millis(job_lease_ms),
             job_workers,
             reconcile_interval: Duration::from_millis(reconcile_ms),
+            history_retention: Duration::from_secs_f64(retention_hours * 3600.0),
+            retention_interval: Duration::from_millis(retention_interval_ms),
             image_store: file.image_store.unwrap_or_else(|| state_dir.join("images")),
             max_image_bytes: flags
                 .max_image_bytes

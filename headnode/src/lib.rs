@@ -14,6 +14,7 @@ pub mod fault;
 pub mod firewall;
 pub mod fwrule;
 pub mod grpc;
+pub mod heartbeats;
 pub mod http;
 pub mod images;
 pub mod imagestore;
@@ -27,6 +28,7 @@ pub mod overlay;
 pub mod pki;
 pub mod ratelimit;
 pub mod reconciler;
+pub mod retention;
 pub mod scheduler;
 pub mod secrets;
 pub mod setup;
@@ -166,6 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tokio::spawn(state.jobs.clone().run(jobs_state.clone()));
     tokio::spawn(state.events.clone().pump(jobs_state.db.pool().clone()));
+    tokio::spawn(retention::run(jobs_state.clone()));
     tokio::spawn(reconciler::run(jobs_state));
     write_run_file(
         &config.state_dir.join(RUN_FILE),

@@ -10,8 +10,12 @@
 //! that cannot answer for its instances (it cannot see its pool, it does not
 //! answer) changes nothing: the server's `sync_error` says why.
 //!
-//! One headnode at a time runs it (a lease in the database); a pass asks the
-//! nodes at most `CONCURRENT` at a time, each within `NODE_TIMEOUT`.
+//! One headnode at a time runs it (a lease in the database). A pass reads
+//! the database in a few statements per `CHUNK` servers (never one per
+//! server), asks the nodes at most `CONCURRENT` at a time, each within
+//! `NODE_TIMEOUT`, writes the servers' sync errors in one statement (only
+//! those that changed), and pushes the firewall and overlay sets of a
+//! rolling share of the servers (see `Sweep`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -25,7 +29,11 @@ use crate::agent_client::NodeInstance;
 use crate::db::AgentTarget;
 
 const LEASE: &str = "reconciler";
-const CONCURRENT: usize = 16;
+const CONCURRENT: usize = 32;
+/// Servers whose settled instances one statement reads.
+const CHUNK: usize = 250;
+/// A pass pushes the sets of one server in this many (see `Sweep`).
+const SWEEP: u64 = 6;
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until the process ends; works while this headnode holds the lease.
@@ -33,16 +41,23 @@ pub async fn run(state: AppState) {
     let me = uuid::Uuid::new_v4();
     let mut watchers: HashMap<ServerId, JoinHandle<()>> = HashMap::new();
     let missing = Missing::default();
+    let mut sweep = Sweep::default();
+    let mut last_pass = Duration::ZERO;
     loop {
-        let ttl = state.config.reconcile_interval * 3 + NODE_TIMEOUT;
+        // A pass that takes longer than the interval waits as long as it
+        // took: the reconciler uses at most half of the time (and of the
+        // database) however large the fleet.
+        let pause = state.config.reconcile_interval.max(last_pass);
+        let ttl = pause * 3 + NODE_TIMEOUT;
         match state.db.lease_take(LEASE, me, ttl).await {
             Ok(true) => {
                 let started = std::time::Instant::now();
-                match pass(&state, &mut watchers, &missing).await {
+                match pass(&state, &mut watchers, &missing, &mut sweep).await {
                     Ok(()) => {
                         let m = &state.metrics;
+                        last_pass = started.elapsed();
                         m.reconcile_last_pass_us.store(
-                            started.elapsed().as_micros() as u64,
+                            last_pass.as_micros() as u64,
                             std::sync::atomic::Ordering::Relaxed,
                         );
                         m.reconcile_passes
@@ -52,14 +67,16 @@ pub async fn run(state: AppState) {
                 }
             }
             Ok(false) => {
-                // Another headnode reconciles: no watchers here either.
+                // Another headnode reconciles: no watchers here either,
+                // and a full push when this one takes over again.
                 for (_, h) in watchers.drain() {
                     h.abort();
                 }
+                sweep = Sweep::default();
             }
             Err(e) => tracing::warn!("cannot take the reconciler's lease: {e}"),
         }
-        tokio::time::sleep(state.config.reconcile_interval).await;
+        tokio::time::sleep(state.config.reconcile_interval.max(last_pass)).await;
     }
 }
 
@@ -67,6 +84,7 @@ async fn pass(
     state: &AppState,
     watchers: &mut HashMap<ServerId, JoinHandle<()>>,
     missing: &Missing,
+    sweep: &mut Sweep,
 ) -> crate::error::Result<()> {
     let lost = state.db.instances_mark_unknown_on_lost_servers().await?;
     if lost > 0 {
@@ -77,40 +95,72 @@ async fn pass(
     }
     let targets = state.db.agent_targets().await?;
     watchers.retain(|_, h| !h.is_finished());
-    for t in &targets {
-        watchers
-            .entry(t.server)
-            .or_insert_with(|| tokio::spawn(watch(state.clone(), t.clone())));
-    }
-    futures::stream::iter(&targets)
-        .for_each_concurrent(CONCURRENT, |t| async move {
-            let outcome = match tokio::time::timeout(NODE_TIMEOUT, compare(state, t, missing)).await
-            {
-                Ok(Ok(())) => {
-                    remove_leftovers(state, t).await;
-                    if let Err(e) = crate::firewall::sync_server(state, t).await {
-                        tracing::warn!(server = %t.server, "firewall sync: {e}");
-                    }
-                    if let Err(e) = crate::overlay::sync_server(state, t).await {
-                        tracing::warn!(server = %t.server, "overlay sync: {e}");
-                    }
-                    None
-                }
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("the node did not answer within {NODE_TIMEOUT:?}")),
-            };
-            if let Some(e) = &outcome {
-                tracing::debug!(server = %t.server, "cannot compare with the node: {e}");
-            }
-            if let Err(e) = state
-                .db
-                .server_set_sync_error(t.server, outcome.as_deref())
+    let mut leftovers = state.db.leftovers().await?;
+    sweep.next_pass(state.agents.take_failed_pushes());
+    let mut outcomes = Vec::with_capacity(targets.len());
+    // The database is read a chunk of servers at a time, before their nodes
+    // are asked: an instance settled before the node was asked must be in
+    // its answer.
+    for chunk in targets.chunks(CHUNK) {
+        // A node's event stream starts with its chunk, so a headnode that
+        // takes over does not open every node's connection at once.
+        for t in chunk {
+            watchers
+                .entry(t.server)
+                .or_insert_with(|| tokio::spawn(watch(state.clone(), t.clone())));
+        }
+        let ids: Vec<ServerId> = chunk.iter().map(|t| t.server).collect();
+        let mut settled = state.db.instances_settled_on(&ids).await?;
+        let work: Vec<_> = chunk
+            .iter()
+            .map(|t| {
+                let mine = settled.remove(&t.server).unwrap_or_default();
+                let left = leftovers.remove(&t.server).unwrap_or_default();
+                (t.clone(), mine, left, sweep.due(t.server))
+            })
+            .collect();
+        let done: Vec<(ServerId, Option<String>, bool)> = futures::stream::iter(work)
+            .map(|(t, mine, left, due)| async move {
+                let t = &t;
+                let outcome = match tokio::time::timeout(
+                    NODE_TIMEOUT,
+                    compare(state, t, mine, missing),
+                )
                 .await
-            {
-                tracing::warn!(server = %t.server, "recording the sync state failed: {e}");
+                {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("the node did not answer within {NODE_TIMEOUT:?}")),
+                };
+                let mut pushed = true;
+                match &outcome {
+                    None => {
+                        remove_leftovers(state, t, left).await;
+                        if due {
+                            pushed = push_sets(state, t).await;
+                        }
+                    }
+                    Some(e) => {
+                        tracing::debug!(server = %t.server, "cannot compare with the node: {e}");
+                        // Pushed in full once it answers again.
+                        pushed = false;
+                    }
+                }
+                (t.server, outcome, pushed)
+            })
+            .buffer_unordered(CONCURRENT)
+            .collect()
+            .await;
+        for (server, outcome, pushed) in done {
+            if !pushed {
+                sweep.retry(server);
             }
-        })
-        .await;
+            outcomes.push((server, outcome));
+        }
+    }
+    if let Err(e) = state.db.servers_set_sync_error(&outcomes).await {
+        tracing::warn!("recording the servers' sync state failed: {e}");
+    }
     let known: HashSet<ServerId> = targets.iter().map(|t| t.server).collect();
     watchers.retain(|id, h| {
         let keep = known.contains(id);
@@ -120,6 +170,52 @@ async fn pass(
         keep
     });
     Ok(())
+}
+
+/// Pushes a node's firewall and overlay sets again (nothing is sent when it
+/// has them); false when one failed.
+async fn push_sets(state: &AppState, t: &AgentTarget) -> bool {
+    let mut ok = true;
+    if let Err(e) = crate::firewall::sync_server(state, t).await {
+        tracing::warn!(server = %t.server, "firewall sync: {e}");
+        ok = false;
+    }
+    if let Err(e) = crate::overlay::sync_server(state, t).await {
+        tracing::warn!(server = %t.server, "overlay sync: {e}");
+        ok = false;
+    }
+    ok
+}
+
+/// Which servers' firewall and overlay sets a pass pushes again. Every
+/// change pushes its sets when it happens; a pass repairs what a failed
+/// push or a headnode dying mid-push left behind. Compiling a node's sets
+/// costs queries, so a pass takes a rolling `SWEEP`th of the servers (every
+/// server at least every `SWEEP` passes), every server on this headnode's
+/// first pass, and at once those a push from this headnode failed to reach
+/// and those that did not answer the last pass.
+#[derive(Default)]
+struct Sweep {
+    passes: u64,
+    retry: HashSet<ServerId>,
+    due_now: HashSet<ServerId>,
+}
+
+impl Sweep {
+    fn next_pass(&mut self, failed_elsewhere: HashSet<ServerId>) {
+        self.passes += 1;
+        self.due_now = std::mem::take(&mut self.retry);
+        self.due_now.extend(failed_elsewhere);
+    }
+
+    fn due(&self, server: ServerId) -> bool {
+        let slot = u64::from(server.as_uuid().as_u128() as u8) % SWEEP;
+        self.passes == 1 || self.passes % SWEEP == slot || self.due_now.contains(&server)
+    }
+
+    fn retry(&mut self, server: ServerId) {
+        self.retry.insert(server);
+    }
 }
 
 /// Applies one node's full report. The database is read first: an instance
@@ -133,8 +229,12 @@ fn missing_for(state: &AppState) -> Duration {
     state.config.reconcile_interval * 2
 }
 
-async fn compare(state: &AppState, t: &AgentTarget, missing: &Missing) -> crate::error::Result<()> {
-    let settled = state.db.instances_settled_on(t.server).await?;
+async fn compare(
+    state: &AppState,
+    t: &AgentTarget,
+    settled: Vec<(InstanceId, InstanceState, u64)>,
+    missing: &Missing,
+) -> crate::error::Result<()> {
     // Asked even with nothing settled there: a node that cannot answer for
     // its instances shows up in the server's sync_error.
     let report = state.agents.list_instances(t).await?;
@@ -190,10 +290,7 @@ async fn compare(state: &AppState, t: &AgentTarget, missing: &Missing) -> crate:
 
 /// Removes from a node that answers again what instances deleted by force
 /// left there.
-async fn remove_leftovers(state: &AppState, t: &AgentTarget) {
-    let Ok(ids) = state.db.leftovers_on(t.server).await else {
-        return;
-    };
+async fn remove_leftovers(state: &AppState, t: &AgentTarget, ids: Vec<InstanceId>) {
     for id in ids {
         match state.agents.delete_instance(t, id).await {
             Ok(()) => {

@@ -50,6 +50,9 @@ pub struct AgentPool {
     /// One sync of each set at a time per server, so an older set never
     /// overtakes a newer one.
     push_locks: Arc<Mutex<HashMap<(ServerId, Pushed), PushLock>>>,
+    /// Servers a push from this process failed to reach, for the
+    /// reconciler's next pass.
+    failed_pushes: Arc<Mutex<std::collections::HashSet<ServerId>>>,
 }
 
 /// The generation of a whole-node set: a digest of its content (with the
@@ -138,6 +141,7 @@ impl AgentPool {
             images_on: Default::default(),
             pushed: Default::default(),
             push_locks: Default::default(),
+            failed_pushes: Default::default(),
         }
     }
 
@@ -149,14 +153,14 @@ impl AgentPool {
             return Ok(ch.clone());
         }
         // The bound of any call; shorter deadlines travel as grpc-timeout.
-        let ch = self.connect(id, address, Some(WORK_TIMEOUT))?;
+        let ch = self.connect(id, address)?;
         map.insert(id, (address.to_string(), ch.clone()));
         Ok(ch)
     }
 
     /// A new channel to the agent of `id`, which must present that server's
     /// certificate.
-    fn connect(&self, id: ServerId, address: &str, timeout: Option<Duration>) -> Result<Channel> {
+    fn connect(&self, id: ServerId, address: &str) -> Result<Channel> {
         let invalid = |e: &dyn std::fmt::Display| {
             Error::Internal(format!(
                 "server {id} has an invalid agent address {address:?}: {e}"
@@ -165,11 +169,8 @@ impl AgentPool {
         nereid_tls::Connector::new(self.tls.clone(), &nereid_tls::node_name(&id.to_string()))
             .map_err(|e| invalid(&e))?
             .channel(address, |e| {
-                let e = e.connect_timeout(Duration::from_secs(5));
-                match timeout {
-                    Some(t) => e.timeout(t),
-                    None => e,
-                }
+                e.connect_timeout(Duration::from_secs(5))
+                    .timeout(WORK_TIMEOUT)
             })
             .map_err(|e| invalid(&e))
     }
@@ -413,6 +414,18 @@ impl AgentPool {
             == Some(&generation)
     }
 
+    /// The servers a push failed to reach since the last call.
+    pub fn take_failed_pushes(&self) -> std::collections::HashSet<ServerId> {
+        std::mem::take(&mut *self.failed_pushes.lock().expect("failed pushes"))
+    }
+
+    fn push_failed(&self, server: ServerId) {
+        self.failed_pushes
+            .lock()
+            .expect("failed pushes")
+            .insert(server);
+    }
+
     fn saw(&self, server: ServerId, what: Pushed, generation: u64) {
         self.pushed
             .lock()
@@ -430,7 +443,10 @@ impl AgentPool {
         self.client(t)?
             .apply_firewall(self.request(set))
             .await
-            .map_err(|st| agent_error(t.server, &t.address, "ApplyFirewall", st))?;
+            .map_err(|st| {
+                self.push_failed(t.server);
+                agent_error(t.server, &t.address, "ApplyFirewall", st)
+            })?;
         self.saw(t.server, Pushed::Firewall, generation);
         Ok(true)
     }
@@ -445,7 +461,10 @@ impl AgentPool {
         self.client(t)?
             .apply_overlay(self.request(set))
             .await
-            .map_err(|st| agent_error(t.server, &t.address, "ApplyOverlay", st))?;
+            .map_err(|st| {
+                self.push_failed(t.server);
+                agent_error(t.server, &t.address, "ApplyOverlay", st)
+            })?;
         self.saw(t.server, Pushed::Overlay, generation);
         Ok(true)
     }
@@ -610,9 +629,11 @@ impl AgentPool {
         &self,
         t: &AgentTarget,
     ) -> Result<impl futures::Stream<Item = NodeInstance> + use<>> {
-        // No call timeout on a stream meant to stay open.
-        let ch = self.connect(t.server, &t.address, None)?;
-        let stream = AgentClient::new(ch)
+        // The node's one connection (the channel's timeout bounds the
+        // answer's start, not the stream after it): a connection per node,
+        // not two, at 10,000 nodes.
+        let stream = self
+            .client(t)?
             .watch_events(self.request(pb::WatchEventsRequest {}))
             .await
             .map_err(|st| agent_error(t.server, &t.address, "WatchEvents", st))?

@@ -157,13 +157,21 @@ impl Datastore {
     /// Every live instance NIC on another server that shares a VNI with a
     /// live instance of `server`, in a stable order.
     pub async fn overlay_peers(&self, server: ServerId) -> Result<Vec<OverlayPeer>> {
+        // The server's VNIs first (a few rows by the server's index): most
+        // servers have none, and then nothing else is read.
+        let (vnis,): (Vec<i32>,) = sqlx::query_as(
+            "SELECT coalesce(array_agg(DISTINCT w.vni), '{}') FROM instances i
+               JOIN networks w ON w.id = ANY(i.networks)
+              WHERE i.server_id = $1 AND i.state <> 'deleted' AND w.vni IS NOT NULL",
+        )
+        .bind(server.as_uuid())
+        .fetch_one(&self.pool)
+        .await?;
+        if vnis.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
-            "WITH here AS (
-                SELECT DISTINCT w.vni FROM instances i
-                  JOIN instance_nics n ON n.instance_id = i.id
-                  JOIN networks w ON w.id = n.network_id
-                 WHERE i.server_id = $1 AND i.state <> 'deleted' AND w.vni IS NOT NULL)
-             SELECT w.vni, n.mac, host(n.ip),
+            "SELECT w.vni, n.mac, host(n.ip),
                     (SELECT split_part(a, '/', 1)
                        FROM jsonb_array_elements(s.sysinfo -> 'nics') nic,
                             jsonb_array_elements_text(nic -> 'addresses') a
@@ -174,10 +182,11 @@ impl Datastore {
                JOIN instance_nics n ON n.instance_id = i.id
                JOIN networks w ON w.id = n.network_id
                JOIN servers s ON s.id = i.server_id
-              WHERE w.vni IN (SELECT vni FROM here) AND i.server_id <> $1 AND i.state <> 'deleted'
+              WHERE w.vni = ANY($2) AND i.server_id <> $1 AND i.state <> 'deleted'
               ORDER BY 1, 2",
         )
         .bind(server.as_uuid())
+        .bind(&vnis)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -194,16 +203,26 @@ impl Datastore {
     /// The servers whose overlay an instance's coming or going changes: those
     /// running live instances on a VNI of the instance's networks.
     pub async fn overlay_servers_of(&self, instance: InstanceId) -> Result<Vec<ServerId>> {
-        let rows: Vec<(Uuid,)> = sqlx::query_as(
-            "SELECT DISTINCT i2.server_id FROM instances i
+        // The instance's VNIs first: an instance on no overlay network (most)
+        // reads nothing else.
+        let (vnis,): (Vec<i32>,) = sqlx::query_as(
+            "SELECT coalesce(array_agg(DISTINCT w.vni), '{}') FROM instances i
                JOIN networks w ON w.id = ANY(i.networks)
-               JOIN networks w2 ON w2.vni = w.vni
-               JOIN instance_nics n2 ON n2.network_id = w2.id
-               JOIN instances i2 ON i2.id = n2.instance_id
-              WHERE i.id = $1 AND w.vni IS NOT NULL AND i2.state <> 'deleted'
-                AND i2.server_id IS NOT NULL",
+              WHERE i.id = $1 AND w.vni IS NOT NULL",
         )
         .bind(instance.as_uuid())
+        .fetch_one(&self.pool)
+        .await?;
+        if vnis.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT DISTINCT i2.server_id FROM networks w2
+               JOIN instance_nics n2 ON n2.network_id = w2.id
+               JOIN instances i2 ON i2.id = n2.instance_id
+              WHERE w2.vni = ANY($1) AND i2.state <> 'deleted' AND i2.server_id IS NOT NULL",
+        )
+        .bind(&vnis)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(s,)| s.into()).collect())

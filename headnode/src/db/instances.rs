@@ -4,7 +4,7 @@
 //! placements cannot over-commit) and given back by flipping the instance's
 //! `capacity_held` in the same transaction (so it is given back once).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use chrono::{DateTime, Utc};
@@ -439,25 +439,32 @@ impl Datastore {
         Ok(())
     }
 
-    /// The settled instances the database places on `server`: (id, state,
-    /// metadata generation).
+    /// The settled instances (no job working on them) of these servers, by
+    /// server: one statement for many servers (the reconciler's pass).
     pub async fn instances_settled_on(
         &self,
-        server: ServerId,
-    ) -> Result<Vec<(InstanceId, InstanceState, u64)>> {
-        let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT i.id, i.state, i.metadata_generation FROM instances i
-             WHERE i.server_id = $1 AND i.state IN {INSTANCE_SETTLED}
+        servers: &[ServerId],
+    ) -> Result<HashMap<ServerId, Vec<(InstanceId, InstanceState, u64)>>> {
+        let ids: Vec<Uuid> = servers.iter().map(|s| s.as_uuid()).collect();
+        let rows: Vec<(Uuid, Uuid, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT i.server_id, i.id, i.state, i.metadata_generation FROM instances i
+             WHERE i.server_id = ANY($1) AND i.state IN {INSTANCE_SETTLED}
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.instance_id = i.id
                                AND j.state IN {JOB_UNFINISHED})"
         )))
-        .bind(server.as_uuid())
+        .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, s, g)| Some((id.into(), InstanceState::parse(&s)?, g as u64)))
-            .collect())
+        let mut by_server: HashMap<ServerId, Vec<_>> = HashMap::new();
+        for (server, id, st, g) in rows {
+            if let Some(st) = InstanceState::parse(&st) {
+                by_server
+                    .entry(server.into())
+                    .or_default()
+                    .push((id.into(), st, g as u64));
+            }
+        }
+        Ok(by_server)
     }
 
     /// Marks `unknown` the settled instances of servers whose heartbeats stopped.
@@ -564,13 +571,18 @@ impl Datastore {
     }
 
     /// What force-deleted instances may have left on this server.
-    pub async fn leftovers_on(&self, server: ServerId) -> Result<Vec<InstanceId>> {
-        let rows: Vec<(Uuid,)> =
-            sqlx::query_as("SELECT instance_id FROM node_leftovers WHERE server_id = $1")
-                .bind(server.as_uuid())
+    /// What forced deletes left on nodes, by server (a short list: rows
+    /// go once the node removed them).
+    pub async fn leftovers(&self) -> Result<HashMap<ServerId, Vec<InstanceId>>> {
+        let rows: Vec<(Uuid, Uuid)> =
+            sqlx::query_as("SELECT server_id, instance_id FROM node_leftovers")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().map(|r| r.0.into()).collect())
+        let mut by_server: HashMap<ServerId, Vec<InstanceId>> = HashMap::new();
+        for (server, id) in rows {
+            by_server.entry(server.into()).or_default().push(id.into());
+        }
+        Ok(by_server)
     }
 
     pub async fn leftover_removed(&self, server: ServerId, id: InstanceId) -> Result<()> {

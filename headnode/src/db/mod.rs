@@ -19,8 +19,10 @@ mod leases;
 mod networks;
 mod packages;
 mod pools;
+pub mod primary;
 mod quotas;
 mod resize;
+mod retention;
 mod servers;
 mod snapshots;
 mod states;
@@ -38,14 +40,14 @@ pub use keys::MetadataSource;
 pub use networks::NewNetwork;
 pub use packages::PackageFilter;
 pub use quotas::Need;
-pub use servers::{NewServer, ServerFilter, SetupBegin};
+pub use servers::{Beat, NewServer, ServerFilter, SetupBegin};
 pub use snapshots::InstanceLock;
 pub use tokens::TokenOwner;
 
 use std::time::Duration;
 
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
 
 use crate::error::{Error, Result};
 
@@ -58,6 +60,8 @@ pub struct Datastore {
     default_quotas: nereid_api::QuotaValues,
     /// What the scheduler keeps of the servers between placements.
     candidate_cache: std::sync::Arc<candidates::CandidateCache>,
+    /// The database's hosts and which takes writes (every pool follows it).
+    primary: std::sync::Arc<primary::Primary>,
 }
 
 impl Datastore {
@@ -68,9 +72,24 @@ impl Datastore {
         wait: Duration,
         max_connections: u32,
     ) -> anyhow::Result<Datastore> {
-        let opts: PgConnectOptions = url.parse()?;
-        let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+        let hosts = primary::hosts(url)?;
         let deadline = tokio::time::Instant::now() + wait;
+        // With several hosts, the one that takes writes.
+        let current = loop {
+            if hosts.len() == 1 {
+                break 0;
+            }
+            match primary::find(&hosts).await {
+                Some(i) => break i,
+                None if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!("no database host takes writes yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                None => anyhow::bail!("none of the database's hosts takes writes"),
+            }
+        };
+        let primary = primary::Primary::new(hosts, current);
+        let opts: PgConnectOptions = primary.options();
         let pool = loop {
             match PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -90,22 +109,25 @@ impl Datastore {
             .run(&pool)
             .await
             .map_err(|e| anyhow::anyhow!(e).context("applying database migrations"))?;
+        primary.follow(&pool);
+        primary.spawn_watch();
         Ok(Datastore {
             pool,
             heartbeat_deadline,
             default_quotas: Default::default(),
             candidate_cache: Default::default(),
+            primary,
         })
     }
 
     /// The same database through a pool of its own, of `max_connections`.
     pub async fn with_pool(&self, max_connections: u32) -> anyhow::Result<Datastore> {
-        let opts = self.pool.connect_options().as_ref().clone();
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
+            .connect_with(self.primary.options())
             .await?;
+        self.primary.follow(&pool);
         Ok(Datastore {
             pool,
             ..self.clone()

@@ -126,13 +126,27 @@ pub enum SetupBegin {
 }
 
 impl Datastore {
-    /// Records why comparing a server with its node failed (None: it worked).
-    pub async fn server_set_sync_error(&self, id: ServerId, error: Option<&str>) -> Result<()> {
+    /// Records, per server, why comparing it with its node failed (None: it
+    /// worked), in one statement.
+    pub async fn servers_set_sync_error(
+        &self,
+        outcomes: &[(ServerId, Option<String>)],
+    ) -> Result<()> {
+        let ids: Vec<Uuid> = outcomes.iter().map(|(s, _)| s.as_uuid()).collect();
+        let errors: Vec<Option<&str>> = outcomes.iter().map(|(_, e)| e.as_deref()).collect();
+        // Only rows whose error changed are written, locked in id order
+        // (as the heartbeats' batches lock theirs: no deadlock between them).
         sqlx::query(
-            "UPDATE servers SET sync_error = $2 WHERE id = $1 AND sync_error IS DISTINCT FROM $2",
+            "WITH b AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS b(id, error)),
+                  locked AS (SELECT s.id FROM servers s JOIN b ON b.id = s.id
+                              WHERE s.sync_error IS DISTINCT FROM b.error
+                              ORDER BY s.id FOR NO KEY UPDATE OF s)
+             UPDATE servers s SET sync_error = b.error
+               FROM b JOIN locked l ON l.id = b.id
+              WHERE s.id = b.id AND s.sync_error IS DISTINCT FROM b.error",
         )
-        .bind(id.as_uuid())
-        .bind(error)
+        .bind(&ids)
+        .bind(&errors)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -190,10 +204,11 @@ impl Datastore {
         .await?)
     }
 
-    /// Records a heartbeat. Returns false if no server has this id and
-    /// certificate. The certificate of a rotation in progress is accepted
-    /// and, once presented, becomes the server's (the old one is refused
-    /// from then on).
+    /// Records a heartbeat that brings a new sysinfo (heartbeats without one
+    /// go through `server_heartbeats`). Returns false if no server has this
+    /// id and certificate. The certificate of a rotation in progress is
+    /// accepted and, once presented, becomes the server's (the old one is
+    /// refused from then on).
     pub async fn server_heartbeat(
         &self,
         id: ServerId,
@@ -201,40 +216,69 @@ impl Datastore {
         usage: &Usage,
         agent_address: &str,
         agent_version: &str,
-        sysinfo: Option<&Sysinfo>,
+        sysinfo: &Sysinfo,
     ) -> Result<bool> {
-        // Without a new sysinfo the wide column is left out of the update
-        // (and the scheduler's cached view of the server stays valid).
         // The presented certificate becomes the server's; a rotation's new
         // one retires the old, while the old one leaves a pending rotation
-        // alone (the same clause whether or not sysinfo comes along).
-        // A revoked certificate is refused; a rotation's new one clears the
-        // revocation.
-        const CERT: &str = "cert_sha256 = $2,
-            cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END,
-            cert_revoked_at = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_revoked_at END
-            WHERE id = $1 AND (($2 = cert_sha256 AND cert_revoked_at IS NULL) OR $2 = cert_next_sha256)";
-        let sql = if sysinfo.is_some() {
-            format!(
-                "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
-                    sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname), {CERT}"
-            )
-        } else {
-            format!(
-                "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
-                    {CERT} AND $6::jsonb IS NULL"
-            )
-        };
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.as_uuid())
-            .bind(cert_sha256)
-            .bind(Json(usage))
-            .bind(agent_address)
-            .bind(agent_version)
-            .bind(sysinfo.map(Json))
-            .execute(&self.pool)
-            .await?;
+        // alone. A revoked certificate is refused; a rotation's new one
+        // clears the revocation.
+        let done = sqlx::query(
+            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
+                sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname), cert_sha256 = $2,
+                cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END,
+                cert_revoked_at = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_revoked_at END
+              WHERE id = $1 AND (($2 = cert_sha256 AND cert_revoked_at IS NULL) OR $2 = cert_next_sha256)",
+        )
+        .bind(id.as_uuid())
+        .bind(cert_sha256)
+        .bind(Json(usage))
+        .bind(agent_address)
+        .bind(agent_version)
+        .bind(Json(sysinfo))
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records many heartbeats without sysinfo in one statement (a group
+    /// commit); returns the servers whose row took theirs (the same
+    /// certificate rules as `server_heartbeat`). Rows are locked in id order,
+    /// so two headnodes' batches cannot deadlock. The ids must be distinct.
+    pub async fn server_heartbeats(&self, beats: &[Beat]) -> Result<Vec<ServerId>> {
+        let mut ids = Vec::with_capacity(beats.len());
+        let (mut certs, mut usages, mut addrs, mut versions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for b in beats {
+            ids.push(b.id.as_uuid());
+            certs.push(b.cert_sha256.as_str());
+            usages.push(Json(&b.usage));
+            addrs.push(b.agent_address.as_str());
+            versions.push(b.agent_version.as_str());
+        }
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "WITH b AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[])
+                          AS b(id, cert, usage, addr, version)),
+                  locked AS (SELECT s.id FROM servers s JOIN b ON b.id = s.id
+                              WHERE (b.cert = s.cert_sha256 AND s.cert_revoked_at IS NULL)
+                                 OR b.cert = s.cert_next_sha256
+                              ORDER BY s.id FOR NO KEY UPDATE OF s)
+             UPDATE servers s SET last_heartbeat = now(), usage = b.usage, agent_address = b.addr,
+                    agent_version = b.version, cert_sha256 = b.cert,
+                    cert_next_sha256 = CASE WHEN s.cert_next_sha256 = b.cert THEN NULL ELSE s.cert_next_sha256 END,
+                    cert_revoked_at = CASE WHEN s.cert_next_sha256 = b.cert THEN NULL ELSE s.cert_revoked_at END
+               FROM b JOIN locked l ON l.id = b.id
+              WHERE s.id = b.id
+                AND ((b.cert = s.cert_sha256 AND s.cert_revoked_at IS NULL) OR b.cert = s.cert_next_sha256)
+             RETURNING s.id",
+        )
+        .bind(&ids)
+        .bind(&certs)
+        .bind(&usages)
+        .bind(&addrs)
+        .bind(&versions)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id.into()).collect())
     }
 
     /// Moves an unset server to `setting_up`, or tells that this setup is done.
@@ -474,4 +518,14 @@ impl Datastore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// One heartbeat without sysinfo, as `server_heartbeats` writes it.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    pub id: ServerId,
+    pub cert_sha256: String,
+    pub usage: Usage,
+    pub agent_address: String,
+    pub agent_version: String,
 }

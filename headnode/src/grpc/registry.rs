@@ -17,11 +17,14 @@ use crate::secrets;
 
 pub struct RegistryService {
     state: AppState,
+    heartbeats: crate::heartbeats::Heartbeats,
 }
 
 impl RegistryService {
+    /// Starts the heartbeats' writer on the state's datastore.
     pub fn new(state: AppState) -> Self {
-        RegistryService { state }
+        let heartbeats = crate::heartbeats::Heartbeats::start(state.db.clone());
+        RegistryService { state, heartbeats }
     }
 
     fn interval_ms(&self) -> u32 {
@@ -147,20 +150,33 @@ impl Registry for RegistryService {
             .map_err(|_| Status::invalid_argument("server_id must be a UUID"))?;
         check_address(&req.agent_address)?;
         let usage = convert::usage(req.usage.unwrap_or_default());
-        let sysinfo = req.sysinfo.map(convert::sysinfo);
-        let accepted = self
-            .state
-            .db
-            .server_heartbeat(
-                id,
-                &cert,
-                &usage,
-                &req.agent_address,
-                &req.agent_version,
-                sysinfo.as_ref(),
-            )
-            .await
-            .map_err(db_status)?;
+        let accepted = match req.sysinfo.map(convert::sysinfo) {
+            // The usual heartbeat: written with others in one statement.
+            None => self
+                .heartbeats
+                .record(crate::db::Beat {
+                    id,
+                    cert_sha256: cert.clone(),
+                    usage,
+                    agent_address: req.agent_address,
+                    agent_version: req.agent_version,
+                })
+                .await
+                .map_err(db_status)?,
+            Some(sysinfo) => self
+                .state
+                .db
+                .server_heartbeat(
+                    id,
+                    &cert,
+                    &usage,
+                    &req.agent_address,
+                    &req.agent_version,
+                    &sysinfo,
+                )
+                .await
+                .map_err(db_status)?,
+        };
         if !accepted {
             self.state
                 .metrics

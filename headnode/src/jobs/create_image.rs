@@ -21,11 +21,13 @@ pub(super) fn saga() -> Saga {
                 name: "record_image",
                 forward: |_| async { Ok(()) }.boxed(),
                 undo: Some(|c| discard(c).boxed()),
+                saved: true,
             },
             Step {
                 name: "export_from_node",
                 forward: |c| export(c).boxed(),
                 undo: None,
+                saved: true,
             },
         ],
         // The instance was not touched.

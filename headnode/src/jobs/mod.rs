@@ -65,6 +65,10 @@ pub struct Step {
     pub name: &'static str,
     pub forward: StepFn,
     pub undo: Option<StepFn>,
+    /// Whether its end is saved at once. A step that is cheap to run again
+    /// (it checks before it acts, and acts on nothing costly) leaves it to
+    /// the next save: after a crash in between it simply runs again.
+    pub saved: bool,
 }
 
 /// What a step works with.
@@ -362,7 +366,9 @@ impl Driver {
                             tracing::info!("job succeeded");
                             return Ok(());
                         }
-                        self.save(JobState::Running, None).await?;
+                        if step.saved {
+                            self.save(JobState::Running, None).await?;
+                        }
                         break;
                     }
                     Err(StepError::LeaseLost(m)) => {

@@ -19,11 +19,13 @@ pub(super) fn saga() -> Saga {
                 name: "reserve_size",
                 forward: |_| async { Ok(()) }.boxed(),
                 undo: Some(|c| revert(c).boxed()),
+                saved: true,
             },
             Step {
                 name: "resize_on_node",
                 forward: |c| on_node(c).boxed(),
                 undo: None,
+                saved: true,
             },
         ],
         on_failure: |c, e| super::lifecycle::settle_from_node(c, e).boxed(),

@@ -9,6 +9,7 @@
 //! completes the instance instead of making a second one. It must never touch
 //! the instance's dataset beyond reading it as the root filesystem.
 
+mod exits;
 pub mod oci;
 pub mod runc;
 pub mod seccomp;
@@ -42,7 +43,13 @@ pub struct Containers {
     /// nic tag -> interface on this node (from the setup).
     nic_tags: Arc<BTreeMap<String, String>>,
     metadata: Metadata,
+    /// The running containers whose exit a task waits for: id -> init pid.
+    following: Arc<std::sync::Mutex<HashMap<String, u32>>>,
 }
+
+/// How often the watcher compares what it follows with `runc list`, in case
+/// a start was not seen (the exits themselves are notified, not polled).
+const RESYNC: Duration = Duration::from_secs(60);
 
 impl Containers {
     pub fn new(
@@ -63,7 +70,42 @@ impl Containers {
             memsw: Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
             nic_tags,
             metadata,
+            following: Default::default(),
         }
+    }
+
+    /// Waits, in a task, for this container's init to end, then reports the
+    /// instance stopped (unless it runs again by then: a reboot). Once per
+    /// pid.
+    fn follow(&self, id: &str, pid: u32) {
+        if pid == 0 {
+            return;
+        }
+        {
+            let mut f = self.following.lock().expect("following");
+            if f.get(id) == Some(&pid) {
+                return;
+            }
+            f.insert(id.to_string(), pid);
+        }
+        let (this, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            exits::wait(pid).await;
+            {
+                let mut f = this.following.lock().expect("following");
+                if f.get(&id) != Some(&pid) {
+                    return;
+                }
+                f.remove(&id);
+            }
+            if let Ok(Some((Status::Running, again))) = this.runc.state(&id).await {
+                this.follow(&id, again);
+                return;
+            }
+            if let Ok(Some(spec)) = this.store.recorded(&id).await {
+                this.events.emit(&Instance::new(spec, State::Stopped, 0));
+            }
+        });
     }
 
     pub fn runc(&self) -> &Runc {
@@ -233,6 +275,7 @@ impl Containers {
         self.runc
             .run(&spec.id, &dir, &dir.join("console.log"))
             .await?;
+        self.follow(&spec.id, read_pid(&dir));
         let (runc, id) = (self.runc.clone(), spec.id.clone());
         undo.push("delete the runc container", move || async move {
             let _ = runc.delete(&id).await;
@@ -242,10 +285,7 @@ impl Containers {
 
     /// The state of an instance this call just made, without asking runc.
     fn fresh_status(&self, spec: InstanceSpec, started: bool) -> Instance {
-        let pid = std::fs::read_to_string(self.bundle(&spec.id).join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or(0);
+        let pid = read_pid(&self.bundle(&spec.id));
         let state = if started {
             State::Running
         } else {
@@ -364,8 +404,10 @@ impl Runtime for Containers {
     }
 
     async fn get(&self, spec: InstanceSpec) -> Result<Instance> {
-        let states = self.runc.list().await?;
-        Ok(Self::status_from(spec, &states))
+        Ok(match self.runc.state(&spec.id).await? {
+            Some((Status::Running, pid)) => Instance::new(spec, State::Running, pid),
+            _ => Instance::new(spec, State::Stopped, 0),
+        })
     }
 
     async fn list(&self, specs: Vec<InstanceSpec>) -> Result<Vec<Instance>> {
@@ -376,36 +418,20 @@ impl Runtime for Containers {
             .collect())
     }
 
-    /// Only runc's view changes on its own, so only `runc list` runs every
-    /// second; the spec (for the event's generation) is read from ZFS just
-    /// for an instance whose state changed.
-    async fn watch(&self, store: Store) {
-        let mut last: HashMap<String, State> = HashMap::new();
+    /// A container stops on its own by its init ending, which `follow`
+    /// hears from the kernel. This follows every running container at
+    /// start, then every `RESYNC` compares with `runc list` in case a start
+    /// went unseen (the driver's own starts are followed as they happen).
+    async fn watch(&self, _store: Store) {
         loop {
             if let Ok(list) = self.runc.list().await {
-                let now: HashMap<String, State> = list
-                    .into_iter()
-                    .map(|(id, (status, _))| {
-                        let st = if status == Status::Running {
-                            State::Running
-                        } else {
-                            State::Stopped
-                        };
-                        (id, st)
-                    })
-                    .collect();
-                for (id, prev) in &last {
-                    // A container gone from runc is stopped (or deleted: then it has no spec).
-                    let state = now.get(id).copied().unwrap_or(State::Stopped);
-                    if state != *prev
-                        && let Ok(Some(spec)) = store.recorded(id).await
-                    {
-                        self.events.emit(&Instance::new(spec, state, 0));
+                for (id, (status, pid)) in list {
+                    if status == Status::Running {
+                        self.follow(&id, pid);
                     }
                 }
-                last = now;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(RESYNC).await;
         }
     }
 
@@ -428,4 +454,12 @@ fn remove_cgroups(id: &str) {
     for c in controllers.flatten() {
         let _ = std::fs::remove_dir(c.path().join("nereid").join(id));
     }
+}
+
+/// The init pid runc wrote into the bundle (0 when there is none).
+fn read_pid(bundle: &Path) -> u32 {
+    std::fs::read_to_string(bundle.join("pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
 }

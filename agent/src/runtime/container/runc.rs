@@ -190,9 +190,32 @@ impl Runc {
         Ok(parse_list(&out))
     }
 
-    pub async fn status(&self, id: &str) -> Result<Option<Status>, RuncError> {
-        Ok(self.list().await?.get(id).map(|(s, _)| *s))
+    /// One container's status and init pid (`runc state`: it reads that
+    /// container alone, not every one); None when runc does not know it.
+    pub async fn state(&self, id: &str) -> Result<Option<(Status, u32)>, RuncError> {
+        match cmd::run("runc", &["--root", &self.root_arg(), "state", id], T).await {
+            Ok(out) => Ok(parse_state(&out)),
+            Err(CmdError::Failed { ref stderr, .. }) if stderr.contains("does not exist") => {
+                Ok(None)
+            }
+            Err(source) => Err(RuncError::Command {
+                op: "state",
+                id: id.into(),
+                source,
+            }),
+        }
     }
+
+    pub async fn status(&self, id: &str) -> Result<Option<Status>, RuncError> {
+        Ok(self.state(id).await?.map(|(s, _)| s))
+    }
+}
+
+/// Parses `runc state <id>` (one container's object).
+pub fn parse_state(out: &str) -> Option<(Status, u32)> {
+    let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+    let status = v["status"].as_str().and_then(Status::parse)?;
+    Some((status, v["pid"].as_u64().unwrap_or(0) as u32))
 }
 
 /// Parses `runc list -f json` (which prints `null` when there are none).
@@ -227,5 +250,13 @@ mod tests {
         assert_eq!(m["a"], (Status::Running, 42));
         assert_eq!(m["b"].0, Status::Stopped);
         assert!(!m.contains_key("c"));
+    }
+
+    #[test]
+    fn runc_state_output_is_parsed() {
+        let out = r#"{"ociVersion":"1.0.2","id":"a","pid":42,"status":"running","bundle":"/b"}"#;
+        assert_eq!(parse_state(out), Some((Status::Running, 42)));
+        assert_eq!(parse_state(r#"{"id":"a","status":"weird"}"#), None);
+        assert_eq!(parse_state("not json"), None);
     }
 }
