@@ -38,13 +38,19 @@ impl Api {
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
-        let resp = req.send().await.expect("request failed");
+        self.try_send(req).await.expect("request failed")
+    }
+
+    /// Like `send`, with a connection that broke before the answer (or a
+    /// body cut short) as an error.
+    pub async fn try_send(&self, req: reqwest::RequestBuilder) -> reqwest::Result<(u16, Value)> {
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (
+        let text = resp.text().await?;
+        Ok((
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        ))
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -86,6 +86,12 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Cluster::launch(&bin, dir, settings)
+    }
+
+    /// Runs the postmaster on the data directory under `dir` with a free
+    /// port, stopped and the directory removed when this process exits.
+    fn launch(bin: &std::path::Path, dir: PathBuf, settings: &str) -> Cluster {
         let port = free_port();
         let script = format!(
             "{postgres} -D {dir}/data -p {port} -c listen_addresses=127.0.0.1 -k {dir}/sock {settings} \
@@ -127,6 +133,94 @@ impl Cluster {
             "PostgreSQL did not start; see {}/postgres.log",
             dir.display()
         );
+    }
+
+    /// A streaming replica of this cluster (a base backup, then the WAL as
+    /// it is written), with the same settings, on a port of its own.
+    pub fn start_replica(&self, settings: &str) -> Cluster {
+        let bin = pg_bin();
+        let dir = std::env::temp_dir().join(format!(
+            "nereid-pg-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(dir.join("sock")).unwrap();
+        let pg = nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("no postgres user");
+        for p in [dir.clone(), dir.join("sock")] {
+            nix::unistd::chown(&p, Some(pg.uid), Some(pg.gid)).unwrap();
+        }
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-R", "-X", "stream", "--no-sync"])
+            .output()
+            .expect("running pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Cluster::launch(&bin, dir, settings)
+    }
+
+    /// Runs SQL on this cluster as the superuser, through psql.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--", "psql", "-h"])
+            .arg(self.dir.join("sock"))
+            .args(["-p", &self.port.to_string(), "-tAc", sql])
+            .output()
+            .expect("running psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Makes every commit wait for a standby to have it on disk (so a
+    /// commit acknowledged here survives this cluster's death), once one
+    /// is streaming synchronously.
+    pub fn require_synchronous_standby(&self) {
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+        self.psql("SELECT pg_reload_conf()");
+        for _ in 0..200 {
+            if self.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")
+                == "1"
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the standby did not become synchronous");
+    }
+
+    /// Kills the postmaster and its backends with SIGKILL (a crash).
+    pub fn kill(&self) {
+        for p in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Promotes this standby to primary and waits until it takes writes.
+    pub fn promote(&self) {
+        assert_eq!(self.psql("SELECT pg_promote(true, 60)"), "t");
     }
 
     pub fn get() -> &'static Cluster {

@@ -4,7 +4,9 @@
 //!
 //!   nereid-sim                  the full fleet: 10,000 nodes, 1,000,000 instances
 //!   nereid-sim --short          a small fleet (what `deploy/dev test` runs)
-//!   options: --nodes N --instances N --steps RATExSECS,...  --quiet SECS
+//!   options: --nodes N --instances N --steps RATExSECS,...|none  --quiet SECS
+//!            --headnodes N [--kill-headnode]   several headnodes behind a proxy
+//!            --replica [--kill-primary]        PostgreSQL with a synchronous replica
 
 use std::time::Duration;
 
@@ -37,9 +39,19 @@ fn main() -> anyhow::Result<()> {
                 plan.finished_jobs = n * 3 / 2;
             }
             "--quiet" => plan.quiet = Duration::from_secs(value()?.parse()?),
+            "--headnodes" => plan.headnodes = value()?.parse()?,
+            "--kill-headnode" => plan.kill_headnode = true,
+            "--replica" => plan.replica = true,
+            "--kill-primary" => {
+                plan.replica = true;
+                plan.kill_primary = true;
+            }
             "--steps" => {
-                plan.steps = value()?
+                let v = value()?;
+                // `none`: the heartbeats-only phase and the reconciler alone.
+                plan.steps = v
                     .split(',')
+                    .filter(|s| *s != "none")
                     .map(|s| {
                         let (r, d) = s
                             .split_once('x')
@@ -62,7 +74,10 @@ fn main() -> anyhow::Result<()> {
         report.capacity_mismatches == 0
             && report.address_conflicts == 0
             && report.usage_mismatches == 0
-            && report.unfinished_jobs == 0,
+            && report.unfinished_jobs == 0
+            && report.past_retention == 0
+            && report.lost_creates == 0
+            && report.provisioned_twice == 0,
         "a check failed"
     );
     Ok(())

@@ -19,6 +19,9 @@ pub struct Tally {
     pub failed: BTreeMap<(&'static str, u16), u64>,
     /// The first answer of each kind of failure.
     pub sample: BTreeMap<(&'static str, u16), String>,
+    /// Requests sent again because their connection broke unanswered (a
+    /// headnode behind the proxy died).
+    pub resent: u64,
 }
 
 impl Tally {
@@ -45,6 +48,26 @@ impl Tally {
     }
 }
 
+/// Sends a request, and sends it again (the same one: a create keeps its
+/// Idempotency-Key) while its connection breaks before an answer; status 0
+/// when it never got one.
+async fn send(
+    api: &Api,
+    tally: &Mutex<Tally>,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> (u16, serde_json::Value) {
+    for _ in 0..40 {
+        match api.try_send(build()).await {
+            Ok(answer) => return answer,
+            Err(_) => {
+                tally.lock().unwrap().resent += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    (0, serde_json::Value::Null)
+}
+
 /// A percentile of `v` (sorted in place), `q` in 0..=1.
 pub fn percentile(v: &mut [Duration], q: f64) -> Duration {
     if v.is_empty() {
@@ -69,6 +92,8 @@ pub struct Load {
     pub networks: Vec<String>,
     made: Arc<Mutex<Made>>,
     seq: std::sync::atomic::AtomicU64,
+    /// Every instance a create was answered 202 for.
+    pub acknowledged: Mutex<Vec<String>>,
 }
 
 impl Load {
@@ -80,6 +105,7 @@ impl Load {
             networks,
             made: Default::default(),
             seq: Default::default(),
+            acknowledged: Default::default(),
         }
     }
 
@@ -127,8 +153,14 @@ impl Load {
             "package": self.package,
             "networks": [self.networks[k as usize % self.networks.len()]],
         });
+        let key = uuid::Uuid::new_v4().to_string();
         let t = Instant::now();
-        let (st, resp) = api.post("/v1/instances", &body).await;
+        let (st, resp) = send(api, tally, || {
+            api.request(reqwest::Method::POST, "/v1/instances")
+                .header("Idempotency-Key", &key)
+                .json(&body)
+        })
+        .await;
         tally
             .lock()
             .unwrap()
@@ -136,6 +168,7 @@ impl Load {
         if st == 202
             && let Some(id) = resp["instance"]["id"].as_str()
         {
+            self.acknowledged.lock().unwrap().push(id.to_string());
             self.made
                 .lock()
                 .unwrap()
@@ -159,9 +192,12 @@ impl Load {
         };
         let Some((t, id)) = picked else { return };
         let start = Instant::now();
-        let (st, _) = self.tenants[t]
-            .post(&format!("/v1/instances/{id}/{verb}"), &json!({}))
-            .await;
+        let api = &self.tenants[t];
+        let path = format!("/v1/instances/{id}/{verb}");
+        let (st, _) = send(api, tally, || {
+            api.request(reqwest::Method::POST, &path).json(&json!({}))
+        })
+        .await;
         tally
             .lock()
             .unwrap()
@@ -188,7 +224,9 @@ impl Load {
         };
         if let Some((t, id)) = &target {
             let start = Instant::now();
-            let (st, _) = self.tenants[*t].get(&format!("/v1/instances/{id}")).await;
+            let api = &self.tenants[*t];
+            let path = format!("/v1/instances/{id}");
+            let (st, _) = send(api, tally, || api.request(reqwest::Method::GET, &path)).await;
             tally
                 .lock()
                 .unwrap()
@@ -199,7 +237,10 @@ impl Load {
         }
         let api = self.tenant(k);
         let start = Instant::now();
-        let (st, _) = api.get("/v1/instances?limit=100").await;
+        let (st, _) = send(api, tally, || {
+            api.request(reqwest::Method::GET, "/v1/instances?limit=100")
+        })
+        .await;
         tally
             .lock()
             .unwrap()
@@ -210,7 +251,9 @@ impl Load {
         let gone = take_one(&mut self.made.lock().unwrap().running);
         if let Some((t, id)) = gone {
             let start = Instant::now();
-            let (st, _) = self.tenants[t].delete(&format!("/v1/instances/{id}")).await;
+            let api = &self.tenants[t];
+            let path = format!("/v1/instances/{id}");
+            let (st, _) = send(api, tally, || api.request(reqwest::Method::DELETE, &path)).await;
             tally
                 .lock()
                 .unwrap()

@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod load;
+pub mod proxy;
 pub mod seed;
 
 use std::sync::Arc;
@@ -48,6 +49,21 @@ pub struct Plan {
     /// Simulated nodes sharing one heartbeat connection (this machine's
     /// 20,000 descriptors cannot hold one per node each way at 10,000).
     pub nodes_per_connection: usize,
+    /// The headnode's history retention (the seed's finished jobs span a
+    /// year, its deleted instances 60 days).
+    pub history_retention_hours: f64,
+    /// Headnodes on the database, behind one address (a proxy) when more
+    /// than one.
+    pub headnodes: usize,
+    /// Kill one headnode (not the first) with SIGKILL halfway through the
+    /// first step.
+    pub kill_headnode: bool,
+    /// PostgreSQL with a synchronous streaming replica; the headnodes get
+    /// both hosts.
+    pub replica: bool,
+    /// Kill the primary with SIGKILL halfway through the first step and
+    /// promote the replica (what a manager such as Patroni does).
+    pub kill_primary: bool,
 }
 
 impl Plan {
@@ -69,6 +85,11 @@ impl Plan {
             latency: agents::Latency::default(),
             reconcile_interval: Duration::from_secs(10),
             nodes_per_connection: 8,
+            history_retention_hours: 40.0 * 24.0,
+            headnodes: 1,
+            kill_headnode: false,
+            replica: false,
+            kill_primary: false,
         }
     }
 
@@ -93,6 +114,11 @@ impl Plan {
             },
             reconcile_interval: Duration::from_secs(1),
             nodes_per_connection: 1,
+            history_retention_hours: 40.0 * 24.0,
+            headnodes: 1,
+            kill_headnode: false,
+            replica: false,
+            kill_primary: false,
         }
     }
 }
@@ -118,6 +144,14 @@ pub struct Report {
     pub heartbeat_errors: u64,
     pub headnode_cpu_cores: f64,
     pub reconcile_pass: Option<Duration>,
+    /// What of the seed's history the headnode deleted (finished jobs,
+    /// deleted instances), and how long after the seed it had deleted
+    /// everything past the retention (None: not within 900 s).
+    pub pruned: (i64, i64, Option<Duration>),
+    /// At the end: rows past the retention still there, and the seed's
+    /// rows within it (still there).
+    pub past_retention: i64,
+    pub within_retention: i64,
     pub steps: Vec<StepReport>,
     /// Servers whose held capacity differs from their instances'.
     pub capacity_mismatches: i64,
@@ -127,6 +161,12 @@ pub struct Report {
     pub usage_mismatches: i64,
     pub unfinished_jobs: i64,
     pub failed_jobs: i64,
+    /// Requests sent again because a connection broke unanswered.
+    pub resent: u64,
+    /// Creates answered 202 whose instance is missing, or not settled at
+    /// the end; instances with more than one provision job.
+    pub lost_creates: i64,
+    pub provisioned_twice: i64,
     /// The statements that took the database longest: (ms in all, calls, text).
     pub top_statements: Vec<(f64, i64, String)>,
 }
@@ -191,24 +231,105 @@ async fn ok(api: &Api, path: &str, body: serde_json::Value) -> anyhow::Result<se
     Ok(b)
 }
 
+/// (finished jobs, deleted instances) older than the retention.
+async fn past_retention(c: &mut PgConnection, hours: f64) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM jobs WHERE state IN ('succeeded', 'failed')
+                   AND finished_at < now() - make_interval(secs => $1 * 3600)),
+                (SELECT count(*) FROM instances WHERE state = 'deleted'
+                   AND deleted_at < now() - make_interval(secs => $1 * 3600))",
+    )
+    .bind(hours)
+    .fetch_one(c)
+    .await
+}
+
+/// (finished jobs, deleted instances) of the seed still there.
+async fn seed_history(c: &mut PgConnection) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM jobs WHERE request_id = 'sim'),
+                (SELECT count(*) FROM instances WHERE state = 'deleted' AND alias LIKE 'sim-d%')",
+    )
+    .fetch_one(c)
+    .await
+}
+
 /// Runs the plan; `say` gets progress lines.
 pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    let cluster = Cluster::start(crate::pg::PRODUCTION_SETTINGS);
+    let cluster = Arc::new(Cluster::start(crate::pg::PRODUCTION_SETTINGS));
+    let replica = plan.replica.then(|| {
+        let r = cluster.start_replica(crate::pg::PRODUCTION_SETTINGS);
+        cluster.require_synchronous_standby();
+        Arc::new(r)
+    });
     let db = cluster.fresh_database().await;
+    // The headnodes get every host, libpq's way.
+    let headnode_db = match &replica {
+        Some(r) => db.replacen(
+            &format!("127.0.0.1:{}/", cluster.port),
+            &format!("127.0.0.1:{},127.0.0.1:{}/", cluster.port, r.port),
+            1,
+        ),
+        None => db.clone(),
+    };
+    let mut db_now = db.clone();
+    let opts = HeadnodeOpts {
+        heartbeat_interval_ms: plan.heartbeat_interval.as_millis() as u64,
+        args: vec![
+            "--reconcile-interval-ms".into(),
+            plan.reconcile_interval.as_millis().to_string(),
+            "--history-retention-hours".into(),
+            plan.history_retention_hours.to_string(),
+            // The seed's history is deleted before the measured phases.
+            "--retention-interval-ms".into(),
+            "1000".into(),
+        ],
+        ..Default::default()
+    };
+    let mut opts = opts;
+    if plan.headnodes > 1 || plan.kill_primary {
+        // A dead headnode's jobs are taken over this soon.
+        opts.args.extend(["--job-lease-ms".into(), "3000".into()]);
+    }
     let h = Headnode::start_on(
-        db.clone(),
+        headnode_db.clone(),
         tempfile::Builder::new().prefix("nereid-sim-").tempdir()?,
-        HeadnodeOpts {
-            heartbeat_interval_ms: plan.heartbeat_interval.as_millis() as u64,
-            args: vec![
-                "--reconcile-interval-ms".into(),
-                plan.reconcile_interval.as_millis().to_string(),
-            ],
-            ..Default::default()
-        },
+        opts.clone(),
     )
     .await;
+    // More headnodes share the database and the CA (the pki dir), behind
+    // one address for the REST API and one for the agents' gRPC.
+    let mut others = Vec::new();
+    for _ in 1..plan.headnodes {
+        let mut o = opts.clone();
+        o.args.extend([
+            "--pki-dir".to_string(),
+            h.state.path().join("pki").display().to_string(),
+        ]);
+        others.push(
+            Headnode::start_on(
+                headnode_db.clone(),
+                tempfile::Builder::new().prefix("nereid-sim-").tempdir()?,
+                o,
+            )
+            .await,
+        );
+    }
+    let all = std::iter::once(&h).chain(others.iter());
+    let rest_proxy =
+        proxy::start(all.clone().map(|x| proxy::socket_of(&x.rest_url)).collect()).await?;
+    let grpc_proxy = proxy::start(all.map(|x| proxy::socket_of(&x.grpc_url)).collect()).await?;
+    let rest_url = if plan.headnodes > 1 {
+        format!("http://{}", rest_proxy.addr)
+    } else {
+        h.rest_url.clone()
+    };
+    let grpc = if plan.headnodes > 1 {
+        format!("http://{}", grpc_proxy.addr)
+    } else {
+        h.grpc_url.clone()
+    };
     let op = h.operator();
     let sim = agents::Sim::new(plan.latency);
     let ca = h.ca();
@@ -256,7 +377,6 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
     let package = package["id"].as_str().unwrap_or_default().to_string();
 
     // A few nodes the real way: join token, Register, setup.
-    let grpc = h.grpc_url.clone();
     let mut beating = Vec::new();
     let mut template = String::new();
     for i in 0..plan.registered {
@@ -357,6 +477,30 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         plan.nodes_per_connection,
     ));
 
+    // The history the seed put past the retention goes first.
+    // (The headnode may have begun while the seed ran: what it deleted is
+    // what the seed made less what is left of it.)
+    let hours = plan.history_retention_hours;
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(900);
+    let done = loop {
+        let (j, i) = past_retention(&mut c, hours).await?;
+        if j + i == 0 {
+            break Some(t.elapsed());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (jobs_left, instances_left) = seed_history(&mut c).await?;
+    report.pruned = (
+        plan.finished_jobs as i64 - jobs_left,
+        plan.deleted_instances as i64 - instances_left,
+        done,
+    );
+    say("history past its retention deleted");
+
     // Heartbeats only.
     tokio::time::sleep(plan.heartbeat_interval).await;
     sim.take_heartbeats();
@@ -395,15 +539,51 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         anyhow::ensure!(st == 200, "quotas: {st} {b}");
         let tok = ok(&op, "/v1/tokens", json!({"account_id": id, "name": "sim"})).await?;
         tenants.push(Api::new(
-            &h.rest_url,
+            &rest_url,
             tok["secret"].as_str().unwrap_or_default(),
         ));
     }
     let load = Arc::new(load::Load::new(tenants, &package, &image, networks));
-    for &(rate, secs) in &plan.steps {
-        let before = db_work(&db).await;
+    for (i, &(rate, secs)) in plan.steps.iter().enumerate() {
+        let before = db_work(&db_now).await;
+        let failover = match (&replica, plan.kill_primary && i == 0) {
+            (Some(r), true) => {
+                let (primary, r) = (cluster.clone(), r.clone());
+                Some(tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(Duration::from_secs_f64(secs / 2.0));
+                    primary.kill();
+                    // A manager's decision, at once.
+                    r.promote();
+                    r.port
+                }))
+            }
+            _ => None,
+        };
+        let killer = (plan.kill_headnode && i == 0 && !others.is_empty()).then(|| {
+            let mut victim = others.remove(0);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
+                victim.proc.kill();
+                victim
+            })
+        });
         let (mut tally, took) = load.step(rate, secs).await;
-        let after = db_work(&db).await;
+        if let Some(k) = killer {
+            let _dead = k.await?;
+            say("a headnode was killed with SIGKILL halfway through the step");
+        }
+        report.resent += tally.resent;
+        if let Some(f) = failover {
+            let port = f.await?;
+            db_now = db.replacen(
+                &format!("127.0.0.1:{}/", cluster.port),
+                &format!("127.0.0.1:{port}/"),
+                1,
+            );
+            c = PgConnection::connect(&db_now).await?;
+            say("the PostgreSQL primary was killed with SIGKILL and its replica promoted");
+        }
+        let after = db_work(&db_now).await;
         let mut creates = tally.ok.remove("create").unwrap_or_default();
         let placed = creates.len();
         let mut others = Vec::new();
@@ -449,6 +629,26 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Every acknowledged create made one instance, provisioned once, that
+    // is settled now.
+    let acknowledged: Vec<uuid::Uuid> = load
+        .acknowledged
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|id| id.parse().ok())
+        .collect();
+    (report.lost_creates, report.provisioned_twice) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM unnest($1::uuid[]) a(id)
+                  WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = a.id
+                                      AND i.state IN ('running', 'stopped', 'deleted'))),
+                (SELECT count(*) FROM (SELECT instance_id FROM jobs
+                                        WHERE kind = 'provision' AND instance_id = ANY($1)
+                                        GROUP BY instance_id HAVING count(*) > 1) d)",
+    )
+    .bind(&acknowledged)
+    .fetch_one(&mut c)
+    .await?;
     (report.failed_jobs,) =
         sqlx::query_as("SELECT count(*) FROM jobs WHERE state = 'failed' AND request_id <> 'sim'")
             .fetch_one(&mut c)
@@ -487,6 +687,10 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         .fetch_one(&mut c)
         .await?
     };
+    let (j, i) = past_retention(&mut c, hours).await?;
+    report.past_retention = j + i;
+    let (j, i) = seed_history(&mut c).await?;
+    report.within_retention = j + i;
     report.top_statements = sqlx::query_as(
         "SELECT total_exec_time, calls, left(regexp_replace(query, '\\s+', ' ', 'g'), 160)
            FROM pg_stat_statements
@@ -499,6 +703,8 @@ pub async fn run(plan: &Plan, say: impl Fn(&str)) -> anyhow::Result<Report> {
         t.abort();
     }
     drop(h);
+    drop(others);
+    drop(replica);
     drop(cluster);
     Ok(report)
 }
@@ -527,6 +733,15 @@ impl Report {
             self.heartbeats,
             self.heartbeat_errors
         );
+        match self.pruned {
+            (j, i, Some(d)) => println!(
+                "retention: {j} finished jobs and {i} deleted instances of the seed past it deleted, the last {:.1} s after the seed",
+                d.as_secs_f64()
+            ),
+            (j, i, None) => println!(
+                "retention: only {j} finished jobs and {i} deleted instances past it deleted in 900 s"
+            ),
+        }
         match self.reconcile_pass {
             Some(d) => println!("reconcile pass: {:.2} s", d.as_secs_f64()),
             None => println!("reconcile pass: none finished during the heartbeat phase"),
@@ -550,17 +765,39 @@ impl Report {
                 println!("    {op:<7} {n:6} answered {st}, e.g. {sample:.300}");
             }
         }
+        if plan.kill_primary {
+            println!(
+                "PostgreSQL primary killed with SIGKILL halfway through the first step, its synchronous replica promoted: {} acknowledged creates lost or unsettled, {} instances provisioned twice",
+                self.lost_creates, self.provisioned_twice
+            );
+        }
+        if plan.headnodes > 1 {
+            println!(
+                "{} headnodes behind one address{}: {} requests sent again after their connection broke; {} acknowledged creates lost or unsettled, {} instances provisioned twice",
+                plan.headnodes,
+                if plan.kill_headnode {
+                    ", one killed with SIGKILL halfway through the first step"
+                } else {
+                    ""
+                },
+                self.resent,
+                self.lost_creates,
+                self.provisioned_twice
+            );
+        }
         println!("statements that took the database longest (after seeding):");
         for (ms, calls, q) in &self.top_statements {
             println!("  {ms:9.0} ms {calls:8} calls  {q}");
         }
         println!(
-            "checks: {} servers with held capacity unlike their instances', {} address conflicts, {} accounts with usage unlike their instances', {} unfinished jobs, {} failed jobs",
+            "checks: {} servers with held capacity unlike their instances', {} address conflicts, {} accounts with usage unlike their instances', {} unfinished jobs, {} failed jobs, {} rows past the retention ({} within it)",
             self.capacity_mismatches,
             self.address_conflicts,
             self.usage_mismatches,
             self.unfinished_jobs,
-            self.failed_jobs
+            self.failed_jobs,
+            self.past_retention,
+            self.within_retention
         );
     }
 }

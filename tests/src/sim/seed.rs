@@ -193,7 +193,7 @@ fn instances(s: &Seed, nets: &str, prefix: &str, state: &str, n: u64) -> String 
                 '{prefix}' || g, 'container', '{img}', '{pkg}', v.ids[1 + g % cardinality(v.ids)],
                 '{state}', {ram}, {disk}, 0, {live}, ARRAY[n.ids[1 + g % cardinality(n.ids)]],
                 now() - random() * interval '365 days', now(),
-                CASE WHEN {live} THEN NULL ELSE now() - interval '30 days' END
+                CASE WHEN {live} THEN NULL ELSE now() - random() * interval '60 days' END
          FROM a, v, n, generate_series(1, {n}) g",
         img = s.image,
         pkg = s.package,
