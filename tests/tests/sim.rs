@@ -90,7 +90,7 @@ async fn three_headnodes_one_killed_under_load_lose_no_acknowledged_create_and_r
     let step = &report.steps[0];
     assert!(
         step.failed.iter().all(|((op, _), ..)| *op != "create"),
-        "every create was answered 202, on a live headnode: {step:?}"
+        "every create was answered (202, or 200 when sent again after its connection broke): {step:?}"
     );
 }
 

@@ -92,7 +92,8 @@ pub struct Load {
     pub networks: Vec<String>,
     made: Arc<Mutex<Made>>,
     seq: std::sync::atomic::AtomicU64,
-    /// Every instance a create was answered 202 for.
+    /// Every instance a create was answered for: 202, or 200 for a create
+    /// sent again whose first try had made it.
     pub acknowledged: Mutex<Vec<String>>,
 }
 
@@ -161,11 +162,13 @@ impl Load {
                 .json(&body)
         })
         .await;
+        // 200: a create sent again (its connection broke) whose first try
+        // had made the instance; the same Idempotency-Key answers it.
         tally
             .lock()
             .unwrap()
-            .record_body("create", st, &[202], t.elapsed(), &resp);
-        if st == 202
+            .record_body("create", st, &[200, 202], t.elapsed(), &resp);
+        if (st == 200 || st == 202)
             && let Some(id) = resp["instance"]["id"].as_str()
         {
             self.acknowledged.lock().unwrap().push(id.to_string());

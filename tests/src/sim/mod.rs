@@ -163,7 +163,7 @@ pub struct Report {
     pub failed_jobs: i64,
     /// Requests sent again because a connection broke unanswered.
     pub resent: u64,
-    /// Creates answered 202 whose instance is missing, or not settled at
+    /// Acknowledged creates whose instance is missing, or not settled at
     /// the end; instances with more than one provision job.
     pub lost_creates: i64,
     pub provisioned_twice: i64,
