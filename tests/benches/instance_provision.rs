@@ -7,7 +7,7 @@
 //!     the first POST to the last running;
 //! (d) deleting those 100 in one burst: deletes per second;
 //! (c) POST -> running on a node holding 10 instances against one holding
-//!     500 (`NEREID_BENCH_FULL`), medians of 5.
+//!     `NEREID_BENCH_FULL` (off by default: see below), medians of 5.
 //!
 //!   deploy/dev bench
 
@@ -274,9 +274,14 @@ async fn main() {
         ids.len() as f64 / took.as_secs_f64()
     );
 
-    // (c) One provision on a node holding 10 instances, then holding 500
-    // (NEREID_BENCH_FULL sets how many; 0 skips it).
-    let full: usize = nereid_tests::bench_setting("NEREID_BENCH_FULL", 500);
+    // (c) One provision on a node holding 10 instances, then holding
+    // NEREID_BENCH_FULL (0, the default, skips it). Off by default: on this
+    // kernel every container of the shared id range makes a session keyring
+    // owned by the same host uid, and `kernel.keys.maxkeys` (200; freed keys
+    // are collected after `gc_delay`, 300 s) makes runc fail past about 200
+    // ("unable to create session key: disk quota exceeded"). Raising it, as
+    // LXD's production setup does, is for the node's operator.
+    let full: usize = nereid_tests::bench_setting("NEREID_BENCH_FULL", 0);
     if full > 0 {
         let (st, body) = dc
             .op()
