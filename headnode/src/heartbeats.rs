@@ -69,7 +69,7 @@ async fn writer(db: Datastore, mut rx: mpsc::Receiver<Waiting>) {
                 Err(_) => break,
             }
         }
-        let beats: Vec<Beat> = batch.iter().map(|(b, _)| b.clone()).collect();
+        let (beats, waiting): (Vec<Beat>, Vec<_>) = batch.into_iter().unzip();
         // Once more when the statement failed (a deadlock or a lost
         // connection, say): a batch's nodes should not fail together for
         // what a second try fixes.
@@ -84,7 +84,7 @@ async fn writer(db: Datastore, mut rx: mpsc::Receiver<Waiting>) {
         let outcome = outcome
             .map(|ok| ok.into_iter().collect::<HashSet<_>>())
             .map_err(|e| crate::error::chain(&e));
-        for (beat, done) in batch {
+        for (beat, done) in beats.iter().zip(waiting) {
             let _ = done.send(match &outcome {
                 Ok(ok) => Ok(ok.contains(&beat.id)),
                 Err(e) => Err(e.clone()),

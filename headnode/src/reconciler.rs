@@ -153,7 +153,7 @@ async fn pass(
             .await;
         for (server, outcome, pushed) in done {
             if !pushed {
-                sweep.retry(server);
+                state.agents.push_failed(server);
             }
             outcomes.push((server, outcome));
         }
@@ -197,29 +197,22 @@ async fn push_sets(state: &AppState, t: &AgentTarget) -> bool {
 #[derive(Default)]
 struct Sweep {
     passes: u64,
-    retry: HashSet<ServerId>,
+    /// Marked for a push since the last pass (`AgentPool::push_failed`).
     due_now: HashSet<ServerId>,
 }
 
 impl Sweep {
-    fn next_pass(&mut self, failed_elsewhere: HashSet<ServerId>) {
+    fn next_pass(&mut self, marked: HashSet<ServerId>) {
         self.passes += 1;
-        self.due_now = std::mem::take(&mut self.retry);
-        self.due_now.extend(failed_elsewhere);
+        self.due_now = marked;
     }
 
     fn due(&self, server: ServerId) -> bool {
         let slot = u64::from(server.as_uuid().as_u128() as u8) % SWEEP;
         self.passes == 1 || self.passes % SWEEP == slot || self.due_now.contains(&server)
     }
-
-    fn retry(&mut self, server: ServerId) {
-        self.retry.insert(server);
-    }
 }
 
-/// Applies one node's full report. The database is read first: an instance
-/// settled before the node was asked must be in its answer.
 /// Instances a node's report did not hold, since when: one is marked failed
 /// only once it stayed missing for `MISSING_FOR` (a pool being imported can
 /// answer before all its datasets are there).
@@ -229,6 +222,9 @@ fn missing_for(state: &AppState) -> Duration {
     state.config.reconcile_interval * 2
 }
 
+/// Applies one node's full report to its `settled` instances, which were
+/// read before the node was asked (an instance settled before then must be
+/// in its answer).
 async fn compare(
     state: &AppState,
     t: &AgentTarget,

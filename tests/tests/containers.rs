@@ -169,6 +169,33 @@ async fn a_container_runs_stops_reboots_and_is_deleted_without_leftovers() {
         .into_inner();
     assert_eq!(state_name(rebooted.state), "running");
     assert_ne!(rebooted.pid, started.pid);
+
+    // Its init killed behind the agent's back: the agent hears the exit
+    // (nothing asks it; no headnode reconciles here) and tells WatchEvents.
+    // What the calls above made the stream say is read first.
+    while let Ok(Ok(Some(_))) = tokio::time::timeout(Duration::from_secs(2), events.message()).await
+    {
+    }
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(node.runc_root())
+        .args(["kill", &id, "KILL"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let heard = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("an event after the kill")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (heard.id.as_str(), state_name(heard.state)),
+        (id.as_str(), "stopped")
+    );
     let got = c
         .get_instance(pb::InstanceRef { id: id.clone() })
         .await

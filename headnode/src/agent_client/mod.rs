@@ -50,8 +50,8 @@ pub struct AgentPool {
     /// One sync of each set at a time per server, so an older set never
     /// overtakes a newer one.
     push_locks: Arc<Mutex<HashMap<(ServerId, Pushed), PushLock>>>,
-    /// Servers a push from this process failed to reach, for the
-    /// reconciler's next pass.
+    /// Servers whose sets must be pushed again on the reconciler's next
+    /// pass: a push from this process failed, or the node did not answer.
     failed_pushes: Arc<Mutex<std::collections::HashSet<ServerId>>>,
 }
 
@@ -414,12 +414,13 @@ impl AgentPool {
             == Some(&generation)
     }
 
-    /// The servers a push failed to reach since the last call.
+    /// The servers marked by `push_failed` since the last call.
     pub fn take_failed_pushes(&self) -> std::collections::HashSet<ServerId> {
         std::mem::take(&mut *self.failed_pushes.lock().expect("failed pushes"))
     }
 
-    fn push_failed(&self, server: ServerId) {
+    /// Marks a server whose sets must be pushed again.
+    pub fn push_failed(&self, server: ServerId) {
         self.failed_pushes
             .lock()
             .expect("failed pushes")

@@ -205,80 +205,32 @@ impl Datastore {
     }
 
     /// Records a heartbeat that brings a new sysinfo (heartbeats without one
-    /// go through `server_heartbeats`). Returns false if no server has this
-    /// id and certificate. The certificate of a rotation in progress is
-    /// accepted and, once presented, becomes the server's (the old one is
-    /// refused from then on).
-    pub async fn server_heartbeat(
-        &self,
-        id: ServerId,
-        cert_sha256: &str,
-        usage: &Usage,
-        agent_address: &str,
-        agent_version: &str,
-        sysinfo: &Sysinfo,
-    ) -> Result<bool> {
-        // The presented certificate becomes the server's; a rotation's new
-        // one retires the old, while the old one leaves a pending rotation
-        // alone. A revoked certificate is refused; a rotation's new one
-        // clears the revocation.
-        let done = sqlx::query(
-            "UPDATE servers SET last_heartbeat = now(), usage = $3, agent_address = $4, agent_version = $5,
-                sysinfo = $6, hostname = COALESCE($6->>'hostname', hostname), cert_sha256 = $2,
-                cert_next_sha256 = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_next_sha256 END,
-                cert_revoked_at = CASE WHEN cert_next_sha256 = $2 THEN NULL ELSE cert_revoked_at END
-              WHERE id = $1 AND (($2 = cert_sha256 AND cert_revoked_at IS NULL) OR $2 = cert_next_sha256)",
+    /// go through `server_heartbeats`, in batches): the heartbeat's row
+    /// rules, then the sysinfo, in one transaction. Returns false if no
+    /// server has this id and certificate.
+    pub async fn server_heartbeat(&self, beat: &Beat, sysinfo: &Sysinfo) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let taken = heartbeat_rows(&mut *tx, std::slice::from_ref(beat)).await?;
+        if taken.is_empty() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE servers SET sysinfo = $2, hostname = COALESCE($2->>'hostname', hostname)
+              WHERE id = $1",
         )
-        .bind(id.as_uuid())
-        .bind(cert_sha256)
-        .bind(Json(usage))
-        .bind(agent_address)
-        .bind(agent_version)
+        .bind(beat.id.as_uuid())
         .bind(Json(sysinfo))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Records many heartbeats without sysinfo in one statement (a group
-    /// commit); returns the servers whose row took theirs (the same
-    /// certificate rules as `server_heartbeat`). Rows are locked in id order,
-    /// so two headnodes' batches cannot deadlock. The ids must be distinct.
+    /// commit); returns the servers whose row took theirs. The ids must be
+    /// distinct.
     pub async fn server_heartbeats(&self, beats: &[Beat]) -> Result<Vec<ServerId>> {
-        let mut ids = Vec::with_capacity(beats.len());
-        let (mut certs, mut usages, mut addrs, mut versions) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for b in beats {
-            ids.push(b.id.as_uuid());
-            certs.push(b.cert_sha256.as_str());
-            usages.push(Json(&b.usage));
-            addrs.push(b.agent_address.as_str());
-            versions.push(b.agent_version.as_str());
-        }
-        let rows: Vec<(Uuid,)> = sqlx::query_as(
-            "WITH b AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[])
-                          AS b(id, cert, usage, addr, version)),
-                  locked AS (SELECT s.id FROM servers s JOIN b ON b.id = s.id
-                              WHERE (b.cert = s.cert_sha256 AND s.cert_revoked_at IS NULL)
-                                 OR b.cert = s.cert_next_sha256
-                              ORDER BY s.id FOR NO KEY UPDATE OF s)
-             UPDATE servers s SET last_heartbeat = now(), usage = b.usage, agent_address = b.addr,
-                    agent_version = b.version, cert_sha256 = b.cert,
-                    cert_next_sha256 = CASE WHEN s.cert_next_sha256 = b.cert THEN NULL ELSE s.cert_next_sha256 END,
-                    cert_revoked_at = CASE WHEN s.cert_next_sha256 = b.cert THEN NULL ELSE s.cert_revoked_at END
-               FROM b JOIN locked l ON l.id = b.id
-              WHERE s.id = b.id
-                AND ((b.cert = s.cert_sha256 AND s.cert_revoked_at IS NULL) OR b.cert = s.cert_next_sha256)
-             RETURNING s.id",
-        )
-        .bind(&ids)
-        .bind(&certs)
-        .bind(&usages)
-        .bind(&addrs)
-        .bind(&versions)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id.into()).collect())
+        heartbeat_rows(&self.pool, beats).await
     }
 
     /// Moves an unset server to `setting_up`, or tells that this setup is done.
@@ -518,6 +470,52 @@ impl Datastore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Writes heartbeats (liveness, usage, address, version) to the rows that
+/// take them, and returns those. The certificate rules live here alone: the
+/// presented certificate becomes the server's; a rotation's new one retires
+/// the old (and clears a revocation), while the old one leaves a pending
+/// rotation alone; a revoked certificate is refused. Rows are locked in id
+/// order, so two headnodes' batches cannot deadlock.
+async fn heartbeat_rows<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    beats: &[Beat],
+) -> Result<Vec<ServerId>> {
+    let mut ids = Vec::with_capacity(beats.len());
+    let (mut certs, mut usages, mut addrs, mut versions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for b in beats {
+        ids.push(b.id.as_uuid());
+        certs.push(b.cert_sha256.as_str());
+        usages.push(Json(&b.usage));
+        addrs.push(b.agent_address.as_str());
+        versions.push(b.agent_version.as_str());
+    }
+    let rows: Vec<(Uuid,)> = sqlx::query_as(
+        "WITH b AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[])
+                      AS b(id, cert, usage, addr, version)),
+              locked AS (SELECT s.id FROM servers s JOIN b ON b.id = s.id
+                          WHERE (b.cert = s.cert_sha256 AND s.cert_revoked_at IS NULL)
+                             OR b.cert = s.cert_next_sha256
+                          ORDER BY s.id FOR NO KEY UPDATE OF s)
+         UPDATE servers s SET last_heartbeat = now(), usage = b.usage, agent_address = b.addr,
+                agent_version = b.version, cert_sha256 = b.cert,
+                cert_next_sha256 = CASE WHEN s.cert_next_sha256 = b.cert THEN NULL ELSE s.cert_next_sha256 END,
+                cert_revoked_at = CASE WHEN s.cert_next_sha256 = b.cert THEN NULL ELSE s.cert_revoked_at END
+           FROM b JOIN locked l ON l.id = b.id
+          WHERE s.id = b.id
+            AND ((b.cert = s.cert_sha256 AND s.cert_revoked_at IS NULL) OR b.cert = s.cert_next_sha256)
+         RETURNING s.id",
+    )
+    .bind(&ids)
+    .bind(&certs)
+    .bind(&usages)
+    .bind(&addrs)
+    .bind(&versions)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id.into()).collect())
 }
 
 /// One heartbeat without sysinfo, as `server_heartbeats` writes it.

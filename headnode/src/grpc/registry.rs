@@ -150,33 +150,19 @@ impl Registry for RegistryService {
             .map_err(|_| Status::invalid_argument("server_id must be a UUID"))?;
         check_address(&req.agent_address)?;
         let usage = convert::usage(req.usage.unwrap_or_default());
+        let beat = crate::db::Beat {
+            id,
+            cert_sha256: cert.clone(),
+            usage,
+            agent_address: req.agent_address,
+            agent_version: req.agent_version,
+        };
         let accepted = match req.sysinfo.map(convert::sysinfo) {
             // The usual heartbeat: written with others in one statement.
-            None => self
-                .heartbeats
-                .record(crate::db::Beat {
-                    id,
-                    cert_sha256: cert.clone(),
-                    usage,
-                    agent_address: req.agent_address,
-                    agent_version: req.agent_version,
-                })
-                .await
-                .map_err(db_status)?,
-            Some(sysinfo) => self
-                .state
-                .db
-                .server_heartbeat(
-                    id,
-                    &cert,
-                    &usage,
-                    &req.agent_address,
-                    &req.agent_version,
-                    &sysinfo,
-                )
-                .await
-                .map_err(db_status)?,
-        };
+            None => self.heartbeats.record(beat).await,
+            Some(sysinfo) => self.state.db.server_heartbeat(&beat, &sysinfo).await,
+        }
+        .map_err(db_status)?;
         if !accepted {
             self.state
                 .metrics

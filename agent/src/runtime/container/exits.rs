@@ -22,11 +22,8 @@ pub async fn wait(pid: u32) {
         if std::io::Error::last_os_error().raw_os_error() == Some(nix::libc::ESRCH) {
             return;
         }
-        // A kernel without pidfds: look at /proc once a second instead.
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        return;
+        // A kernel without pidfds.
+        return poll_proc(pid).await;
     }
     // SAFETY: the descriptor was just returned to us and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -36,11 +33,14 @@ pub async fn wait(pid: u32) {
         Ok(fd) => {
             let _ = fd.readable().await;
         }
-        Err(_) => {
-            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+        Err(_) => poll_proc(pid).await,
+    }
+}
+
+/// Where a pidfd cannot be had: looks at /proc once a second.
+async fn poll_proc(pid: u32) {
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
